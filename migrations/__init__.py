@@ -1,0 +1,1 @@
+"""Alembic migrations of the timekeeper schema (run with `gpushare db upgrade`)."""

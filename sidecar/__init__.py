@@ -1,0 +1,1 @@
+"""gpushare accounting sidecar: reports a GPU pod's usage intervals to the timekeeper."""

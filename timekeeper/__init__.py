@@ -1,0 +1,1 @@
+"""gpushare timekeeper: GPU-time budgets per namespace, the usage ledger and its REST API."""

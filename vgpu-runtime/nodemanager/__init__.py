@@ -1,0 +1,1 @@
+"""gpushare node manager: kubelet device plugin, GPU placement and per-container limits."""

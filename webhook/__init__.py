@@ -1,0 +1,1 @@
+"""gpushare admission webhook: GPU request validation, priority, sidecar injection."""
