@@ -151,6 +151,8 @@ def parse_budgets(text: str) -> BudgetPolicy:
         raise BudgetsError((problem,)) from err
     except yaml.YAMLError as err:
         raise BudgetsError((Problem("(file)", f"not valid YAML: {err}"),)) from err
+    except RecursionError as err:
+        raise BudgetsError((Problem("(file)", "not valid YAML: nested too deeply"),)) from err
 
     documents = [document for document in documents if document is not None]
     if not documents:
@@ -330,23 +332,40 @@ def _mapping_entries(
     problems: list[Problem],
     *,
     known_keys: tuple[str, ...] | None,
+    _seen: dict[int, dict[str, tuple[yaml.Node, yaml.Node]] | None] | None = None,
 ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
     """The entries of a mapping by key text, after YAML merge keys (`<<`).
 
     Reports duplicate keys, keys that are not scalars and (when `known_keys` is given)
-    unknown keys, with a "did you mean" hint for near misses.
+    unknown keys, with a "did you mean" hint for near misses. Each merged mapping is read
+    once (`_seen`), so nested merges cost linear time and a mapping that merges itself is an
+    error rather than endless recursion.
     """
+    seen = {} if _seen is None else _seen
+    seen[id(node)] = None  # in progress
     own: dict[str, tuple[yaml.Node, yaml.Node]] = {}
     merged: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    prefix = f"{path}." if path else ""
     for key_node, value_node in node.value:
         if key_node.tag == _MERGE_TAG:
             for source in _merge_sources(value_node, path, problems):
-                for key, entry in _mapping_entries(
-                    source, path, problems, known_keys=known_keys
-                ).items():
+                if id(source) in seen and seen[id(source)] is None:
+                    problems.append(
+                        Problem(
+                            prefix + "<<",
+                            "a merge key must not refer to the mapping it is in",
+                            _line(key_node),
+                        )
+                    )
+                    continue
+                entries = seen.get(id(source))
+                if entries is None:
+                    entries = _mapping_entries(
+                        source, path, problems, known_keys=known_keys, _seen=seen
+                    )
+                for key, entry in entries.items():
                     merged.setdefault(key, entry)
             continue
-        prefix = f"{path}." if path else ""
         if not isinstance(key_node, yaml.ScalarNode):
             problems.append(
                 Problem(
@@ -378,7 +397,9 @@ def _mapping_entries(
             )
             continue
         own[key] = (key_node, value_node)
-    return {**merged, **own}
+    result = {**merged, **own}
+    seen[id(node)] = result
+    return result
 
 
 def _merge_sources(

@@ -12,6 +12,7 @@ current period:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -98,6 +99,38 @@ def budget_status(
         burn_rate_gpu_hours_per_day=burn_per_day,
         projected_gpu_hours=projected,
     )
+
+
+def refill_time(
+    budget: Budget, at: datetime, bucket_gpu_hours: Mapping[datetime, float]
+) -> datetime | None:
+    """When a namespace exhausted at `at` stops being exhausted, if it uses nothing more.
+
+    `bucket_gpu_hours` maps the start of each 15-minute UTC bucket to the GPU-hours charged
+    in it; buckets outside the current window are ignored. Calendar periods refill all at
+    once at the period's end. A rolling window refills as its oldest buckets fall out: a
+    bucket starting at `s` stops counting at `s + N days`; the answer is the first such
+    moment after which the rest is under the budget. None when the namespace is not
+    exhausted, is unlimited, or never refills (a budget of 0).
+    """
+    if budget.gpu_hours is None or budget.gpu_hours == 0:
+        return None
+    start, end = period_window(budget, at)
+    in_window = sorted((s, h) for s, h in bucket_gpu_hours.items() if start <= s < end)
+    used = math.fsum(hours for _, hours in in_window)
+    if budget_state(budget, used) != EXHAUSTED:
+        return None
+    if budget.period.kind != "rolling":
+        return end
+    # counted_after[i]: the use still counted once bucket i has dropped out.
+    counted_after = [0.0] * len(in_window)
+    for index in range(len(in_window) - 2, -1, -1):
+        counted_after[index] = counted_after[index + 1] + in_window[index + 1][1]
+    for (bucket_start, _), still_counted in zip(in_window, counted_after, strict=True):
+        if budget_state(budget, still_counted) != EXHAUSTED:
+            return bucket_start + (end - start)
+    # Not reached: once the last bucket drops out nothing is counted, and 0 < gpu_hours.
+    return in_window[-1][0] + (end - start)
 
 
 def status_to_json(status: BudgetStatus) -> dict[str, object]:

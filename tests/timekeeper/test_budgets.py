@@ -6,8 +6,11 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from timekeeper.budgets import (
+    BUDGET_KEYS,
     BUILTIN_DEFAULTS,
     DEFAULT_POLICY,
     Budget,
@@ -491,3 +494,150 @@ def test_load_budgets_unreadable(tmp_path: Path, content: bytes | None, problem:
     with pytest.raises(BudgetsError) as error:
         load_budgets(path)
     assert error.value.problems[0].startswith(problem.format(path=path))
+
+
+@pytest.mark.parametrize(
+    ("text", "problems"),
+    [
+        pytest.param(
+            "defaults: &a {<<: *a}\n",
+            ("defaults.<<: a merge key must not refer to the mapping it is in",),
+            id="merge-cycle",
+        ),
+        pytest.param(
+            "[" * 5000,
+            ("(file): not valid YAML: nested too deeply",),
+            id="nested-too-deeply",
+        ),
+    ],
+)
+def test_hostile_files_fail_cleanly(text: str, problems: tuple[str, ...]) -> None:
+    with pytest.raises(BudgetsError) as error:
+        parse_budgets(text)
+    assert error.value.problems == problems
+
+
+def test_nested_merges_take_linear_time() -> None:
+    # 3**40 expansions if merges were re-read each time they are named.
+    lines = ["  x0: &a0 {gpuHours: 1}"] + [
+        f"  x{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}, *a{i - 1}]}}" for i in range(1, 40)
+    ]
+    parsed = parse_budgets("namespaces:\n" + "\n".join(lines) + "\n")
+    assert parsed.budget_for("x39").gpu_hours == 1.0
+
+
+# Properties -----------------------------------------------------------------------------
+
+names = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?", fullmatch=True)
+periods = st.one_of(
+    st.sampled_from([Period("day"), Period("week"), Period("month")]),
+    st.builds(lambda days: Period("rolling", days), st.integers(1, 366)),
+)
+budget_values = st.builds(
+    Budget,
+    periods,
+    st.sampled_from(["UTC", "Europe/Berlin", "Australia/Lord_Howe", "Asia/Kathmandu"]),
+    st.one_of(st.none(), st.floats(0, 1e9, allow_nan=False, allow_infinity=False)),
+    st.floats(0, 100, exclude_min=True),
+    st.sampled_from(["deprioritize", "deny"]),
+)
+
+
+def render(b: Budget, keys: set[str]) -> str:
+    values = {
+        "period": f"'{b.period}'",
+        "timezone": b.timezone,
+        "gpuHours": "unlimited" if b.gpu_hours is None else repr(b.gpu_hours),
+        "warnAtPercent": repr(b.warn_at_percent),
+        "whenExhausted": b.when_exhausted,
+    }
+    return "{" + ", ".join(f"{key}: {values[key]}" for key in sorted(keys)) + "}"
+
+
+@settings(max_examples=200)
+@given(
+    budget_values,
+    st.dictionaries(
+        names, st.tuples(budget_values, st.sets(st.sampled_from(BUDGET_KEYS))), max_size=8
+    ),
+)
+def test_rendered_policies_parse_back(
+    defaults: Budget, namespaces: dict[str, tuple[Budget, set[str]]]
+) -> None:
+    text = f"defaults: {render(defaults, set(BUDGET_KEYS))}\nnamespaces:\n" + "".join(
+        f"  '{name}': {render(b, keys)}\n" for name, (b, keys) in namespaces.items()
+    )
+    parsed = parse_budgets(text)
+    assert parsed.defaults == defaults
+    assert set(parsed.namespaces) == set(namespaces)
+    for name, (b, keys) in namespaces.items():
+        # Keys an entry leaves out come from the defaults.
+        expected = Budget(
+            b.period if "period" in keys else defaults.period,
+            b.timezone if "timezone" in keys else defaults.timezone,
+            b.gpu_hours if "gpuHours" in keys else defaults.gpu_hours,
+            b.warn_at_percent if "warnAtPercent" in keys else defaults.warn_at_percent,
+            b.when_exhausted if "whenExhausted" in keys else defaults.when_exhausted,
+        )
+        assert parsed.namespaces[name] == expected
+
+
+yaml_fragments = st.lists(
+    st.sampled_from(
+        [
+            "defaults:",
+            "namespaces:",
+            "  ",
+            "    ",
+            "\n",
+            "team-a:",
+            "gpuHours:",
+            "period:",
+            "warnAtPercent:",
+            "whenExhausted:",
+            "timezone:",
+            " 10",
+            " -1",
+            " .nan",
+            " yes",
+            " unlimited",
+            " month",
+            " rolling:7d",
+            " deny",
+            " UTC",
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            "&a",
+            "*a",
+            "<<:",
+            "'",
+            '"',
+            "#",
+            "---",
+            "? ",
+            "- ",
+            "!!str",
+            "!!binary",
+            "\t",
+            "\u00e9",
+            "\x00",
+            "%YAML 1.2",
+            "1e999",
+            "~",
+        ]
+    ),
+    max_size=30,
+).map("".join)
+
+
+@settings(max_examples=500)
+@given(st.one_of(yaml_fragments, st.text(max_size=200)))
+def test_any_text_parses_or_fails_with_problems(text: str) -> None:
+    try:
+        parse_budgets(text)
+    except BudgetsError as err:
+        assert err.problems
+        assert all(": " in problem for problem in err.problems)

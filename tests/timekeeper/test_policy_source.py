@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -277,3 +278,36 @@ def test_file_removed_while_running_keeps_last_good(
 def test_negative_interval_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="check_interval_seconds must be >= 0"):
         PolicySource(None, check_interval_seconds=-1)
+
+
+def test_many_threads_see_old_or_new_policy_and_nothing_else(
+    tmp_path: Path, clock: FakeClock, wall_clock: FakeWallClock
+) -> None:
+    volume = ConfigMapVolume(tmp_path / "config")
+    volume.publish(GOOD_A)
+    source = make_source(volume.path, clock, wall_clock)
+    seen: set[float | None] = set()
+    failures: list[BaseException] = []
+    start = threading.Barrier(9)
+
+    def reader() -> None:
+        start.wait()
+        try:
+            for _ in range(2000):
+                seen.add(hours(source))
+        except BaseException as err:  # collected for the assertion below
+            failures.append(err)
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    for text in (GOOD_B, BAD, GOOD_A, GOOD_B):
+        volume.publish(text)
+        clock.advance(2)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not failures
+    assert seen <= {500.0, 50.0}
+    clock.advance(2)
+    assert hours(source) == 50.0

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gpushare.annotations import BUDGET_STATES
 from timekeeper.budgets import Budget, Period
+from timekeeper.periods import period_window
 from timekeeper.states import (
     EXHAUSTED,
     IN_BUDGET,
@@ -19,6 +20,7 @@ from timekeeper.states import (
     BudgetStatus,
     budget_state,
     budget_status,
+    refill_time,
     status_to_json,
 )
 
@@ -261,3 +263,88 @@ def test_status_invariants(
     else:
         assert status.remaining_gpu_hours is not None
         assert 0 <= status.remaining_gpu_hours <= gpu_hours
+
+
+# Refill time ----------------------------------------------------------------------------
+
+ROLLING_7 = Period("rolling", 7)
+NOW = datetime(2026, 11, 21, 6, 0, tzinfo=UTC)  # on a bucket boundary: window ends 06:15
+
+
+def at_(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("b", "buckets", "expected"),
+    [
+        pytest.param(
+            budget(10.0),
+            {at_("2026-11-02T00:00"): 10.0},
+            at_("2026-12-01T00:00"),
+            id="calendar-refills-at-period-end",
+        ),
+        pytest.param(
+            budget(10.0), {at_("2026-11-02T00:00"): 9.0}, None, id="calendar-not-exhausted"
+        ),
+        pytest.param(budget(None), {at_("2026-11-02T00:00"): 99.0}, None, id="unlimited"),
+        pytest.param(budget(0.0), {}, None, id="zero-budget-never-refills"),
+        pytest.param(
+            budget(10.0, period=ROLLING_7),
+            {
+                at_("2026-11-15T08:00"): 4.0,
+                at_("2026-11-16T00:00"): 4.0,
+                at_("2026-11-20T00:00"): 4.0,
+            },
+            at_("2026-11-22T08:00"),
+            id="rolling-oldest-bucket-enough",
+        ),
+        pytest.param(
+            budget(10.0, period=ROLLING_7),
+            {
+                at_("2026-11-15T08:00"): 1.0,
+                at_("2026-11-16T00:00"): 1.0,
+                at_("2026-11-20T00:00"): 9.0,
+            },
+            at_("2026-11-23T00:00"),
+            id="rolling-refills-once-enough-dropped-out",
+        ),
+        pytest.param(
+            budget(10.0, period=ROLLING_7),
+            {at_("2026-11-14T06:15"): 10.0, at_("2026-11-14T06:00"): 50.0},
+            at_("2026-11-21T06:15"),
+            id="rolling-bucket-outside-window-ignored",
+        ),
+    ],
+)
+def test_refill_time(b: Budget, buckets: dict[datetime, float], expected: datetime | None) -> None:
+    assert refill_time(b, NOW, buckets) == expected
+
+
+bucket_offsets = st.dictionaries(
+    st.integers(0, 7 * 96 - 1), st.floats(0, 5, allow_nan=False), max_size=40
+)
+
+
+@settings(max_examples=300)
+@given(bucket_offsets, st.floats(0.25, 50, allow_nan=False), st.integers(0, 899))
+def test_rolling_refill_time_is_the_first_moment_out_of_exhaustion(
+    offsets: dict[int, float], gpu_hours: float, seconds: int
+) -> None:
+    b = budget(gpu_hours, period=ROLLING_7)
+    at = NOW + timedelta(seconds=seconds)
+    start, _ = period_window(b, at)
+    buckets = {start + timedelta(minutes=15 * k): hours for k, hours in offsets.items()}
+
+    def used(t: datetime) -> float:
+        window_start, window_end = period_window(b, t)
+        return sum(h for s, h in buckets.items() if window_start <= s < window_end and s <= at)
+
+    refill = refill_time(b, at, buckets)
+    if budget_state(b, used(at)) != EXHAUSTED:
+        assert refill is None
+        return
+    assert refill is not None
+    assert refill > at
+    assert budget_state(b, used(refill)) != EXHAUSTED
+    assert budget_state(b, used(refill - timedelta(microseconds=1))) == EXHAUSTED
