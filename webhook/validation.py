@@ -63,6 +63,8 @@ def containers(pod: Mapping[str, Any]) -> Iterator[tuple[ContainerRef, Mapping[s
     spec = pod.get("spec")
     if not isinstance(spec, Mapping):
         raise BadReview("object.spec must be an object")
+    if not isinstance(spec.get("volumes") or [], list):
+        raise BadReview("object.spec.volumes must be a list")
     for kind, field in (("initContainer", "initContainers"), ("container", "containers")):
         items = spec.get(field)
         if items is None:
