@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from tests.webhook.builders import FakeBudgets, container, gpu, pod, review
@@ -154,9 +155,7 @@ BAD_BODIES = [
         "request.namespace must be a non-empty string",
         id="no-namespace",
     ),
-    pytest.param(
-        b"[" * 100000 + b"]" * 100000, "the body is not JSON", id="deeply-nested-json"
-    ),
+    pytest.param(b"[" * 100000 + b"]" * 100000, "the body is not JSON", id="deeply-nested-json"),
 ]
 
 

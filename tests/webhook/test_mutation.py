@@ -293,8 +293,7 @@ def test_allowed_untouched(
             pod(volumes=[{"name": "gpushare-spool", "emptyDir": {}}]),
             FakeBudgets(),
             {},
-            'pod rejected: volume "gpushare-spool" is reserved for the gpushare accounting'
-            " sidecar",
+            'pod rejected: volume "gpushare-spool" is reserved for the gpushare accounting sidecar',
             id="reserved-volume-name",
         ),
     ],
