@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from timekeeper.budgets import Budget, Period
-from timekeeper.periods import BUCKET_SECONDS, bucket_floor, local_midnight, period_window
+from timekeeper.periods import (
+    BUCKET_SECONDS,
+    bucket_floor,
+    calendar_window,
+    local_midnight,
+    period_window,
+)
 
 
 def budget(period: str, timezone: str = "UTC") -> Budget:
@@ -267,7 +273,7 @@ def on_bucket(instant: datetime) -> bool:
 
 @settings(max_examples=400)
 @given(calendar_budgets, any_instant)
-def test_calendar_window_contains_at_and_neighbours_tile_time(b: Budget, at: datetime) -> None:
+def testcalendar_window_contains_at_and_neighbours_tile_time(b: Budget, at: datetime) -> None:
     start, end = period_window(b, at)
     assert start <= at < end
     # The window just before starts where nothing is left between them, and so does the next.
@@ -284,7 +290,7 @@ def test_calendar_window_contains_at_and_neighbours_tile_time(b: Budget, at: dat
 
 @settings(max_examples=400)
 @given(calendar_budgets, any_instant)
-def test_calendar_window_starts_on_the_first_local_day(b: Budget, at: datetime) -> None:
+def testcalendar_window_starts_on_the_first_local_day(b: Budget, at: datetime) -> None:
     zone = ZoneInfo(b.timezone)
     start, end = period_window(b, at)
     first = start.astimezone(zone)
@@ -356,3 +362,12 @@ def test_february_has_29_days_in_leap_years(zone: str, year: int) -> None:
     assert end.astimezone(local).date() - start.astimezone(local).date() == timedelta(
         days=29 if leap else 28
     )
+
+
+@settings(max_examples=300)
+@given(calendar_budgets, st.lists(any_instant, min_size=1, max_size=5))
+def test_remembered_windows_are_the_computed_ones(b: Budget, instants: list[datetime]) -> None:
+    zone = ZoneInfo(b.timezone)
+    for at in instants:
+        for instant in (at, at + timedelta(hours=1), at - timedelta(days=1)):
+            assert period_window(b, instant) == calendar_window(b.period.kind, zone, instant)
