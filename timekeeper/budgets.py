@@ -9,8 +9,10 @@ a file is reported at once (`BudgetsError.problems`).
 from __future__ import annotations
 
 import re
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final, Literal, TypeAlias
@@ -255,13 +257,22 @@ def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Probl
 def _parse_timezone(name: str) -> str:
     if not name or name.startswith("/") or ".." in name.split("/"):
         raise ValueError("must be an IANA time zone name such as UTC or Europe/Berlin")
+    known = _known_timezones()
+    if name not in known:
+        hint = did_you_mean(name, known) or did_you_mean(name.rpartition("/")[2], known)
+        raise ValueError("unknown time zone; use an IANA name such as UTC or Europe/Berlin" + hint)
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as err:
-        raise ValueError(
-            "unknown time zone; use an IANA name such as UTC or Europe/Berlin"
-        ) from err
+        raise ValueError(f"time zone data for {name} cannot be read ({err})") from err
     return name
+
+
+@lru_cache(maxsize=1)
+def _known_timezones() -> tuple[str, ...]:
+    # `localtime` is the machine's own setting and `Factory` a placeholder: neither is a
+    # zone an admin can mean, and `localtime` differs from host to host.
+    return tuple(sorted(zoneinfo.available_timezones() - {"localtime", "Factory"}))
 
 
 def _parse_gpu_hours(node: yaml.Node) -> float | None:

@@ -56,7 +56,9 @@ def register(subcommands: argparse._SubParsersAction[Any]) -> None:
             "or print the budget of every namespace it lists and exit 0."
         ),
     )
-    check.add_argument("file", type=Path, metavar="FILE", help="the budgets YAML file")
+    check.add_argument(
+        "file", type=Path, metavar="FILE", help="the budgets YAML file ('-': standard input)"
+    )
     check.set_defaults(func=budgets_check)
 
     serve = subcommands.add_parser(
@@ -215,11 +217,11 @@ def usage_command(args: argparse.Namespace) -> int:
 
 def budgets_check(args: argparse.Namespace) -> int:
     """`gpushare budgets check FILE`."""
-    from timekeeper.budgets import BudgetsError, load_budgets
+    from timekeeper.budgets import BudgetsError, load_budgets, parse_budgets
 
     path: Path = args.file
     try:
-        policy = load_budgets(path)
+        policy = parse_budgets(sys.stdin.read()) if str(path) == "-" else load_budgets(path)
     except BudgetsError as err:
         for problem in err.details:
             where = f"{path}:{problem.line}" if problem.line is not None else str(path)
