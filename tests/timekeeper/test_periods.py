@@ -258,7 +258,42 @@ awkward_instants = st.builds(
     st.sampled_from([1999, 2000, 2024, 2026, 2027, 2028, 2038, 2100]),
     st.integers(-26 * 60, 26 * 60),
 )
-any_instant = st.one_of(instants, awkward_instants)
+
+
+def offset_changes(zone_name: str, first_year: int, last_year: int) -> list[datetime]:
+    """The UTC instants (to the minute) at which `zone_name`'s offset changes."""
+    zone = ZoneInfo(zone_name)
+    changes = []
+    day = datetime(first_year, 1, 1, tzinfo=UTC)
+    while day.year <= last_year:
+        following = day + timedelta(days=1)
+        if day.astimezone(zone).utcoffset() != following.astimezone(zone).utcoffset():
+            low, high = day, following
+            while high - low > timedelta(minutes=1):
+                middle = low + (high - low) / 2
+                if middle.astimezone(zone).utcoffset() == low.astimezone(zone).utcoffset():
+                    low = middle
+                else:
+                    high = middle
+            changes.append(high.replace(second=0, microsecond=0))
+        day = following
+    return changes
+
+
+TRANSITIONS = sorted({t for zone in ZONES for t in offset_changes(zone, 2024, 2027)})
+# Instants within two days of a DST change somewhere, so that windows that hold one are common.
+near_transitions = st.builds(
+    lambda transition, seconds: transition + timedelta(seconds=seconds),
+    st.sampled_from(TRANSITIONS),
+    st.integers(-2 * 86400, 2 * 86400),
+)
+any_instant = st.one_of(instants, awkward_instants, near_transitions)
+
+
+def test_the_zones_under_test_do_change_offsets() -> None:
+    assert len(TRANSITIONS) >= 4 * 2 * 5  # New York, Berlin, Lord Howe, Santiago, Havana...
+
+
 calendar_budgets = st.builds(budget, st.sampled_from(CALENDAR), st.sampled_from(ZONES))
 rolling_budgets = st.builds(
     lambda days, zone: budget(f"rolling:{days}d", zone),
