@@ -398,7 +398,7 @@ static int share(const char *pattern, double seconds, double warmup) {
   CUstream stream;
   CHECK(cuModuleLoadData(&module, "stub"));
   CHECK(cuModuleGetFunction(&tiny, module, "tiny_20us"));
-  CHECK(cuModuleGetFunction(&longk, module, "long_10ms"));
+  CHECK(cuModuleGetFunction(&longk, module, "long_20ms"));
   CHECK(cuModuleGetFunction(&node, module, "node_200us"));
   CHECK(cuStreamCreate(&stream, 0));
   CUgraphExec exec = NULL;
