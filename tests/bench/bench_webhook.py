@@ -1,7 +1,9 @@
 """Admission webhook figures, each against a baseline measured side by side in this run.
 
 1. `/mutate` throughput through gunicorn + TLS, against a no-op Flask handler served by the
-   same gunicorn configuration (1 worker, 8 threads, same TLS certificate), as a ratio.
+   same gunicorn configuration (1 worker, 8 threads, same TLS certificate), as a ratio. Both
+   servers run at once and are measured in alternating rounds, so that load from other
+   processes on the machine hits both alike; best and per-round ratios are printed.
 2. Latency of `/mutate` at a paced 200 requests/s (p50, p99).
 3. The same with the timekeeper down (a black hole that accepts and never answers, and a
    refused port), against the configured timeout + 5 ms.
@@ -15,6 +17,7 @@ import http.client
 import json
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 THROUGHPUT_CLIENTS = 4
-THROUGHPUT_REQUESTS_PER_CLIENT = 400
+THROUGHPUT_REQUESTS_PER_CLIENT = 250
+THROUGHPUT_ROUNDS = 5
 PACED_RATE_PER_SECOND = 200
 PACED_REQUESTS = 1000
 PACED_THREADS = 4
@@ -199,16 +203,23 @@ def main() -> None:
         generate_certs(certs)
         context, timekeeper = _fake_timekeeper()
         try:
-            with _server("noop", certs, timekeeper.url) as port:
-                _throughput(port, certs, pool)  # warm-up
-                noop_rate = _throughput(port, certs, pool)
-            with _server("webhook", certs, timekeeper.url) as port:
-                _throughput(port, certs, pool)
-                mutate_rate = _throughput(port, certs, pool)
-                paced = _paced(port, certs)
+            with (
+                _server("noop", certs, timekeeper.url) as noop_port,
+                _server("webhook", certs, timekeeper.url) as mutate_port,
+            ):
+                _throughput(noop_port, certs, pool)  # warm-up
+                _throughput(mutate_port, certs, pool)
+                noop_rates, mutate_rates = [], []
+                for _ in range(THROUGHPUT_ROUNDS):  # interleaved: both see the same noise
+                    noop_rates.append(_throughput(noop_port, certs, pool))
+                    mutate_rates.append(_throughput(mutate_port, certs, pool))
+                paced = _paced(mutate_port, certs)
+            ratios = sorted(m / n for m, n in zip(mutate_rates, noop_rates, strict=True))
             print(
-                f"throughput /mutate {mutate_rate:.0f} req/s vs no-op Flask {noop_rate:.0f} req/s"
-                f" = {mutate_rate / noop_rate:.0%} (target >= 70%)"
+                f"throughput /mutate best {max(mutate_rates):.0f} req/s vs no-op Flask best"
+                f" {max(noop_rates):.0f} req/s = {max(mutate_rates) / max(noop_rates):.0%};"
+                f" per-round ratios {', '.join(f'{r:.0%}' for r in ratios)}"
+                f" (median {statistics.median(ratios):.0%}; target >= 70%)"
             )
             print(
                 f"paced {PACED_RATE_PER_SECOND} req/s x {PACED_REQUESTS}: p50"
