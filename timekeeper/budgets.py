@@ -1,25 +1,35 @@
 """The budgets file: parse and validate the admin's YAML into a `BudgetPolicy`.
 
-Pure logic (stdlib + PyYAML). The file is read as a YAML node tree rather than as Python
-values so that every problem can name its field path and line, duplicate keys are caught,
-and scalars are typed by strict rules: `yes`/`no`/`on`/`off` are booleans (and refused where a
-number belongs), a quoted `"10"` is a string, `.nan`/`.inf` are numbers but not finite ones.
-Every problem in a file is reported at once (`BudgetsError.problems`).
+Pure logic (stdlib + PyYAML). The file is read strictly (`yaml_nodes`): every problem names
+its field path and line, duplicate and unknown keys are errors, and YAML 1.1's booleans,
+quoted numbers and non-finite numbers are refused where a number belongs. Every problem in
+a file is reported at once (`BudgetsError.problems`).
 """
 
 from __future__ import annotations
 
-import difflib
-import math
 import re
-from collections.abc import Iterator, Mapping
+import zoneinfo
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final, Literal, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+
+from timekeeper.yaml_nodes import (
+    Problem,
+    describe,
+    did_you_mean,
+    is_null,
+    line_of,
+    mapping_entries,
+    number,
+    string,
+)
 
 PeriodKind: TypeAlias = Literal["day", "week", "month", "rolling"]
 ExhaustedAction: TypeAlias = Literal["deprioritize", "deny"]
@@ -37,15 +47,6 @@ TOP_LEVEL_KEYS: Final = ("defaults", "namespaces")
 _ROLLING_RE: Final = re.compile(r"rolling:([0-9]+)d")
 _DNS1123_LABEL_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_LABEL_MAX: Final = 63
-# YAML 1.2 core-schema numbers (plus `_` digit separators, which YAML 1.1 allows).
-_INT_RE: Final = re.compile(r"[-+]?[0-9][0-9_]*")
-_FLOAT_RE: Final = re.compile(r"[-+]?(\.[0-9][0-9_]*|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?")
-_NONFINITE_RE: Final = re.compile(r"[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)")
-_BOOL_WORDS: Final = frozenset(
-    {"true", "false", "yes", "no", "on", "off", "y", "n"}
-)  # compared case-insensitively: YAML 1.1 reads all of these as booleans
-_NULL_WORDS: Final = frozenset({"", "~", "null", "Null", "NULL"})
-_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
 
 @dataclass(frozen=True)
@@ -85,20 +86,6 @@ class BudgetPolicy:
     def budget_for(self, namespace: str) -> Budget:
         """The budget of `namespace`: its own entry, or the defaults when it is not listed."""
         return self.namespaces.get(namespace, self.defaults)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One reason a budgets file is invalid."""
-
-    path: str
-    """Field path, e.g. `namespaces.interns.gpuHours` (`(file)` for the whole file)."""
-    message: str
-    line: int | None = None
-    """1-based line of the offending value, when known."""
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
 
 
 class BudgetsError(ValueError):
@@ -163,7 +150,7 @@ def parse_budgets(text: str) -> BudgetPolicy:
             (Problem("(file)", f"must hold one YAML document (a second starts at line {line})"),)
         )
     root = documents[0]
-    if _is_null(root):
+    if is_null(root):
         return DEFAULT_POLICY
     if not isinstance(root, yaml.MappingNode):
         raise BudgetsError(
@@ -171,39 +158,39 @@ def parse_budgets(text: str) -> BudgetPolicy:
                 Problem(
                     "(file)",
                     "must be a mapping with the keys 'defaults' and 'namespaces' "
-                    f"(got {_describe(root)})",
-                    _line(root),
+                    f"(got {describe(root)})",
+                    line_of(root),
                 ),
             )
         )
 
-    sections = _mapping_entries(root, "", problems, known_keys=TOP_LEVEL_KEYS)
+    sections = mapping_entries(root, "", problems, known_keys=TOP_LEVEL_KEYS)
     defaults = BUILTIN_DEFAULTS
     defaults_node = sections.get("defaults")
-    if defaults_node is not None and not _is_null(defaults_node[1]):
+    if defaults_node is not None and not is_null(defaults_node[1]):
         defaults = _parse_budget(defaults_node[1], "defaults", BUILTIN_DEFAULTS, problems)
 
     namespaces: dict[str, Budget] = {}
     namespaces_node = sections.get("namespaces")
-    if namespaces_node is not None and not _is_null(namespaces_node[1]):
+    if namespaces_node is not None and not is_null(namespaces_node[1]):
         node = namespaces_node[1]
         if not isinstance(node, yaml.MappingNode):
             problems.append(
                 Problem(
                     "namespaces",
-                    f"must be a mapping of namespace name to budget (got {_describe(node)})",
-                    _line(node),
+                    f"must be a mapping of namespace name to budget (got {describe(node)})",
+                    line_of(node),
                 )
             )
         else:
-            for name, (key_node, value_node) in _mapping_entries(
+            for name, (key_node, value_node) in mapping_entries(
                 node, "namespaces", problems, known_keys=None
             ).items():
                 path = f"namespaces.{name}"
                 name_problem = _namespace_name_problem(name)
                 if name_problem is not None:
-                    problems.append(Problem(path, name_problem, _line(key_node)))
-                if _is_null(value_node):
+                    problems.append(Problem(path, name_problem, line_of(key_node)))
+                if is_null(value_node):
                     namespaces[name] = defaults
                 else:
                     namespaces[name] = _parse_budget(value_node, path, defaults, problems)
@@ -219,7 +206,7 @@ def parse_period(text: str) -> Period:
         return Period(text)
     match = _ROLLING_RE.fullmatch(text)
     if match is None:
-        raise ValueError(_PERIOD_RULE + _did_you_mean(text, (*CALENDAR_PERIODS, "rolling:30d")))
+        raise ValueError(_PERIOD_RULE + did_you_mean(text, (*CALENDAR_PERIODS, "rolling:30d")))
     days = int(match.group(1))
     if not 1 <= days <= ROLLING_MAX_DAYS:
         raise ValueError(f"a rolling period must be 1 to {ROLLING_MAX_DAYS} days long")
@@ -235,10 +222,10 @@ def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Probl
     """One budget mapping over `base`: keys it does not set keep the value from `base`."""
     if not isinstance(node, yaml.MappingNode):
         problems.append(
-            Problem(path, f"must be a mapping of budget keys (got {_describe(node)})", _line(node))
+            Problem(path, f"must be a mapping of budget keys (got {describe(node)})", line_of(node))
         )
         return base
-    entries = _mapping_entries(node, path, problems, known_keys=BUDGET_KEYS)
+    entries = mapping_entries(node, path, problems, known_keys=BUDGET_KEYS)
     period, timezone, gpu_hours = base.period, base.timezone, base.gpu_hours
     warn_at_percent, when_exhausted = base.warn_at_percent, base.when_exhausted
 
@@ -246,37 +233,46 @@ def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Probl
         field_path = f"{path}.{key}"
         try:
             if key == "period":
-                period = parse_period(_string(value, _PERIOD_RULE))
+                period = parse_period(string(value, _PERIOD_RULE))
             elif key == "timezone":
-                timezone = _parse_timezone(_string(value, "must be an IANA time zone name"))
+                timezone = _parse_timezone(string(value, "must be an IANA time zone name"))
             elif key == "gpuHours":
                 gpu_hours = _parse_gpu_hours(value)
             elif key == "warnAtPercent":
-                warn_at_percent = _number(value, _WARN_RULE)
+                warn_at_percent = number(value, _WARN_RULE)
                 if not 0 < warn_at_percent <= 100:
                     raise ValueError(_WARN_RULE)
             elif key == "whenExhausted":
-                action = _string(value, "must be deprioritize or deny")
+                action = string(value, "must be deprioritize or deny")
                 if action not in EXHAUSTED_ACTIONS:
                     raise ValueError(
-                        "must be deprioritize or deny" + _did_you_mean(action, EXHAUSTED_ACTIONS)
+                        "must be deprioritize or deny" + did_you_mean(action, EXHAUSTED_ACTIONS)
                     )
                 when_exhausted = action
         except ValueError as err:
-            problems.append(Problem(field_path, f"{err} (got {_describe(value)})", _line(value)))
+            problems.append(Problem(field_path, f"{err} (got {describe(value)})", line_of(value)))
     return Budget(period, timezone, gpu_hours, warn_at_percent, when_exhausted)
 
 
 def _parse_timezone(name: str) -> str:
     if not name or name.startswith("/") or ".." in name.split("/"):
         raise ValueError("must be an IANA time zone name such as UTC or Europe/Berlin")
+    known = _known_timezones()
+    if name not in known:
+        hint = did_you_mean(name, known) or did_you_mean(name.rpartition("/")[2], known)
+        raise ValueError("unknown time zone; use an IANA name such as UTC or Europe/Berlin" + hint)
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as err:
-        raise ValueError(
-            "unknown time zone; use an IANA name such as UTC or Europe/Berlin"
-        ) from err
+        raise ValueError(f"time zone data for {name} cannot be read ({err})") from err
     return name
+
+
+@lru_cache(maxsize=1)
+def _known_timezones() -> tuple[str, ...]:
+    # `localtime` is the machine's own setting and `Factory` a placeholder: neither is a
+    # zone an admin can mean, and `localtime` differs from host to host.
+    return tuple(sorted(zoneinfo.available_timezones() - {"localtime", "Factory"}))
 
 
 def _parse_gpu_hours(node: yaml.Node) -> float | None:
@@ -284,37 +280,10 @@ def _parse_gpu_hours(node: yaml.Node) -> float | None:
         return None
     if isinstance(node, yaml.ScalarNode) and node.value.lower() == UNLIMITED:
         raise ValueError(f"{_GPU_HOURS_RULE}; write 'unlimited' in lower case")
-    hours = _number(node, _GPU_HOURS_RULE)
+    hours = number(node, _GPU_HOURS_RULE)
     if hours < 0:
         raise ValueError(_GPU_HOURS_RULE)
     return hours
-
-
-def _number(node: yaml.Node, rule: str) -> float:
-    """A finite number from a plain scalar; ValueError naming `rule` (and why) otherwise."""
-    if not isinstance(node, yaml.ScalarNode):
-        raise ValueError(rule)
-    text = node.value
-    if node.style is not None:  # quoted: a string, even when it looks like a number
-        if _INT_RE.fullmatch(text) or _FLOAT_RE.fullmatch(text):
-            raise ValueError(f"{rule}; write the number without quotes")
-        raise ValueError(rule)
-    if text.lower() in _BOOL_WORDS:
-        raise ValueError(f"{rule}; YAML reads {text} as a boolean")
-    if _NONFINITE_RE.fullmatch(text):
-        raise ValueError(f"{rule}; it must be finite")
-    if _INT_RE.fullmatch(text) or _FLOAT_RE.fullmatch(text):
-        value = float(text.replace("_", ""))
-        if not math.isfinite(value):
-            raise ValueError(f"{rule}; it must be finite")
-        return value
-    raise ValueError(rule)
-
-
-def _string(node: yaml.Node, rule: str) -> str:
-    if not isinstance(node, yaml.ScalarNode) or (node.style is None and node.value in _NULL_WORDS):
-        raise ValueError(rule)
-    return str(node.value)
 
 
 def _namespace_name_problem(name: str) -> str | None:
@@ -324,134 +293,3 @@ def _namespace_name_problem(name: str) -> str | None:
             "and '-', starting and ending with a letter or digit (RFC 1123 label)"
         )
     return None
-
-
-def _mapping_entries(
-    node: yaml.MappingNode,
-    path: str,
-    problems: list[Problem],
-    *,
-    known_keys: tuple[str, ...] | None,
-    _seen: dict[int, dict[str, tuple[yaml.Node, yaml.Node]] | None] | None = None,
-) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-    """The entries of a mapping by key text, after YAML merge keys (`<<`).
-
-    Reports duplicate keys, keys that are not scalars and (when `known_keys` is given)
-    unknown keys, with a "did you mean" hint for near misses. Each merged mapping is read
-    once (`_seen`), so nested merges cost linear time and a mapping that merges itself is an
-    error rather than endless recursion.
-    """
-    seen = {} if _seen is None else _seen
-    seen[id(node)] = None  # in progress
-    own: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-    merged: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-    prefix = f"{path}." if path else ""
-    for key_node, value_node in node.value:
-        if key_node.tag == _MERGE_TAG:
-            for source in _merge_sources(value_node, path, problems):
-                if id(source) in seen and seen[id(source)] is None:
-                    problems.append(
-                        Problem(
-                            prefix + "<<",
-                            "a merge key must not refer to the mapping it is in",
-                            _line(key_node),
-                        )
-                    )
-                    continue
-                entries = seen.get(id(source))
-                if entries is None:
-                    entries = _mapping_entries(
-                        source, path, problems, known_keys=known_keys, _seen=seen
-                    )
-                for key, entry in entries.items():
-                    merged.setdefault(key, entry)
-            continue
-        if not isinstance(key_node, yaml.ScalarNode):
-            problems.append(
-                Problem(
-                    path or "(file)",
-                    f"keys must be plain names (got {_describe(key_node)})",
-                    _line(key_node),
-                )
-            )
-            continue
-        key = str(key_node.value)
-        if key in own:
-            first = _line(own[key][0])
-            problems.append(
-                Problem(
-                    prefix + key,
-                    f"duplicate key (first on line {first}, again on line {_line(key_node)})",
-                    _line(key_node),
-                )
-            )
-            continue
-        if known_keys is not None and key not in known_keys:
-            problems.append(
-                Problem(
-                    prefix + key,
-                    "unknown key"
-                    + (_did_you_mean(key, known_keys) or f"; known keys: {', '.join(known_keys)}"),
-                    _line(key_node),
-                )
-            )
-            continue
-        own[key] = (key_node, value_node)
-    result = {**merged, **own}
-    seen[id(node)] = result
-    return result
-
-
-def _merge_sources(
-    node: yaml.Node, path: str, problems: list[Problem]
-) -> Iterator[yaml.MappingNode]:
-    """The mappings a `<<` merge key names: one mapping, or a list of mappings."""
-    candidates = node.value if isinstance(node, yaml.SequenceNode) else [node]
-    for candidate in candidates:
-        if isinstance(candidate, yaml.MappingNode):
-            yield candidate
-        else:
-            problems.append(
-                Problem(
-                    f"{path}.<<" if path else "<<",
-                    f"a merge key takes a mapping or a list of mappings (got {_describe(node)})",
-                    _line(node),
-                )
-            )
-
-
-def _did_you_mean(text: str, choices: tuple[str, ...]) -> str:
-    lowered = {choice.lower(): choice for choice in choices}
-    if text.lower() in lowered:
-        return f"; did you mean '{lowered[text.lower()]}'?"
-    matches = difflib.get_close_matches(text, choices, n=1, cutoff=0.6)
-    return f"; did you mean '{matches[0]}'?" if matches else ""
-
-
-def _is_null(node: yaml.Node) -> bool:
-    return isinstance(node, yaml.ScalarNode) and node.style is None and node.value in _NULL_WORDS
-
-
-def _line(node: yaml.Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
-def _describe(node: yaml.Node) -> str:
-    """How a value appears in messages: strings quoted, other scalars as written."""
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if not isinstance(node, yaml.ScalarNode):
-        return "a list"
-    if _is_null(node):
-        return "nothing"
-    text = str(node.value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    if node.style is not None or not (
-        _INT_RE.fullmatch(text)
-        or _FLOAT_RE.fullmatch(text)
-        or _NONFINITE_RE.fullmatch(text)
-        or text.lower() in _BOOL_WORDS
-    ):
-        return repr(text)
-    return text

@@ -47,19 +47,38 @@ def window(period: Period, timezone: str, at: datetime) -> tuple[datetime, datet
         end = bucket_floor(at) + _BUCKET
         return end - timedelta(days=period.rolling_days), end
 
-    zone = _zone(timezone)
-    first = _first_day(period.kind, at.astimezone(zone).date())
+    key = (period.kind, timezone)
+    cached = _last_window.get(key)
+    if cached is not None and cached[0] <= at < cached[1]:
+        return cached
+    found = calendar_window(period.kind, _zone(timezone), at)
+    if len(_last_window) >= _LAST_WINDOW_MAX:
+        _last_window.clear()
+    _last_window[key] = found
+    return found
+
+
+# The calendar window last found per (kind, zone): nearly every call asks about "now", so one
+# entry each turns a time-zone computation into two comparisons. Reads and writes of a dict
+# entry are atomic, so threads need no lock; a stale entry is only a cache miss.
+_last_window: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+_LAST_WINDOW_MAX: Final = 1024
+
+
+def calendar_window(kind: str, zone: ZoneInfo, at: datetime) -> tuple[datetime, datetime]:
+    """The day, week or month in `zone` holding the UTC instant `at`, computed afresh."""
+    first = _first_day(kind, at.astimezone(zone).date())
     start = local_midnight(first, zone)
     # Where local time runs backwards over midnight, the local date of `at` can name a period
     # that has not begun yet, or one that is already over; step to the one holding `at`.
     if start > at:
-        first = _first_day(period.kind, first - timedelta(days=1))
+        first = _first_day(kind, first - timedelta(days=1))
         start = local_midnight(first, zone)
-    following = _next_first_day(period.kind, first)
+    following = _next_first_day(kind, first)
     end = local_midnight(following, zone)
     while end <= at:
         first, start = following, end
-        following = _next_first_day(period.kind, first)
+        following = _next_first_day(kind, first)
         end = local_midnight(following, zone)
     return start, end
 

@@ -145,6 +145,7 @@ def test_valid_files(text: str, expected: BudgetPolicy) -> None:
     assert dict(parsed.namespaces) == dict(expected.namespaces)
 
 
+TZ_RULE = "unknown time zone; use an IANA name such as UTC or Europe/Berlin"
 GPU_HOURS_RULE = "must be a number >= 0 or 'unlimited'"
 DNS_RULE = (
     "not a valid namespace name: at most 63 characters of lower-case letters, digits and '-', "
@@ -264,10 +265,30 @@ DNS_RULE = (
         ),
         pytest.param(
             "defaults: {timezone: Europe/Berln}\n",
+            (f"defaults.timezone: {TZ_RULE}; did you mean 'Europe/Berlin'? (got 'Europe/Berln')",),
+            id="timezone-typo",
+        ),
+        pytest.param(
+            "defaults: {timezone: america/new_york}\n",
             (
-                "defaults.timezone: unknown time zone; use an IANA name such as UTC or "
-                "Europe/Berlin (got 'Europe/Berln')",
+                f"defaults.timezone: {TZ_RULE}; did you mean 'America/New_York'? "
+                "(got 'america/new_york')",
             ),
+            id="timezone-lower-case",
+        ),
+        pytest.param(
+            "defaults: {timezone: Kathmandu}\n",
+            (f"defaults.timezone: {TZ_RULE}; did you mean 'Asia/Kathmandu'? (got 'Kathmandu')",),
+            id="timezone-city-only",
+        ),
+        pytest.param(
+            "defaults: {timezone: localtime}\n",
+            (f"defaults.timezone: {TZ_RULE} (got 'localtime')",),
+            id="timezone-machine-localtime",
+        ),
+        pytest.param(
+            "defaults: {timezone: Mars/Olympus_Mons}\n",
+            (f"defaults.timezone: {TZ_RULE} (got 'Mars/Olympus_Mons')",),
             id="timezone-unknown",
         ),
         pytest.param(

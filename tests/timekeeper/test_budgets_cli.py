@@ -116,3 +116,21 @@ def test_example_file_passes_through_the_real_command() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith("deployment/examples/budgets.yaml: valid, 5 namespaces listed\n")
+
+
+def test_budgets_check_reads_standard_input() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpushare", "budgets", "check", "-"],
+        cwd=REPO,
+        input="namespaces:\n  interns: {gpuHours: ten}\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "-:2: namespaces.interns.gpuHours: must be a number >= 0 or 'unlimited' (got 'ten')\n"
+        "-: invalid, 1 problem\n"
+    )

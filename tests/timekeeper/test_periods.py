@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from timekeeper.budgets import Budget, Period
-from timekeeper.periods import BUCKET_SECONDS, bucket_floor, local_midnight, period_window
+from timekeeper.periods import (
+    BUCKET_SECONDS,
+    bucket_floor,
+    calendar_window,
+    local_midnight,
+    period_window,
+)
 
 
 def budget(period: str, timezone: str = "UTC") -> Budget:
@@ -252,7 +258,42 @@ awkward_instants = st.builds(
     st.sampled_from([1999, 2000, 2024, 2026, 2027, 2028, 2038, 2100]),
     st.integers(-26 * 60, 26 * 60),
 )
-any_instant = st.one_of(instants, awkward_instants)
+
+
+def offset_changes(zone_name: str, first_year: int, last_year: int) -> list[datetime]:
+    """The UTC instants (to the minute) at which `zone_name`'s offset changes."""
+    zone = ZoneInfo(zone_name)
+    changes = []
+    day = datetime(first_year, 1, 1, tzinfo=UTC)
+    while day.year <= last_year:
+        following = day + timedelta(days=1)
+        if day.astimezone(zone).utcoffset() != following.astimezone(zone).utcoffset():
+            low, high = day, following
+            while high - low > timedelta(minutes=1):
+                middle = low + (high - low) / 2
+                if middle.astimezone(zone).utcoffset() == low.astimezone(zone).utcoffset():
+                    low = middle
+                else:
+                    high = middle
+            changes.append(high.replace(second=0, microsecond=0))
+        day = following
+    return changes
+
+
+TRANSITIONS = sorted({t for zone in ZONES for t in offset_changes(zone, 2024, 2027)})
+# Instants within two days of a DST change somewhere, so that windows that hold one are common.
+near_transitions = st.builds(
+    lambda transition, seconds: transition + timedelta(seconds=seconds),
+    st.sampled_from(TRANSITIONS),
+    st.integers(-2 * 86400, 2 * 86400),
+)
+any_instant = st.one_of(instants, awkward_instants, near_transitions)
+
+
+def test_the_zones_under_test_do_change_offsets() -> None:
+    assert len(TRANSITIONS) >= 4 * 2 * 5  # New York, Berlin, Lord Howe, Santiago, Havana...
+
+
 calendar_budgets = st.builds(budget, st.sampled_from(CALENDAR), st.sampled_from(ZONES))
 rolling_budgets = st.builds(
     lambda days, zone: budget(f"rolling:{days}d", zone),
@@ -267,7 +308,7 @@ def on_bucket(instant: datetime) -> bool:
 
 @settings(max_examples=400)
 @given(calendar_budgets, any_instant)
-def test_calendar_window_contains_at_and_neighbours_tile_time(b: Budget, at: datetime) -> None:
+def testcalendar_window_contains_at_and_neighbours_tile_time(b: Budget, at: datetime) -> None:
     start, end = period_window(b, at)
     assert start <= at < end
     # The window just before starts where nothing is left between them, and so does the next.
@@ -284,7 +325,7 @@ def test_calendar_window_contains_at_and_neighbours_tile_time(b: Budget, at: dat
 
 @settings(max_examples=400)
 @given(calendar_budgets, any_instant)
-def test_calendar_window_starts_on_the_first_local_day(b: Budget, at: datetime) -> None:
+def testcalendar_window_starts_on_the_first_local_day(b: Budget, at: datetime) -> None:
     zone = ZoneInfo(b.timezone)
     start, end = period_window(b, at)
     first = start.astimezone(zone)
@@ -356,3 +397,12 @@ def test_february_has_29_days_in_leap_years(zone: str, year: int) -> None:
     assert end.astimezone(local).date() - start.astimezone(local).date() == timedelta(
         days=29 if leap else 28
     )
+
+
+@settings(max_examples=300)
+@given(calendar_budgets, st.lists(any_instant, min_size=1, max_size=5))
+def test_remembered_windows_are_the_computed_ones(b: Budget, instants: list[datetime]) -> None:
+    zone = ZoneInfo(b.timezone)
+    for at in instants:
+        for instant in (at, at + timedelta(hours=1), at - timedelta(days=1)):
+            assert period_window(b, instant) == calendar_window(b.period.kind, zone, instant)
