@@ -73,7 +73,7 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
         state = lookup.status.state
         decision = decide_priority(lookup.status)
         if lookup.stale:
-            warnings.append("gpushare: budget state taken from cache; the timekeeper is slow")
+            warnings.append("gpushare: budget state from cache; the timekeeper is not answering")
     except TimekeeperUnavailable as err:
         if settings.failure_policy == "fail-closed":
             return Verdict(

@@ -128,7 +128,9 @@ class TimekeeperBudgets:
                 self._metrics.budget_cache.labels("stale").inc()
                 if skip_reason is None:
                     self._start_locked(namespace)
-                return BudgetLookup(entry.status, stale=True)
+                # Flagged stale only while the timekeeper is failing; an ordinary background
+                # revalidation is not worth a warning to the user.
+                return BudgetLookup(entry.status, stale=skip_reason is not None)
             if skip_reason is not None:
                 self._metrics.budget_cache.labels("skipped").inc()
                 raise TimekeeperUnavailable(

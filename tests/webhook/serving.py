@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -157,3 +158,96 @@ def serve_webhook(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+@dataclass
+class Timekeeper:
+    """A real `gpushare timekeeper` process (its own process group, killable as a whole)."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_file: Path
+
+    def kill(self) -> None:
+        """SIGKILL the gunicorn master and its workers: no goodbye, like a crashed node."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def post_json(self, path: str, body: Any, token: str) -> int:
+        host, port = self.url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            connection.request(
+                "POST",
+                path,
+                json.dumps(body),
+                {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+            )
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        finally:
+            connection.close()
+
+
+@contextmanager
+def serve_timekeeper(
+    directory: Path, budgets_yaml: str, tokens: dict[str, str]
+) -> Iterator[Timekeeper]:
+    """Migrate a SQLite ledger, then serve the timekeeper on a free loopback port."""
+    directory.mkdir(parents=True, exist_ok=True)
+    database_url = f"sqlite:///{directory / 'ledger.db'}"
+    (directory / "budgets.yaml").write_text(budgets_yaml)
+    entries = [{"token": token, "namespace": ns} for ns, token in tokens.items()]
+    (directory / "tokens.yaml").write_text(json.dumps({"tokens": entries}))  # JSON is YAML
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUSHARE_")}
+    gpushare = [sys.executable, "-m", "gpushare"]
+    subprocess.run(
+        [*gpushare, "db", "upgrade", "--database-url", database_url],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    log_file = directory / "timekeeper.log"
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                *gpushare,
+                "timekeeper",
+                *("--host", "127.0.0.1", "--port", "0", "--workers", "1", "--no-migrate"),
+                *("--database-url", database_url),
+                *("--budgets", str(directory / "budgets.yaml")),
+                *("--tokens", str(directory / "tokens.yaml")),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    found: list[str] = []
+
+    def listening() -> bool:
+        assert process.poll() is None, log_file.read_text(errors="replace")
+        match = _LISTENING.search(log_file.read_text(errors="replace"))
+        if match:
+            found.append(match.group(1))
+        return bool(match)
+
+    timekeeper: Timekeeper | None = None
+    try:
+        wait_until(listening, 60, "timekeeper listening")
+        timekeeper = Timekeeper(process, found[0], log_file)
+        yield timekeeper
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+
+
+_LISTENING = re.compile(r"timekeeper listening on (http://127\.0\.0\.1:\d+)")
