@@ -121,7 +121,11 @@ def test_the_command_serves_a_kubelet_end_to_end(short_dir: Path) -> None:
         port = (short_dir / "log").read_text().split("metrics on http://127.0.0.1:")[1]
         with urllib.request.urlopen(f"http://127.0.0.1:{port.split('/')[0]}/metrics") as page:
             assert b"gpushare_gpu_cores_allocated" in page.read()
-        assert json.loads((short_dir / "checkpoint.json").read_text())["allocations"]
+        checkpoint = short_dir / "checkpoint.json"
+        wait_until(
+            lambda: checkpoint.exists() and bool(json.loads(checkpoint.read_text())["allocations"]),
+            what="the allocation checkpointed",
+        )
     finally:
         process.terminate()
         assert process.wait(timeout=20) == 0

@@ -101,6 +101,7 @@ class Daemon:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.runner.stop()
+        self.manager.flush_checkpoint()
         self._metrics_server.shutdown()
         self.manager.inventory.close()
 
