@@ -15,7 +15,13 @@ from webhook.admission import BudgetSource
 from webhook.budget_client import timekeeper_budgets
 from webhook.errors import BadReview
 from webhook.metrics import Metrics
-from webhook.review import AdmissionRequest, Verdict, encode_response, parse_review
+from webhook.review import (
+    COMPACT_JSON,
+    AdmissionRequest,
+    Verdict,
+    encode_response,
+    parse_review,
+)
 from webhook.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,7 +66,10 @@ def create_app(
         metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         if not verdict.allowed:
             log.info("denied %s in %s: %s", review.uid, review.namespace, verdict.message)
-        return jsonify(encode_response(review.uid, verdict))
+        return Response(
+            COMPACT_JSON.encode(encode_response(review.uid, verdict)),
+            mimetype="application/json",
+        )
 
     @app.post("/validate")
     def validate() -> Response:
