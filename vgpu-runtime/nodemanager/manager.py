@@ -116,6 +116,8 @@ class NodeManager:
         self.changed = threading.Condition(self._lock)
         """Notified whenever device health changes; `device_version` counts the changes."""
         self.device_version = 0
+        self.capacity_changed = threading.Event()
+        """Set whenever free capacity changes, so that it is published without delay."""
         self._healthy = {gpu.uuid: True for gpu in self.gpus}
         self._device_index = {
             text: parse_device_id(text, kind, self.gpus)
@@ -128,6 +130,10 @@ class NodeManager:
         self._checkpoint = CheckpointWriter(paths.checkpoint, self._checkpoint_text)
         self._reservations: dict[tuple[str, str], tuple[float, Placement]] = {}
         self._published = ""
+
+    def _allocations_changed(self) -> None:
+        self._checkpoint.request()
+        self.capacity_changed.set()
 
     def _checkpoint_text(self) -> str:
         with self._lock:
@@ -160,6 +166,7 @@ class NodeManager:
             self._healthy = results
             self.device_version += 1
             self.changed.notify_all()
+        self.capacity_changed.set()
         return True
 
     def capacities(self) -> list[GpuCapacity]:
@@ -345,7 +352,7 @@ class NodeManager:
             for old in self._ledger.add(allocation):
                 log.info("allocation %s released: kubelet reused its devices", old.id)
                 _remove_state_dir(old, self.paths.state_root)
-            self._checkpoint.request()
+            self._allocations_changed()
             log.info(
                 "allocated %d %s on GPU %s to %s%s",
                 size,
@@ -428,7 +435,7 @@ class NodeManager:
             self._pod_cache = None  # its pods may match again now
             if allocation is not None:
                 _remove_state_dir(allocation, self.paths.state_root)
-                self._checkpoint.request()
+                self._allocations_changed()
 
     # --- reconcile -------------------------------------------------------------------------
     def reconcile(self) -> bool:
@@ -477,7 +484,7 @@ class NodeManager:
                     changed = True
             changed = self._adopt(holders, now) or changed
             if changed:
-                self._checkpoint.request()
+                self._allocations_changed()
         return True
 
     def _adopt(self, holders: dict[tuple[Kind, str], ContainerKey], now: float) -> bool:
