@@ -17,6 +17,7 @@ GPUs with the rules the node manager applies when kubelet allocates:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -89,6 +90,13 @@ def parse_capacity(annotations: Mapping[str, str] | None) -> NodeGpus:
         raise CapacityError(
             f"node has no {NODE_GPU_CAPACITY} annotation (no gpushare node manager runs there)"
         )
+    return _parse_capacity_text(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_capacity_text(text: str) -> NodeGpus:
+    """Parsed once per distinct annotation: between two scheduling cycles most nodes'
+    capacity is unchanged, and the scheduler sends every node on every call."""
     try:
         document = json.loads(text)
     except ValueError as err:
@@ -203,6 +211,19 @@ def _place(gpus: list[GpuFree], demand: ContainerDemand, policy: str) -> tuple[l
 
 def _largest_first(demand: ContainerDemand) -> tuple[int, int]:
     return (-demand.core, -demand.memory)
+
+
+def fits(node: NodeGpus, demand: PodDemand) -> Fit:
+    """Like `fit` without the GPUs after placement (`after` is the GPUs as they are): the
+    filter's fast path for the common single-container pod."""
+    containers = demand.init + demand.regular
+    if len(containers) == 1 and containers[0].core < CORE_UNITS_PER_GPU:
+        core, memory = containers[0].core, containers[0].memory
+        for gpu in node.gpus:
+            if gpu.healthy and gpu.core_free >= core and gpu.memory_free >= memory:
+                return Fit(True, "", node.gpus)
+    result = fit(node, demand)
+    return Fit(result.fits, result.reason, node.gpus)
 
 
 def fit(node: NodeGpus, demand: PodDemand) -> Fit:

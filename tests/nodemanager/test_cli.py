@@ -10,10 +10,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from nodemanager.daemon import Daemon
+from nodemanager.inventory import SimulatedInventory
+from nodemanager.kube import KubernetesApi
 from nodemanager.placement import Policy
 from nodemanager.settings import Settings, SettingsError, parse_settings
 
 from gpushare import cli
+from gpushare.annotations import NODE_GPU_CAPACITY
+from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod
 from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet, wait_until
 
 
@@ -121,8 +126,52 @@ def test_the_command_serves_a_kubelet_end_to_end(short_dir: Path) -> None:
         port = (short_dir / "log").read_text().split("metrics on http://127.0.0.1:")[1]
         with urllib.request.urlopen(f"http://127.0.0.1:{port.split('/')[0]}/metrics") as page:
             assert b"gpushare_gpu_cores_allocated" in page.read()
-        assert json.loads((short_dir / "checkpoint.json").read_text())["allocations"]
+        checkpoint = short_dir / "checkpoint.json"
+        wait_until(
+            lambda: checkpoint.exists() and bool(json.loads(checkpoint.read_text())["allocations"]),
+            what="the allocation checkpointed",
+        )
     finally:
         process.terminate()
         assert process.wait(timeout=20) == 0
+        kubelet.stop()
+
+
+def test_daemon_publishes_capacity_as_soon_as_it_changes(
+    short_dir: Path, apiserver: FakeApiServer
+) -> None:
+    kubelet = FakeKubelet(short_dir / "dp", short_dir / "pr.sock").start()
+    settings = Settings(
+        node_name="node-a",
+        device_plugin_dir=short_dir / "dp",
+        pod_resources_socket=short_dir / "pr.sock",
+        simulate_gpus=(2, 16 << 30),
+        host="127.0.0.1",
+        port=0,
+        hook_library_dir=short_dir / "lib",
+        state_dir=short_dir / "state",
+        checkpoint=short_dir / "checkpoint.json",
+        health_interval_seconds=3600,
+        reconcile_interval_seconds=3600,
+    )
+    daemon = Daemon(
+        settings,
+        inventory=SimulatedInventory(2, 16 << 30),
+        kubernetes=KubernetesApi.for_url(apiserver.url),
+    )
+    daemon.start()
+    try:
+        wait_until(lambda: len(kubelet.health(MEMORY)) == 128, what="devices listed")
+
+        def core_free() -> list[int]:
+            text = apiserver.node_annotations("node-a").get(NODE_GPU_CAPACITY)
+            return [] if text is None else [gpu["coreFree"] for gpu in json.loads(text)["gpus"]]
+
+        wait_until(lambda: core_free() == [100, 100], what="first publication")
+        pod = make_pod("p", [("c", 30, 4)])
+        apiserver.add_pod(pod)
+        kubelet.admit(pod)
+        wait_until(lambda: core_free() == [70, 100], timeout=5, what="capacity after Allocate")
+    finally:
+        daemon.stop()
         kubelet.stop()

@@ -15,8 +15,10 @@ from nodemanager.manager import NodeManager, Paths
 from nodemanager.placement import Policy
 
 from gpushare.annotations import NODE_GPU_CAPACITY
-from tests.nodemanager.fake_apiserver import make_pod
+from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod
+from tests.nodemanager.fake_kubelet import wait_until
 from webhook import extender, placement
+from webhook.nodecapacity import KubernetesNodeCapacity, StaticNodeCapacity
 
 
 def capacity(gpus: list[tuple[int, int]], *, policy: str = "binpack", memory: int = 64) -> str:
@@ -103,9 +105,12 @@ def test_fit(
     used: list[tuple[int, int]], containers: list[tuple[str, int, int]], fits: bool, reason: str
 ) -> None:
     gpus = placement.parse_capacity({NODE_GPU_CAPACITY: capacity(used)})
-    result = placement.fit(gpus, placement.pod_demand(make_pod("p", containers)))
+    demand = placement.pod_demand(make_pod("p", containers))
+    result = placement.fit(gpus, demand)
     assert result.fits is fits
     assert reason in result.reason
+    quick = placement.fits(gpus, demand)  # the filter's fast path agrees
+    assert (quick.fits, quick.reason) == (result.fits, result.reason)
 
 
 @pytest.mark.parametrize(
@@ -234,3 +239,38 @@ def test_node_manager_annotation_is_what_the_extender_reads(tmp_path: Path) -> N
         (0, 100, 64),
         (1, 100, 64),
     ]
+
+
+def test_filter_and_prioritize_with_node_names_only() -> None:
+    app = Flask(__name__)
+    app.register_blueprint(extender.blueprint)
+    extender.install_node_capacity(
+        app,
+        StaticNodeCapacity(
+            {"busy": capacity([(60, 4), (60, 4)]), "free": capacity([(0, 0), (0, 0)])}
+        ),
+    )
+    client = app.test_client()
+    body = {"pod": make_pod("p", [("c", 50, 4)]), "nodenames": ["busy", "free", "plain"]}
+    reply = client.post("/scheduler/filter", json=body).get_json()
+    assert reply["nodenames"] == ["free"]
+    assert set(reply["failedNodes"]) == {"busy"}
+    assert set(reply["failedAndUnresolvableNodes"]) == {"plain"}
+    scores = client.post("/scheduler/prioritize", json=body).get_json()
+    assert [item["host"] for item in scores] == ["busy", "free", "plain"]
+    assert scores[0]["score"] == 0 and scores[2]["score"] == 0
+
+
+def test_node_capacity_cache_follows_the_api_server(apiserver: FakeApiServer) -> None:
+    from kubernetes import client
+
+    api = client.ApiClient(client.Configuration(host=apiserver.url))
+    cache = KubernetesNodeCapacity(api, retry_seconds=0.05).start()
+    try:
+        apiserver._patch_node("n1", {"metadata": {"annotations": {NODE_GPU_CAPACITY: "x"}}})
+        wait_until(lambda: cache.capacity_annotation("n1") == "x", what="annotation cached")
+        apiserver._patch_node("n1", {"metadata": {"annotations": {NODE_GPU_CAPACITY: "y"}}})
+        wait_until(lambda: cache.capacity_annotation("n1") == "y", what="annotation updated")
+        assert cache.capacity_annotation("n2") is None
+    finally:
+        cache.stop()

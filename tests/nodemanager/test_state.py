@@ -17,6 +17,7 @@ from tests.nodemanager.fake_apiserver import make_pod
 
 
 def restarted(node_manager: NodeManager, root: Path, url: str, grace: float) -> NodeManager:
+    node_manager.flush_checkpoint()
     kubernetes = KubernetesApi.for_url(url)
     return NodeManager(
         node_name=NODE,
@@ -41,6 +42,7 @@ def test_checkpoint_restores_allocations_and_releases_deleted_pods(
         "kept": node.kubelet.admit(kept)["c"],
         "gone": node.kubelet.admit(gone)["c"],
     }
+    node.manager.flush_checkpoint()
     checkpoint = json.loads(node.paths.checkpoint.read_text())
     assert checkpoint["version"] == 1
     assert len(checkpoint["allocations"]) == 4
@@ -59,6 +61,7 @@ def test_checkpoint_restores_allocations_and_releases_deleted_pods(
     assert all(a.owner is not None and a.owner.confirmed for a in left)
     assert not gone_state.exists()
     assert [(gpu.core_free, gpu.memory_free) for gpu in fresh.capacities()] == [(70, 60), (100, 64)]
+    fresh.flush_checkpoint()
     assert len(json.loads(node.paths.checkpoint.read_text())["allocations"]) == 2
 
 
@@ -164,3 +167,22 @@ def test_bad_checkpoint_is_a_named_error(tmp_path: Path, content: str, message: 
         Ledger.load(path)
     assert message in str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_lost_checkpoint_is_rebuilt_from_kubelet(make_node: NodeFactory) -> None:
+    node = make_node()
+    pod = make_pod("p", [("c", 30, 4)])
+    node.apiserver.add_pod(pod)
+    node.kubelet.admit(pod)
+    node.manager.flush_checkpoint()
+    node.paths.checkpoint.unlink()
+    fresh = restarted(node.manager, node.root, node.apiserver.url, grace=0)
+    assert fresh.allocations() == []
+    assert fresh.reconcile()
+    assert sorted((a.kind, a.owner.pod if a.owner else "") for a in fresh.allocations()) == [
+        (Kind.CORE, "p"),
+        (Kind.MEMORY, "p"),
+    ]
+    assert [(gpu.core_free, gpu.memory_free) for gpu in fresh.capacities()] == [(70, 60), (100, 64)]
+    assert fresh.reconcile()  # adopting twice changes nothing
+    assert len(fresh.allocations()) == 2

@@ -93,14 +93,18 @@ class Daemon:
             if now >= next_reconcile:
                 self.manager.reconcile()
                 next_reconcile = now + reconcile_every
+            self.manager.capacity_changed.clear()
             self.manager.publish()
-            self._stop.wait(max(0.05, min(next_health, next_reconcile) - time.monotonic()))
+            timeout = max(0.05, min(next_health, next_reconcile) - time.monotonic())
+            self.manager.capacity_changed.wait(timeout)
 
     def stop(self) -> None:
         self._stop.set()
+        self.manager.capacity_changed.set()  # wake the housekeeping loop
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.runner.stop()
+        self.manager.flush_checkpoint()
         self._metrics_server.shutdown()
         self.manager.inventory.close()
 

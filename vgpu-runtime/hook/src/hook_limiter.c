@@ -8,6 +8,12 @@
  * around it on its stream later give the real cost, and the difference is settled. When the
  * bucket is negative, the launching thread sleeps until it holds GS_BUCKET_RESUME_NS again:
  * never a busy wait.
+ *
+ * Measurement is sampled: a work item (function or graph) whose cost is unknown is measured on
+ * its first launch, and then one launch in SAMPLE_EVERY; the rest are charged the estimate.
+ * A measured launch is bracketed by two events on its stream; the first completes when the
+ * stream reaches the launch, so their elapsed time is the launch's own run time even when the
+ * stream was busy or idle before it.
  */
 #define _GNU_SOURCE
 #include "hook_limiter.h"
@@ -24,7 +30,10 @@
 
 #define RING_SLOTS 1024          /* launches in flight per stream (a real launch queue's depth) */
 #define POOL_SLOTS (RING_SLOTS * 2 + 2)
+#define MEASURE_SLOTS RING_SLOTS /* measured launches in flight per stream */
 #define ESTIMATE_SLOTS 1024
+#define SAMPLE_EVERY 8           /* measure one launch in this many of a known work item */
+#define REFILL_EVERY_NS 20000    /* refill the shared bucket at most this often per thread */
 #define HARVEST_EVERY 32         /* harvest after this many launches ... */
 #define HARVEST_PERIOD_NS 500000 /* ... or this long, whichever first */
 #define MIN_SLEEP_NS 100000
@@ -37,12 +46,12 @@ struct pending {
   CUevent end;
   int64_t charged_ns;
   const void *work;
-  int start_owned;
 };
 
 struct estimate {
   const void *work;
-  int64_t ns;
+  int64_t ns; /* 0: never measured */
+  uint32_t launches;
 };
 
 struct tracker {
@@ -56,11 +65,11 @@ struct tracker {
   struct pending ring[RING_SLOTS];
   unsigned head, count, since_harvest;
   int64_t harvested_at_ns;
-  CUevent tail; /* end event of the newest launch, NULL once it is known complete */
   CUevent pool[POOL_SLOTS];
   unsigned pool_count;
   struct estimate estimates[ESTIMATE_SLOTS];
   int64_t average_ns; /* over all launches on the stream: the estimate of work not seen yet */
+  int64_t refilled_at_ns;
   struct tracker *next;
 };
 
@@ -182,6 +191,7 @@ static struct estimate *estimate_of(struct tracker *t, const void *work) {
   if (e->work != work) {
     e->work = work;
     e->ns = t->average_ns;
+    e->launches = 0;
   }
   return e;
 }
@@ -196,11 +206,25 @@ static CUresult elapsed_ms(float *ms, CUevent start, CUevent end) {
   return gs_cuda.cuEventElapsedTime(ms, start, end);
 }
 
+/* The hook's own event calls must not invalidate a graph capture running in this or another
+ * thread (CU_STREAM_CAPTURE_MODE_GLOBAL forbids "unsafe" calls): they run in relaxed mode. */
+static CUstreamCaptureMode relax_capture_mode(void) {
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  if (gs_cuda.cuThreadExchangeStreamCaptureMode != NULL) gs_cuda.cuThreadExchangeStreamCaptureMode(&mode);
+  return mode;
+}
+
+static void restore_capture_mode(CUstreamCaptureMode mode) {
+  if (gs_cuda.cuThreadExchangeStreamCaptureMode != NULL) gs_cuda.cuThreadExchangeStreamCaptureMode(&mode);
+}
+
 /* Settles completed launches (oldest first): real cost replaces the estimate charged. */
 static void harvest(struct tracker *t, struct gs_device_slot *slot, int64_t now, int force) {
   if (!force && t->since_harvest < HARVEST_EVERY && now - t->harvested_at_ns < HARVEST_PERIOD_NS) return;
   t->since_harvest = 0;
   t->harvested_at_ns = now;
+  if (t->count == 0) return;
+  CUstreamCaptureMode mode = relax_capture_mode();
   while (t->count > 0) {
     struct pending *p = &t->ring[t->head];
     CUresult q = gs_cuda.cuEventQuery(p->end);
@@ -210,20 +234,16 @@ static void harvest(struct tracker *t, struct gs_device_slot *slot, int64_t now,
     if (q == CUDA_SUCCESS && elapsed_ms(&ms, p->start, p->end) == CUDA_SUCCESS) measured = (int64_t)((double)ms * 1e6);
     if (measured < 0) measured = 0;
     __atomic_add_fetch(&slot->tokens_ns, p->charged_ns - measured, __ATOMIC_ACQ_REL);
-    __atomic_add_fetch(&slot->busy_ns, measured, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&slot->busy_ns, measured - p->charged_ns, __ATOMIC_RELAXED);
     struct estimate *e = estimate_of(t, p->work);
     e->ns = gs_estimate_update(e->ns, measured);
     t->average_ns = gs_estimate_update(t->average_ns, measured);
-    if (p->start_owned) give_event(t, p->start);
+    give_event(t, p->start);
+    give_event(t, p->end);
     t->head = (t->head + 1) % RING_SLOTS;
     t->count--;
-    if (t->count > 0 && t->ring[t->head].start == p->end) {
-      t->ring[t->head].start_owned = 1; /* the next launch measures from this event */
-    } else {
-      if (t->tail == p->end) t->tail = NULL;
-      give_event(t, p->end);
-    }
   }
+  restore_capture_mode(mode);
 }
 
 static struct tracker *tracker_for(CUcontext ctx, CUstream stream, int per_thread) {
@@ -275,13 +295,41 @@ static int capturing(CUstream stream, int per_thread) {
   return status != CU_STREAM_CAPTURE_STATUS_NONE;
 }
 
+/* Refills the bucket when due, and sleeps while it is in debt. Called with t->lock held. */
+static void admit(struct tracker *t, struct gs_device_slot *slot, int64_t now) {
+  for (;;) {
+    int percent = current_percent(t->device, now);
+    int64_t tokens = __atomic_load_n(&slot->tokens_ns, __ATOMIC_ACQUIRE);
+    if (tokens < 0 || now - t->refilled_at_ns >= REFILL_EVERY_NS) {
+      refill(slot, now, percent);
+      t->refilled_at_ns = now;
+      tokens = __atomic_load_n(&slot->tokens_ns, __ATOMIC_ACQUIRE);
+    }
+    int64_t wait = gs_bucket_wait_ns(tokens, percent, MIN_SLEEP_NS, MAX_SLEEP_NS);
+    if (wait == 0) return;
+    sleep_ns(wait);
+    now = now_ns();
+    harvest(t, slot, now, 1);
+  }
+}
+
+/* Records an event on the launch's stream through the launch's own (legacy or _ptsz) variant. */
+static CUevent recorded_event(struct tracker *t) {
+  CUevent event = take_event(t);
+  if (event != NULL && record(t, event) != CUDA_SUCCESS) {
+    give_event(t, event);
+    event = NULL;
+  }
+  return event;
+}
+
 CUresult gs_limited_launch(CUstream stream, int per_thread, const void *work, CUresult (*call)(void *),
                            void *args) {
   CUcontext ctx = NULL;
   if (gs_cuda.cuCtxGetCurrent == NULL || gs_cuda.cuCtxGetCurrent(&ctx) != CUDA_SUCCESS || ctx == NULL)
     return call(args);
   struct tracker *t = tracker_for(ctx, stream, per_thread);
-  if (t == NULL || limits[t->device].hard_percent >= 100 || capturing(stream, per_thread)) return call(args);
+  if (t == NULL || limits[t->device].hard_percent >= 100) return call(args);
   struct gs_device_slot *slot = gs_state_device(t->device);
   if (slot == NULL) return call(args);
 
@@ -289,65 +337,45 @@ CUresult gs_limited_launch(CUstream stream, int per_thread, const void *work, CU
   int64_t now = now_ns();
   t->since_harvest++;
   harvest(t, slot, now, 0);
-  for (;;) { /* admission: sleep while the container's bucket is in debt */
-    int percent = current_percent(t->device, now);
-    refill(slot, now, percent);
-    int64_t wait = gs_bucket_wait_ns(__atomic_load_n(&slot->tokens_ns, __ATOMIC_ACQUIRE), percent,
-                                     MIN_SLEEP_NS, MAX_SLEEP_NS);
-    if (wait == 0) break;
-    sleep_ns(wait);
+  struct estimate *e = estimate_of(t, work);
+  int measure = e->ns == 0 || ++e->launches % SAMPLE_EVERY == 0;
+  if (measure && capturing(stream, per_thread)) {
+    /* Captured into a graph, not run: the graph's launches are what is charged. */
+    pthread_mutex_unlock(&t->lock);
+    return call(args);
+  }
+  CUstreamCaptureMode mode = measure ? relax_capture_mode() : CU_STREAM_CAPTURE_MODE_RELAXED;
+  if (e->ns == 0 && t->count > 0) {
+    /* Cost unknown: let the measured work in flight finish first, so a burst of unmeasured
+     * work cannot slip past the limit. Blocking sync, not spinning. */
+    gs_cuda.cuEventSynchronize(t->ring[(t->head + t->count - 1) % RING_SLOTS].end);
     now = now_ns();
     harvest(t, slot, now, 1);
+    e = estimate_of(t, work);
   }
-  if (t->count == RING_SLOTS) { /* too many in flight: wait (blocking, not spinning) for the oldest */
-    harvest(t, slot, now, 1);
-    if (t->count == RING_SLOTS) {
-      gs_cuda.cuEventSynchronize(t->ring[t->head].end);
-      harvest(t, slot, now_ns(), 1);
-    }
-  }
-  int64_t charged = estimate_of(t, work)->ns;
-  if (charged == 0 && t->tail != NULL) {
-    /* Cost unknown (nothing measured on this stream yet): one launch in flight at a time, so a
-     * burst of unmeasured work cannot slip past the limit. */
-    gs_cuda.cuEventSynchronize(t->tail);
+  admit(t, slot, now);
+  if (measure && t->count == MEASURE_SLOTS) { /* too many in flight: wait for the oldest */
+    gs_cuda.cuEventSynchronize(t->ring[t->head].end);
     harvest(t, slot, now_ns(), 1);
-    charged = estimate_of(t, work)->ns;
   }
+  int64_t charged = e->ns;
   __atomic_sub_fetch(&slot->tokens_ns, charged, __ATOMIC_ACQ_REL);
+  __atomic_add_fetch(&slot->busy_ns, charged, __ATOMIC_RELAXED);
 
-  /* Start of the measurement: the previous launch's end while it is still running (no gap on
-   * the stream), otherwise a fresh event recorded just before this launch. */
-  CUevent start = NULL;
-  int start_owned = 0;
-  if (t->tail != NULL && gs_cuda.cuEventQuery(t->tail) == CUDA_ERROR_NOT_READY) {
-    start = t->tail;
-  } else {
-    start = take_event(t);
-    start_owned = 1;
-    if (start != NULL && record(t, start) != CUDA_SUCCESS) {
-      give_event(t, start);
-      start = NULL;
-    }
-  }
+  CUevent start = measure ? recorded_event(t) : NULL;
   CUresult rc = call(args);
-  CUevent end = NULL;
-  if (rc == CUDA_SUCCESS && start != NULL) {
-    end = take_event(t);
-    if (end != NULL && record(t, end) != CUDA_SUCCESS) {
-      give_event(t, end);
-      end = NULL;
+  CUevent end = rc == CUDA_SUCCESS && start != NULL ? recorded_event(t) : NULL;
+  if (end != NULL) {
+    t->ring[(t->head + t->count) % RING_SLOTS] = (struct pending){start, end, charged, work};
+    t->count++;
+  } else {
+    give_event(t, start);
+    if (rc != CUDA_SUCCESS) { /* a failed launch costs nothing */
+      __atomic_add_fetch(&slot->tokens_ns, charged, __ATOMIC_ACQ_REL);
+      __atomic_sub_fetch(&slot->busy_ns, charged, __ATOMIC_RELAXED);
     }
   }
-  if (end == NULL) { /* not measured: a failed launch costs nothing, an unmeasured one its estimate */
-    if (rc != CUDA_SUCCESS) __atomic_add_fetch(&slot->tokens_ns, charged, __ATOMIC_ACQ_REL);
-    if (start_owned) give_event(t, start);
-  } else {
-    unsigned slot_index = (t->head + t->count) % RING_SLOTS;
-    t->ring[slot_index] = (struct pending){start, end, charged, work, start_owned};
-    t->count++;
-    t->tail = end; /* the previous tail stays owned by its own ring entry */
-  }
+  if (measure) restore_capture_mode(mode);
   pthread_mutex_unlock(&t->lock);
   return rc;
 }
