@@ -206,11 +206,25 @@ static CUresult elapsed_ms(float *ms, CUevent start, CUevent end) {
   return gs_cuda.cuEventElapsedTime(ms, start, end);
 }
 
+/* The hook's own event calls must not invalidate a graph capture running in this or another
+ * thread (CU_STREAM_CAPTURE_MODE_GLOBAL forbids "unsafe" calls): they run in relaxed mode. */
+static CUstreamCaptureMode relax_capture_mode(void) {
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  if (gs_cuda.cuThreadExchangeStreamCaptureMode != NULL) gs_cuda.cuThreadExchangeStreamCaptureMode(&mode);
+  return mode;
+}
+
+static void restore_capture_mode(CUstreamCaptureMode mode) {
+  if (gs_cuda.cuThreadExchangeStreamCaptureMode != NULL) gs_cuda.cuThreadExchangeStreamCaptureMode(&mode);
+}
+
 /* Settles completed launches (oldest first): real cost replaces the estimate charged. */
 static void harvest(struct tracker *t, struct gs_device_slot *slot, int64_t now, int force) {
   if (!force && t->since_harvest < HARVEST_EVERY && now - t->harvested_at_ns < HARVEST_PERIOD_NS) return;
   t->since_harvest = 0;
   t->harvested_at_ns = now;
+  if (t->count == 0) return;
+  CUstreamCaptureMode mode = relax_capture_mode();
   while (t->count > 0) {
     struct pending *p = &t->ring[t->head];
     CUresult q = gs_cuda.cuEventQuery(p->end);
@@ -229,6 +243,7 @@ static void harvest(struct tracker *t, struct gs_device_slot *slot, int64_t now,
     t->head = (t->head + 1) % RING_SLOTS;
     t->count--;
   }
+  restore_capture_mode(mode);
 }
 
 static struct tracker *tracker_for(CUcontext ctx, CUstream stream, int per_thread) {
@@ -329,6 +344,7 @@ CUresult gs_limited_launch(CUstream stream, int per_thread, const void *work, CU
     pthread_mutex_unlock(&t->lock);
     return call(args);
   }
+  CUstreamCaptureMode mode = measure ? relax_capture_mode() : CU_STREAM_CAPTURE_MODE_RELAXED;
   if (e->ns == 0 && t->count > 0) {
     /* Cost unknown: let the measured work in flight finish first, so a burst of unmeasured
      * work cannot slip past the limit. Blocking sync, not spinning. */
@@ -359,6 +375,7 @@ CUresult gs_limited_launch(CUstream stream, int per_thread, const void *work, CU
       __atomic_sub_fetch(&slot->busy_ns, charged, __ATOMIC_RELAXED);
     }
   }
+  if (measure) restore_capture_mode(mode);
   pthread_mutex_unlock(&t->lock);
   return rc;
 }

@@ -50,7 +50,8 @@
   X(cuEventElapsedTime)       \
   X(cuEventElapsedTime_v2)    \
   X(cuStreamIsCapturing)      \
-  X(cuStreamIsCapturing_ptsz)
+  X(cuStreamIsCapturing_ptsz) \
+  X(cuThreadExchangeStreamCaptureMode)
 
 #define GS_HOOKED_NVML(X)          \
   X(nvmlDeviceGetMemoryInfo)       \

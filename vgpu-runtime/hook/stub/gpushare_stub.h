@@ -17,6 +17,8 @@ uint64_t gpushareStubMemUsed(int device);
 const char *gpushareStubLastCall(void);
 /* Name of the last launch entry point (kernel or graph) called by this thread ("" if none). */
 const char *gpushareStubLastLaunch(void);
+/* Name of the last event-record entry point called by this thread ("" if none). */
+const char *gpushareStubLastRecord(void);
 /* The stub's own implementation of an entry point, bypassing every interposer. */
 void *gpushareStubSymbol(const char *name);
 /* Monotonic now in ns (the simulated clock). */

@@ -29,7 +29,9 @@
 static __thread const char *last_call = "";
 static __thread const char *last_launch = "";
 #define ENTRY(name) (last_call = #name)
+static __thread const char *last_record = "";
 #define LAUNCH_ENTRY(name) (last_call = last_launch = #name)
+#define RECORD_ENTRY(name) (last_call = last_record = #name)
 
 /* ---- clock ---- */
 
@@ -833,6 +835,17 @@ STUB_EXPORT CUresult cuStreamIsCapturing_ptsz(CUstream stream, CUstreamCaptureSt
   return is_capturing(stream, 1, status);
 }
 
+static __thread CUstreamCaptureMode capture_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+
+STUB_EXPORT CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode) {
+  ENTRY(cuThreadExchangeStreamCaptureMode);
+  if (mode == NULL) return CUDA_ERROR_INVALID_VALUE;
+  CUstreamCaptureMode previous = capture_mode;
+  capture_mode = *mode;
+  *mode = previous;
+  return CUDA_SUCCESS;
+}
+
 /* ---- launches ---- */
 
 static int64_t function_ns(CUfunction f) { return f ? ((struct stub_function *)f)->duration_ns : 0; }
@@ -940,12 +953,12 @@ static CUresult event_record(CUevent event, CUstream stream, int per_thread) {
 }
 
 STUB_EXPORT CUresult cuEventRecord(CUevent event, CUstream stream) {
-  ENTRY(cuEventRecord);
+  RECORD_ENTRY(cuEventRecord);
   return event_record(event, stream, 0);
 }
 
 STUB_EXPORT CUresult cuEventRecord_ptsz(CUevent event, CUstream stream) {
-  ENTRY(cuEventRecord_ptsz);
+  RECORD_ENTRY(cuEventRecord_ptsz);
   return event_record(event, stream, 1);
 }
 
@@ -987,6 +1000,7 @@ STUB_EXPORT CUresult cuEventElapsedTime_v2(float *ms, CUevent start, CUevent end
 
 STUB_EXPORT const char *gpushareStubLastCall(void) { return last_call; }
 STUB_EXPORT const char *gpushareStubLastLaunch(void) { return last_launch; }
+STUB_EXPORT const char *gpushareStubLastRecord(void) { return last_record; }
 
 /* ---- cuGetProcAddress: (name, minimum CUDA version, per-thread?) → implementation ---- */
 
@@ -1053,6 +1067,7 @@ static const struct proc_entry proc_table[] = {
     P("cuStreamEndCapture", 10000, 1, cuStreamEndCapture_ptsz),
     P("cuStreamIsCapturing", 10000, 0, cuStreamIsCapturing),
     P("cuStreamIsCapturing", 10000, 1, cuStreamIsCapturing_ptsz),
+    P("cuThreadExchangeStreamCaptureMode", 10010, 0, cuThreadExchangeStreamCaptureMode),
     P("cuEventCreate", 2000, 0, cuEventCreate),
     P("cuEventDestroy", 4000, 0, cuEventDestroy_v2),
     P("cuEventRecord", 2000, 0, cuEventRecord),

@@ -328,13 +328,13 @@ static int call_via(const char *via, int per_thread) {
   CHECK(cuModuleLoadData(&module, "stub"));
   CHECK(cuModuleGetFunction(&f, module, "work_1us"));
   CUresult launch_rc = launch(f, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
-  const char *called = gpushareStubLastLaunch(), *last = gpushareStubLastCall();
+  const char *called = gpushareStubLastLaunch(), *recorded = gpushareStubLastRecord();
   size_t free_b, total_b;
   CHECK(cuMemGetInfo(&free_b, &total_b));
   CUdeviceptr p;
   CUresult over_rc = alloc(&p, total_b + 1);
-  printf("{\"launch_rc\": %d, \"called\": \"%s\", \"last_call\": \"%s\", \"over_limit_rc\": %d}\n",
-         (int)launch_rc, called, last, (int)over_rc);
+  printf("{\"launch_rc\": %d, \"called\": \"%s\", \"last_record\": \"%s\", \"over_limit_rc\": %d}\n",
+         (int)launch_rc, called, recorded, (int)over_rc);
   return 0;
 }
 
@@ -398,7 +398,7 @@ static int share(const char *pattern, double seconds, double warmup) {
   CUstream stream;
   CHECK(cuModuleLoadData(&module, "stub"));
   CHECK(cuModuleGetFunction(&tiny, module, "tiny_20us"));
-  CHECK(cuModuleGetFunction(&longk, module, "long_10ms"));
+  CHECK(cuModuleGetFunction(&longk, module, "long_20ms"));
   CHECK(cuModuleGetFunction(&node, module, "node_200us"));
   CHECK(cuStreamCreate(&stream, 0));
   CUgraphExec exec = NULL;
