@@ -258,6 +258,11 @@ class NodeManager:
                 if found.candidate is not None:
                     self._reservations[found.candidate.key] = (self._clock(), placement)
             wanted = _share_of(placement, kind, size)
+            reused = {device.gpu_uuid for device in required}
+            shared = kind is Kind.MEMORY or size < CORE_UNITS_PER_GPU
+            if len(reused) == 1 and not reused <= set(wanted) and shared:
+                # devices kubelet reuses (from an init container) fix the GPU
+                wanted = {reused.pop(): size}
             if sum(wanted.values()) != size:
                 # what was placed earlier does not suit this size: place it on its own
                 demand = _demand(kind, size, None)
