@@ -260,12 +260,20 @@ def _parser_for(item: dataclasses.Field[Any]) -> Callable[[str], Any]:
 _PARSERS = {item.name: _parser_for(item) for item in dataclasses.fields(Settings)}
 
 
+def _show_default(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
 def describe() -> list[tuple[str, str, str]]:
     """(environment variable, default, doc) of every setting, for docs and --help."""
     return [
         (
             _env_name(item.name),
-            ",".join(item.default) if isinstance(item.default, tuple) else str(item.default),
+            _show_default(item.default),
             item.metadata["doc"],
         )
         for item in dataclasses.fields(Settings)

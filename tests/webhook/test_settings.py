@@ -72,3 +72,18 @@ def test_every_setting_is_documented() -> None:
     for name, _default, doc in describe():
         assert name.startswith("GPUSHARE_WEBHOOK_")
         assert doc.endswith(".")
+
+
+def test_wsgi_module_builds_the_app_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import webhook.wsgi
+
+    monkeypatch.setenv("GPUSHARE_WEBHOOK_TIMEKEEPER_URL", "http://tk:8080")
+    monkeypatch.setenv("GPUSHARE_WEBHOOK_FAILURE_POLICY", "fail-closed")
+    app = webhook.wsgi.app
+    settings = app.extensions["gpushare_webhook"]["settings"]
+    assert (settings.timekeeper_url, settings.failure_policy) == ("http://tk:8080", "fail-closed")
+    monkeypatch.setenv("GPUSHARE_WEBHOOK_FAILURE_POLICY", "sometimes")
+    with pytest.raises(SettingsError, match="GPUSHARE_WEBHOOK_FAILURE_POLICY"):
+        _ = webhook.wsgi.app
