@@ -221,11 +221,15 @@ class NodeManager:
             return pods.match(candidates, kind, size, self._served(), core_limit)
 
     def _served(self) -> set[tuple[str, str, Kind]]:
-        return {
-            (item.owner.uid, item.owner.container, item.kind)
-            for item in self._ledger.allocations.values()
-            if item.owner is not None and item.owner.uid
-        }
+        """(pod UID, container, kind) of every owned allocation; owners known only by name
+        (corrected or adopted from PodResources) count as `namespace/pod` instead of UID."""
+        served = set()
+        for item in self._ledger.allocations.values():
+            owner = item.owner
+            if owner is not None:
+                pod = owner.uid or f"{owner.namespace}/{owner.pod}"
+                served.add((pod, owner.container, item.kind))
+        return served
 
     def _container_gpus(self, key: tuple[str, str]) -> Placement | None:
         """GPUs already given to the container (by either resource), or reserved for it."""
