@@ -25,7 +25,19 @@ build: venv hook proto
 hook: venv
 
 # Python code of the kubelet device plugin API, generated from its .proto.
-proto: venv
+PROTO_SRC := vgpu-runtime/nodemanager/proto
+PROTO_OUT := vgpu-runtime/nodemanager/api
+PROTOS    := $(wildcard $(PROTO_SRC)/*.proto)
+PROTO_GEN := $(patsubst $(PROTO_SRC)/%.proto,$(PROTO_OUT)/%_pb2.py,$(PROTOS))
+
+proto: venv $(PROTO_GEN)
+
+# grpcio-tools writes `import x_pb2`; the package is imported as `nodemanager.api`.
+$(PROTO_OUT)/%_pb2.py: $(PROTO_SRC)/%.proto $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I $(PROTO_SRC) --python_out=$(PROTO_OUT) \
+		--pyi_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) $<
+	sed -i 's/^import \([a-z_]*_pb2\) as /from nodemanager.api import \1 as /' \
+		$(PROTO_OUT)/$*_pb2_grpc.py
 
 lint: build
 	$(BIN)/ruff check .

@@ -1,0 +1,105 @@
+"""Fixtures of the node manager tests: a simulated node, a fake kubelet, a fake API server."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from nodemanager.inventory import SimulatedInventory
+from nodemanager.kube import KubeletPodResources, KubernetesApi
+from nodemanager.manager import NodeManager, Paths
+from nodemanager.placement import Policy
+from nodemanager.plugin import PluginRunner
+
+from tests.nodemanager.fake_apiserver import FakeApiServer
+from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet, wait_until
+
+GIB = 1 << 30
+NODE = "node-a"
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A private directory with a short path (unix socket paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="gs-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def apiserver() -> Iterator[FakeApiServer]:
+    server = FakeApiServer().start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Node:
+    """A node under test: the manager, its device plugin runner and the fakes around it."""
+
+    root: Path
+    inventory: SimulatedInventory
+    manager: NodeManager
+    runner: PluginRunner
+    kubelet: FakeKubelet
+    apiserver: FakeApiServer
+
+    @property
+    def paths(self) -> Paths:
+        return self.manager.paths
+
+    def uuid(self, index: int) -> str:
+        return self.inventory.gpus()[index].uuid
+
+
+NodeFactory = Callable[..., Node]
+
+
+@pytest.fixture
+def make_node(short_dir: Path, apiserver: FakeApiServer) -> Iterator[NodeFactory]:
+    """Builds a running node (GPUs simulated) registered with a fake kubelet."""
+    started: list[Node] = []
+
+    def make(
+        gpus: int = 2, memory_gib: int = 16, policy: Policy = Policy.BINPACK, grace: float = 60
+    ) -> Node:
+        plugin_dir = short_dir / "dp"
+        kubelet = FakeKubelet(plugin_dir, short_dir / "pr.sock").start()
+        inventory = SimulatedInventory(gpus, memory_gib * GIB)
+        kubernetes = KubernetesApi.for_url(apiserver.url)
+        manager = NodeManager(
+            node_name=NODE,
+            inventory=inventory,
+            paths=Paths(
+                hook_library_dir=short_dir / "lib",
+                state_root=short_dir / "state",
+                checkpoint=short_dir / "checkpoint.json",
+            ),
+            policy=policy,
+            pod_source=kubernetes,
+            pod_resources=KubeletPodResources(str(short_dir / "pr.sock")),
+            publisher=kubernetes,
+            release_grace_seconds=grace,
+        )
+        runner = PluginRunner(manager, plugin_dir, watch_interval_seconds=0.02)
+        runner.start()
+        node = Node(short_dir, inventory, manager, runner, kubelet, apiserver)
+        started.append(node)
+        wait_until(
+            lambda: kubelet.registered(CORE) > 0 and kubelet.registered(MEMORY) > 0,
+            what="both resources registered",
+        )
+        wait_until(
+            lambda: bool(kubelet.health(CORE)) and bool(kubelet.health(MEMORY)),
+            what="first ListAndWatch lists",
+        )
+        return node
+
+    yield make
+    for node in started:
+        node.runner.stop()
+        node.kubelet.stop()

@@ -1,0 +1,210 @@
+"""The cached timekeeper client against a fake timekeeper speaking the same wire format."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.webhook.builders import FakeTimekeeper, fake_timekeeper, wire_status
+from webhook.budget import BudgetStatus
+from webhook.budget_client import TimekeeperBudgets, http_fetcher
+from webhook.errors import TimekeeperUnavailable
+from webhook.metrics import Metrics
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def timekeeper() -> Iterator[FakeTimekeeper]:
+    with fake_timekeeper() as server:
+        yield server
+
+
+def make_client(
+    url: str, clock: Clock, *, timeout: float = 0.3, metrics: Metrics | None = None
+) -> TimekeeperBudgets:
+    return TimekeeperBudgets(
+        http_fetcher(url, timeout),
+        timeout_seconds=timeout,
+        ttl_seconds=10,
+        stale_seconds=60,
+        retry_seconds=5,
+        clock=clock,
+        metrics=metrics,
+    )
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize(
+    ("wire", "expected"),
+    [
+        pytest.param(
+            wire_status("warning"),
+            BudgetStatus("team-a", "warning", "deprioritize", 4.5, 10.0, "2026-12-01T00:00:00Z"),
+            id="warning",
+        ),
+        pytest.param(
+            wire_status("unlimited", budgetGpuHours=None),
+            BudgetStatus("team-a", "unlimited", "deprioritize", 4.5, None, "2026-12-01T00:00:00Z"),
+            id="unlimited-null-budget",
+        ),
+        pytest.param(
+            wire_status("exhausted", "deny", usedGpuHours=12),
+            BudgetStatus("team-a", "exhausted", "deny", 12.0, 10.0, "2026-12-01T00:00:00Z"),
+            id="exhausted-deny",
+        ),
+    ],
+)
+def test_decodes_status(timekeeper: FakeTimekeeper, wire: dict, expected: BudgetStatus) -> None:
+    timekeeper.statuses["team-a"] = wire
+    assert make_client(timekeeper.url, Clock()).lookup("team-a").status == expected
+
+
+@pytest.mark.parametrize(
+    ("wire", "message"),
+    [
+        pytest.param(
+            wire_status("broke"),
+            "timekeeper sent a bad namespace status: state='broke' is not one of in-budget,"
+            " warning, exhausted, unlimited",
+            id="unknown-state",
+        ),
+        pytest.param(
+            wire_status(usedGpuHours="many"),
+            "timekeeper sent a bad namespace status: usedGpuHours='many' is not a number",
+            id="used-not-number",
+        ),
+        pytest.param(
+            wire_status(whenExhausted="shrug"),
+            "timekeeper sent a bad namespace status: whenExhausted='shrug' is not one of"
+            " deprioritize, deny",
+            id="bad-policy",
+        ),
+        pytest.param(None, 'timekeeper answered HTTP 404 for namespace "team-a"', id="404"),
+    ],
+)
+def test_bad_answers(timekeeper: FakeTimekeeper, wire: dict | None, message: str) -> None:
+    if wire is not None:
+        timekeeper.statuses["team-a"] = wire
+    with pytest.raises(TimekeeperUnavailable) as caught:
+        make_client(timekeeper.url, Clock()).lookup("team-a")
+    assert str(caught.value) == message
+
+
+def test_fresh_entries_come_from_memory(timekeeper: FakeTimekeeper) -> None:
+    timekeeper.statuses["team-a"] = wire_status()
+    clock = Clock()
+    client = make_client(timekeeper.url, clock)
+    for _ in range(5):
+        assert client.lookup("team-a").stale is False
+        clock.now += 1
+    assert timekeeper.requests == ["/api/v1/namespaces/team-a"]
+
+
+def test_stale_entry_served_at_once_and_refreshed_in_background(
+    timekeeper: FakeTimekeeper,
+) -> None:
+    timekeeper.statuses["team-a"] = wire_status("in-budget")
+    clock = Clock()
+    client = make_client(timekeeper.url, clock)
+    client.lookup("team-a")
+    timekeeper.statuses["team-a"] = wire_status("exhausted")
+    clock.now += 11
+    stale = client.lookup("team-a")
+    assert (stale.status.state, stale.stale) == ("in-budget", True)
+    wait_until(lambda: len(timekeeper.requests) == 2)
+    wait_until(lambda: client.lookup("team-a").status.state == "exhausted")
+    assert client.lookup("team-a").stale is False
+
+
+def test_dead_timekeeper_costs_one_attempt_per_retry_window() -> None:
+    with fake_timekeeper() as server:
+        url = server.url
+    # The server is closed: connections are refused from now on.
+    clock = Clock()
+    metrics = Metrics()
+    client = make_client(url, clock, metrics=metrics)
+    with pytest.raises(TimekeeperUnavailable, match="timekeeper unreachable"):
+        client.lookup("team-a")
+    started = time.monotonic()
+    for namespace in ("team-a", "team-b", "team-c"):
+        with pytest.raises(TimekeeperUnavailable, match="retrying in the background"):
+            client.lookup(namespace)
+    assert time.monotonic() - started < 0.05
+    assert metrics.budget_cache.labels("skipped")._value.get() == 3
+    assert metrics.timekeeper_errors.labels("unreachable")._value.get() == 1
+    clock.now += 6
+    with pytest.raises(TimekeeperUnavailable, match="timekeeper unreachable"):
+        client.lookup("team-b")
+    assert metrics.timekeeper_errors.labels("unreachable")._value.get() == 2
+
+
+def test_stale_entry_kept_while_timekeeper_is_down(timekeeper: FakeTimekeeper) -> None:
+    timekeeper.statuses["team-a"] = wire_status("warning")
+    clock = Clock()
+    client = make_client(timekeeper.url, clock)
+    client.lookup("team-a")
+    timekeeper.shutdown()
+    timekeeper.server_close()
+    clock.now += 30
+    assert client.lookup("team-a").status.state == "warning"
+    clock.now += 45  # past TTL + stale window: no state left
+    with pytest.raises(TimekeeperUnavailable):
+        client.lookup("team-a")
+
+
+def test_hanging_timekeeper_bounded_by_timeout(timekeeper: FakeTimekeeper) -> None:
+    timekeeper.statuses["team-a"] = wire_status()
+    timekeeper.hang = threading.Event()
+    client = make_client(timekeeper.url, Clock(), timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(TimekeeperUnavailable, match=r"did not answer within 0\.2s"):
+        client.lookup("team-a")
+    assert time.monotonic() - started < 0.2 + 0.1
+    timekeeper.hang.set()
+
+
+def test_concurrent_misses_share_one_request(timekeeper: FakeTimekeeper) -> None:
+    timekeeper.statuses["team-a"] = wire_status()
+    timekeeper.hang = threading.Event()
+    client = make_client(timekeeper.url, Clock(), timeout=2.0)
+    results: list[str] = []
+
+    def ask() -> None:
+        results.append(client.lookup("team-a").status.state)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(timekeeper.requests) == 1)
+    timekeeper.hang.set()
+    for thread in threads:
+        thread.join(5)
+    assert results == ["in-budget"] * 8
+    assert timekeeper.requests == ["/api/v1/namespaces/team-a"]
+
+
+def test_url_path_prefix_and_escaping(timekeeper: FakeTimekeeper) -> None:
+    fetch = http_fetcher(timekeeper.url + "/", 1.0)
+    timekeeper.statuses["team-a"] = wire_status()
+    assert fetch("team-a").state == "in-budget"
+    with pytest.raises(TimekeeperUnavailable):
+        fetch("a/b")
+    assert timekeeper.requests[-1] == "/api/v1/namespaces/a%2Fb"

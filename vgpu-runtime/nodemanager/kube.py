@@ -1,0 +1,142 @@
+"""Adapters to the Kubernetes API and to kubelet's PodResources API.
+
+`PodSource` and `NodePublisher` are what the node manager needs from the API server;
+`KubernetesApi` implements both with the `kubernetes` client (raw JSON, no model
+deserialisation: it is on the Allocate path). `PodResourcesSource` is what it needs from
+kubelet; `KubeletPodResources` implements it over gRPC on kubelet's unix socket.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class KubernetesError(Exception):
+    """The API server or kubelet could not be asked."""
+
+
+class PodSource(Protocol):
+    def pending_pods(self, node_name: str) -> list[dict[str, Any]]:
+        """Pods bound to `node_name` whose phase is Pending (Kubernetes JSON)."""
+        ...
+
+
+class NodePublisher(Protocol):
+    def annotate_node(self, node_name: str, annotations: Mapping[str, str]) -> None:
+        """Merge `annotations` into the node's annotations."""
+        ...
+
+
+@dataclass(frozen=True)
+class ContainerDevices:
+    """What kubelet's PodResources reports for one container and one resource."""
+
+    namespace: str
+    pod: str
+    container: str
+    resource_name: str
+    device_ids: tuple[str, ...]
+
+
+class PodResourcesSource(Protocol):
+    def list_devices(self) -> Sequence[ContainerDevices]:
+        """Devices held by the containers of every active pod of this node."""
+        ...
+
+
+class KubernetesApi:
+    """`PodSource` and `NodePublisher` over the Kubernetes API."""
+
+    def __init__(self, api_client: Any, *, timeout_seconds: float = 5.0) -> None:
+        from kubernetes import client
+
+        self._core = client.CoreV1Api(api_client)
+        self._timeout = timeout_seconds
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None) -> KubernetesApi:
+        """In-cluster configuration, or the given kubeconfig file."""
+        from kubernetes import client, config
+
+        try:
+            if kubeconfig:
+                api_client = config.new_client_from_config(config_file=kubeconfig)
+            else:
+                config.load_incluster_config()
+                api_client = client.ApiClient()
+        except config.ConfigException as err:
+            raise KubernetesError(f"no Kubernetes API configuration: {err}") from err
+        return cls(api_client)
+
+    @classmethod
+    def for_url(cls, url: str) -> KubernetesApi:
+        """A client for an API server at `url` without authentication (local use, tests)."""
+        from kubernetes import client
+
+        configuration = client.Configuration(host=url)
+        return cls(client.ApiClient(configuration))
+
+    def pending_pods(self, node_name: str) -> list[dict[str, Any]]:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            response: Any = self._core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={node_name},status.phase=Pending",
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+            items: list[dict[str, Any]] = json.loads(response.data)["items"] or []
+        except (ApiException, HTTPError, ValueError, KeyError) as err:
+            raise KubernetesError(f"cannot list pending pods of node {node_name}: {err}") from err
+        return items
+
+    def annotate_node(self, node_name: str, annotations: Mapping[str, str]) -> None:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            self._core.patch_node(
+                node_name,
+                {"metadata": {"annotations": dict(annotations)}},
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+        except (ApiException, HTTPError) as err:
+            raise KubernetesError(f"cannot annotate node {node_name}: {err}") from err
+
+
+class KubeletPodResources:
+    """`PodResourcesSource` over kubelet's PodResources v1 gRPC API on a unix socket."""
+
+    def __init__(self, socket_path: str, *, timeout_seconds: float = 5.0) -> None:
+        self._target = f"unix://{socket_path}"
+        self._timeout = timeout_seconds
+
+    def list_devices(self) -> Sequence[ContainerDevices]:
+        import grpc
+
+        from nodemanager.api import podresources_pb2, podresources_pb2_grpc
+
+        try:
+            with grpc.insecure_channel(self._target) as channel:
+                stub = podresources_pb2_grpc.PodResourcesListerStub(channel)
+                reply = stub.List(podresources_pb2.ListPodResourcesRequest(), timeout=self._timeout)
+        except grpc.RpcError as err:
+            raise KubernetesError(f"kubelet PodResources List failed: {err}") from err
+        return [
+            ContainerDevices(
+                namespace=pod.namespace,
+                pod=pod.name,
+                container=container.name,
+                resource_name=devices.resource_name,
+                device_ids=tuple(devices.device_ids),
+            )
+            for pod in reply.pod_resources
+            for container in pod.containers
+            for devices in container.devices
+        ]

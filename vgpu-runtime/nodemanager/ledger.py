@@ -1,0 +1,167 @@
+"""Allocations held on this node and their checkpoint file (pure data + atomic file write).
+
+One allocation is what one Allocate call gave one container for one resource: its device IDs,
+the units per GPU, the state directory (core allocations) and, once known, the owning pod.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from nodemanager.devices import Kind
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The container an allocation belongs to.
+
+    `confirmed` is True once kubelet's PodResources API has reported these device IDs for this
+    container; before that the owner is the node manager's best match among pending pods.
+    """
+
+    namespace: str
+    pod: str
+    container: str
+    uid: str = ""
+    confirmed: bool = False
+
+    def describe(self) -> str:
+        return f"{self.namespace}/{self.pod}/{self.container}"
+
+
+@dataclass(frozen=True)
+class Allocation:
+    id: str
+    kind: Kind
+    device_ids: tuple[str, ...]
+    units_by_gpu: dict[str, int]
+    created_at: float
+    owner: Owner | None = None
+    state_dir: str = ""
+    core_limit: int = 0
+    core_soft_limit: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        data["device_ids"] = list(self.device_ids)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Allocation:
+        owner = data.get("owner")
+        return cls(
+            id=str(data["id"]),
+            kind=Kind(data["kind"]),
+            device_ids=tuple(str(item) for item in data["device_ids"]),
+            units_by_gpu={str(k): int(v) for k, v in data["units_by_gpu"].items()},
+            created_at=float(data["created_at"]),
+            owner=Owner(**owner) if owner else None,
+            state_dir=str(data.get("state_dir", "")),
+            core_limit=int(data.get("core_limit", 0)),
+            core_soft_limit=int(data.get("core_soft_limit", 0)),
+        )
+
+
+class CheckpointError(Exception):
+    """The checkpoint file exists but cannot be read."""
+
+
+@dataclass
+class Ledger:
+    """Allocations by ID, with an index from device ID to the allocation that holds it."""
+
+    allocations: dict[str, Allocation] = field(default_factory=dict)
+    _by_device: dict[tuple[Kind, str], str] = field(default_factory=dict)
+
+    def add(self, allocation: Allocation) -> list[Allocation]:
+        """Record `allocation`; returns older allocations it displaced (kubelet reused their
+        devices, so their containers are gone)."""
+        displaced_ids = {
+            self._by_device[(allocation.kind, device)]
+            for device in allocation.device_ids
+            if (allocation.kind, device) in self._by_device
+        }
+        displaced = [self.release(old) for old in sorted(displaced_ids)]
+        self.allocations[allocation.id] = allocation
+        for device in allocation.device_ids:
+            self._by_device[(allocation.kind, device)] = allocation.id
+        return [item for item in displaced if item is not None]
+
+    def release(self, allocation_id: str) -> Allocation | None:
+        allocation = self.allocations.pop(allocation_id, None)
+        if allocation is not None:
+            for device in allocation.device_ids:
+                self._by_device.pop((allocation.kind, device), None)
+        return allocation
+
+    def holder(self, kind: Kind, device_id: str) -> Allocation | None:
+        allocation_id = self._by_device.get((kind, device_id))
+        return None if allocation_id is None else self.allocations[allocation_id]
+
+    def set_owner(self, allocation_id: str, owner: Owner) -> None:
+        self.allocations[allocation_id] = replace(self.allocations[allocation_id], owner=owner)
+
+    def used_units(self, kind: Kind) -> dict[str, int]:
+        """Units of `kind` held per GPU UUID."""
+        used: dict[str, int] = {}
+        for allocation in self.allocations.values():
+            if allocation.kind is kind:
+                for uuid, units in allocation.units_by_gpu.items():
+                    used[uuid] = used.get(uuid, 0) + units
+        return used
+
+    def of_kind(self, kind: Kind) -> Iterable[Allocation]:
+        return (item for item in self.allocations.values() if item.kind is kind)
+
+    def save(self, path: Path) -> None:
+        """Write the checkpoint atomically: a crash leaves the old file or the new, never half."""
+        payload = {
+            "version": CHECKPOINT_VERSION,
+            "allocations": [item.to_json() for item in self.allocations.values()],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(handle, "w") as stream:
+                json.dump(payload, stream, indent=1, sort_keys=True)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    @classmethod
+    def load(cls, path: Path) -> Ledger:
+        """Read a checkpoint; a missing file is an empty ledger."""
+        ledger = cls()
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return ledger
+        try:
+            payload = json.loads(text)
+            if payload.get("version") != CHECKPOINT_VERSION:
+                raise CheckpointError(
+                    f"checkpoint {path}: version must be {CHECKPOINT_VERSION} "
+                    f"(got {payload.get('version')!r})"
+                )
+            for item in payload["allocations"]:
+                ledger.add(Allocation.from_json(item))
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from err
+        return ledger

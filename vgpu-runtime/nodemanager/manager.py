@@ -1,0 +1,545 @@
+"""The node manager's state and decisions: devices offered, GPUs chosen, limits handed out.
+
+Everything here is independent of gRPC: the device plugin servicers (`plugin.py`) translate
+requests into calls of `NodeManager` and its errors into gRPC status codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from gpushare.annotations import (
+    NODE_GPU_CAPACITY,
+    NODE_GPU_CAPACITY_VERSION,
+    GpuCapacityJson,
+    NodeGpuCapacity,
+)
+from gpushare.resources import CORE_UNITS_PER_GPU, MEMORY_UNIT_BYTES
+from nodemanager import pods
+from nodemanager.devices import DeviceId, Kind, UnknownDeviceError, device_ids, parse_device_id
+from nodemanager.inventory import Gpu, Inventory
+from nodemanager.kube import KubernetesError, NodePublisher, PodResourcesSource, PodSource
+from nodemanager.ledger import Allocation, Ledger, Owner
+from nodemanager.placement import (
+    Demand,
+    GpuCapacity,
+    NoFitError,
+    Placement,
+    Policy,
+    choose,
+    split_memory,
+)
+
+log = logging.getLogger(__name__)
+
+HOOK_LIBRARY_NAME = "libgpushare-vgpu.so"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where things live on the host and inside containers."""
+
+    hook_library_dir: Path
+    """Host directory holding libgpushare-vgpu.so (installed there by the DaemonSet)."""
+    state_root: Path
+    """Host directory under which each container gets its state directory."""
+    checkpoint: Path
+    """Host file holding the allocations (JSON, written atomically)."""
+    container_hook_dir: str = "/usr/local/gpushare/lib"
+    """Where the hook library directory appears inside containers (read-only)."""
+    container_state_dir: str = "/var/run/gpushare"
+    """Where the container's state directory appears inside it."""
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    container_path: str
+    host_path: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one container gets from one Allocate: environment and mounts."""
+
+    allocation_id: str
+    envs: dict[str, str]
+    mounts: tuple[MountSpec, ...]
+
+
+class RequestError(Exception):
+    """A request kubelet should never send: unknown devices, devices split across GPUs."""
+
+
+class DoesNotFitError(Exception):
+    """The request is well formed but this node has no room for it."""
+
+
+class NodeManager:
+    """Devices, allocations and placement of one node. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        node_name: str,
+        inventory: Inventory,
+        paths: Paths,
+        policy: Policy = Policy.BINPACK,
+        pod_source: PodSource | None = None,
+        pod_resources: PodResourcesSource | None = None,
+        publisher: NodePublisher | None = None,
+        release_grace_seconds: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node_name = node_name
+        self.inventory = inventory
+        self.paths = paths
+        self.policy = policy
+        self._pod_source = pod_source
+        self._pod_resources = pod_resources
+        self._publisher = publisher
+        self._grace = release_grace_seconds
+        self._clock = clock
+        self.gpus: tuple[Gpu, ...] = tuple(inventory.gpus())
+        self._gpu_by_uuid = {gpu.uuid: gpu for gpu in self.gpus}
+        self._lock = threading.Lock()
+        self.changed = threading.Condition(self._lock)
+        """Notified whenever device health changes; `device_version` counts the changes."""
+        self.device_version = 0
+        self._healthy = {gpu.uuid: True for gpu in self.gpus}
+        self._ledger = Ledger.load(paths.checkpoint)
+        self._reservations: dict[tuple[str, str], tuple[float, Placement]] = {}
+        self._published = ""
+
+    # --- devices -----------------------------------------------------------------------
+    def devices(self, kind: Kind) -> list[tuple[str, bool]]:
+        """(device ID, healthy) of every device of `kind`."""
+        with self._lock:
+            return [
+                (device, self._healthy[gpu.uuid])
+                for gpu in self.gpus
+                for device in device_ids(gpu, kind)
+            ]
+
+    def check_health(self) -> bool:
+        """Run every GPU's health check; True (and watchers notified) when something changed."""
+        results = {gpu.uuid: self.inventory.is_healthy(gpu) for gpu in self.gpus}
+        with self._lock:
+            if results == self._healthy:
+                return False
+            for gpu in self.gpus:
+                if results[gpu.uuid] != self._healthy[gpu.uuid]:
+                    state = "healthy" if results[gpu.uuid] else "UNHEALTHY"
+                    log.warning("GPU %d (%s) is now %s", gpu.index, gpu.uuid, state)
+            self._healthy = results
+            self.device_version += 1
+            self.changed.notify_all()
+        return True
+
+    def capacities(self) -> list[GpuCapacity]:
+        with self._lock:
+            return self._capacities()
+
+    def _capacities(self) -> list[GpuCapacity]:
+        used_core = self._ledger.used_units(Kind.CORE)
+        used_memory = self._ledger.used_units(Kind.MEMORY)
+        return [
+            GpuCapacity(
+                index=gpu.index,
+                uuid=gpu.uuid,
+                core_total=CORE_UNITS_PER_GPU,
+                core_free=max(0, CORE_UNITS_PER_GPU - used_core.get(gpu.uuid, 0)),
+                memory_total=gpu.memory_units,
+                memory_free=max(0, gpu.memory_units - used_memory.get(gpu.uuid, 0)),
+                healthy=self._healthy[gpu.uuid],
+            )
+            for gpu in self.gpus
+        ]
+
+    def allocations(self) -> list[Allocation]:
+        with self._lock:
+            return list(self._ledger.allocations.values())
+
+    # --- pods ----------------------------------------------------------------------------
+    def _candidates(self) -> list[pods.ContainerRequest]:
+        if self._pod_source is None:
+            return []
+        try:
+            return pods.pending_containers(self._pod_source.pending_pods(self.node_name))
+        except KubernetesError as err:
+            log.warning("pod identity unknown for this allocation: %s", err)
+            return []
+
+    def _served(self) -> set[tuple[str, str, Kind]]:
+        return {
+            (item.owner.uid, item.owner.container, item.kind)
+            for item in self._ledger.allocations.values()
+            if item.owner is not None and item.owner.uid
+        }
+
+    def _container_gpus(self, key: tuple[str, str]) -> Placement | None:
+        """GPUs already given to the container (by either resource), or reserved for it."""
+        core: dict[str, int] = {}
+        memory: dict[str, int] = {}
+        for item in self._ledger.allocations.values():
+            if item.owner is not None and (item.owner.uid, item.owner.container) == key:
+                (core if item.kind is Kind.CORE else memory).update(item.units_by_gpu)
+        if core or memory:
+            return Placement(core_by_gpu=core, memory_by_gpu=memory)
+        reserved = self._reservations.get(key)
+        return None if reserved is None else reserved[1]
+
+    # --- GetPreferredAllocation ------------------------------------------------------------
+    def preferred(
+        self, kind: Kind, available: Sequence[str], must_include: Sequence[str], size: int
+    ) -> list[str]:
+        """Device IDs kubelet should allocate: all from the GPU(s) chosen for the container."""
+        candidates = self._candidates()
+        with self._lock:
+            parsed = self._parse(kind, available)
+            required = self._parse(kind, must_include)
+            if size <= 0 or size > len(parsed):
+                raise DoesNotFitError(
+                    f"{kind.resource_name}: {size} devices asked, {len(parsed)} available"
+                )
+            found = pods.match(candidates, kind, size, self._served(), _core_limit(kind, size))
+            self._prune_reservations()
+            placement = None
+            if found.candidate is not None:
+                placement = self._container_gpus(found.candidate.key)
+            if placement is None:
+                demand = _demand(kind, size, found.candidate)
+                placement = self._choose(kind, parsed, demand)
+                if found.candidate is not None:
+                    self._reservations[found.candidate.key] = (self._clock(), placement)
+            wanted = _share_of(placement, kind, size)
+            if sum(wanted.values()) != size:
+                # what was placed earlier does not suit this size: place it on its own
+                demand = _demand(kind, size, None)
+                fresh = self._choose(kind, parsed, demand)
+                wanted = _share_of(fresh, kind, size)
+            return _pick(parsed, required, wanted, size, kind)
+
+    def _choose(self, kind: Kind, available: Sequence[DeviceId], demand: Demand) -> Placement:
+        try:
+            return choose(self._capacities_within(kind, available), demand, self.policy)
+        except NoFitError as err:
+            raise DoesNotFitError(f"{kind.resource_name}: {err}") from err
+
+    def _capacities_within(self, kind: Kind, available: Sequence[DeviceId]) -> list[GpuCapacity]:
+        """Free capacity, where kind's free units are those kubelet says are available."""
+        free: dict[str, int] = {}
+        for device in available:
+            free[device.gpu_uuid] = free.get(device.gpu_uuid, 0) + 1
+        result = []
+        for gpu in self._capacities():
+            if kind is Kind.CORE:
+                gpu = replace(gpu, core_free=min(gpu.core_free, free.get(gpu.uuid, 0)))
+            else:
+                gpu = replace(gpu, memory_free=min(gpu.memory_free, free.get(gpu.uuid, 0)))
+            result.append(gpu)
+        return result
+
+    def _prune_reservations(self) -> None:
+        oldest = self._clock() - 600
+        for key in [key for key, (at, _) in self._reservations.items() if at < oldest]:
+            del self._reservations[key]
+
+    def _parse(self, kind: Kind, ids: Sequence[str]) -> list[DeviceId]:
+        parsed = []
+        seen: set[str] = set()
+        for text in ids:
+            try:
+                parsed.append(parse_device_id(text, kind, self.gpus))
+            except UnknownDeviceError as err:
+                raise RequestError(str(err)) from err
+            if text in seen:
+                raise RequestError(f"{kind.resource_name}: device ID {text!r} is listed twice")
+            seen.add(text)
+        return parsed
+
+    # --- Allocate --------------------------------------------------------------------------
+    def allocate(self, kind: Kind, ids: Sequence[str]) -> Grant:
+        """Record the allocation of `ids` to one container and build what it gets."""
+        candidates = self._candidates()
+        with self._lock:
+            parsed = self._parse(kind, ids)
+            if not parsed:
+                raise RequestError(f"{kind.resource_name}: Allocate without device IDs")
+            by_gpu: dict[str, int] = {}
+            for device in parsed:
+                by_gpu[device.gpu_uuid] = by_gpu.get(device.gpu_uuid, 0) + 1
+            size = len(parsed)
+            self._check_shape(kind, size, by_gpu)
+            unhealthy = [uuid for uuid in by_gpu if not self._healthy[uuid]]
+            if unhealthy:
+                raise DoesNotFitError(
+                    f"{kind.resource_name}: GPU {self._describe_gpus(unhealthy)} is unhealthy"
+                )
+            core_limit = _core_limit(kind, size)
+            found = pods.match(candidates, kind, size, self._served(), core_limit)
+            owner = None
+            if found.candidate is not None:
+                request = found.candidate
+                owner = Owner(request.namespace, request.pod, request.container, request.uid)
+                self._check_same_gpu(kind, request.key, by_gpu)
+                self._reservations.pop(request.key, None)
+            allocation_id = uuid.uuid4().hex[:16]
+            state_dir = ""
+            if kind is Kind.CORE:
+                state = self.paths.state_root / allocation_id
+                state.mkdir(parents=True, exist_ok=True)
+                state.chmod(0o1777)  # the container's processes may run as any user
+                state_dir = str(state)
+            allocation = Allocation(
+                id=allocation_id,
+                kind=kind,
+                device_ids=tuple(ids),
+                units_by_gpu=by_gpu,
+                created_at=self._clock(),
+                owner=owner,
+                state_dir=state_dir,
+                core_limit=core_limit if kind is Kind.CORE else 0,
+                core_soft_limit=found.soft_limit if kind is Kind.CORE else 0,
+            )
+            for old in self._ledger.add(allocation):
+                log.info("allocation %s released: kubelet reused its devices", old.id)
+                _remove_state_dir(old, self.paths.state_root)
+            self._ledger.save(self.paths.checkpoint)
+            log.info(
+                "allocated %d %s on GPU %s to %s%s",
+                size,
+                kind.resource_name,
+                self._describe_gpus(list(by_gpu)),
+                owner.describe() if owner else "an unidentified container",
+                " (one of several identical pending requests)" if found.ambiguous else "",
+            )
+            return self._grant(allocation)
+
+    def _check_shape(self, kind: Kind, size: int, by_gpu: dict[str, int]) -> None:
+        if kind is not Kind.CORE:
+            return
+        if size < CORE_UNITS_PER_GPU and len(by_gpu) > 1:
+            raise RequestError(
+                f"{kind.resource_name}={size} is a share of one GPU, but the device IDs span "
+                f"GPUs {self._describe_split(by_gpu)}"
+            )
+        if size >= CORE_UNITS_PER_GPU and (
+            size % CORE_UNITS_PER_GPU or any(n != CORE_UNITS_PER_GPU for n in by_gpu.values())
+        ):
+            raise RequestError(
+                f"{kind.resource_name}={size} asks for whole GPUs, which needs all 100 devices "
+                f"of each GPU, but the device IDs are spread as {self._describe_split(by_gpu)}"
+            )
+
+    def _check_same_gpu(self, kind: Kind, key: tuple[str, str], by_gpu: dict[str, int]) -> None:
+        placed = self._container_gpus(key)
+        if placed is None:
+            return
+        other = placed.memory_by_gpu if kind is Kind.CORE else placed.core_by_gpu
+        if other and not set(by_gpu) <= set(other) and not set(other) <= set(by_gpu):
+            raise RequestError(
+                f"{kind.resource_name}: devices on GPU {self._describe_gpus(list(by_gpu))}, "
+                f"but the container's other resource is on GPU {self._describe_gpus(list(other))}"
+            )
+
+    def _describe_gpus(self, uuids: Sequence[str]) -> str:
+        return ", ".join(str(self._gpu_by_uuid[uuid].index) for uuid in uuids)
+
+    def _describe_split(self, by_gpu: dict[str, int]) -> str:
+        return ", ".join(
+            f"GPU {self._gpu_by_uuid[uuid].index} ({count})" for uuid, count in by_gpu.items()
+        )
+
+    def _grant(self, allocation: Allocation) -> Grant:
+        ordered = sorted(allocation.units_by_gpu, key=lambda uuid: self._gpu_by_uuid[uuid].index)
+        envs: dict[str, str] = {}
+        mounts: list[MountSpec] = []
+        if allocation.kind is Kind.CORE:
+            envs["NVIDIA_VISIBLE_DEVICES"] = ",".join(ordered)
+            envs["GPUSHARE_CORE_LIMIT"] = str(allocation.core_limit)
+            envs["GPUSHARE_CORE_SOFT_LIMIT"] = str(allocation.core_soft_limit)
+            envs["GPUSHARE_STATE_DIR"] = self.paths.container_state_dir
+            envs["GPUSHARE_ALLOCATION_ID"] = allocation.id
+            mounts.append(
+                MountSpec(self.paths.container_state_dir, allocation.state_dir, read_only=False)
+            )
+            if allocation.core_limit < CORE_UNITS_PER_GPU:
+                envs["LD_PRELOAD"] = f"{self.paths.container_hook_dir}/{HOOK_LIBRARY_NAME}"
+                mounts.append(
+                    MountSpec(
+                        self.paths.container_hook_dir,
+                        str(self.paths.hook_library_dir),
+                        read_only=True,
+                    )
+                )
+        else:
+            limits = [allocation.units_by_gpu[uuid] * MEMORY_UNIT_BYTES for uuid in ordered]
+            envs["GPUSHARE_MEMORY_LIMIT"] = str(min(limits))
+            if len(limits) > 1:
+                for position, limit in enumerate(limits):
+                    envs[f"GPUSHARE_MEMORY_LIMIT_{position}"] = str(limit)
+        return Grant(allocation_id=allocation.id, envs=envs, mounts=tuple(mounts))
+
+    def release(self, allocation_id: str) -> None:
+        """Forget an allocation (used when a multi-container Allocate fails half-way)."""
+        with self._lock:
+            allocation = self._ledger.release(allocation_id)
+            if allocation is not None:
+                _remove_state_dir(allocation, self.paths.state_root)
+                self._ledger.save(self.paths.checkpoint)
+
+    # --- reconcile -------------------------------------------------------------------------
+    def reconcile(self) -> bool:
+        """Confirm owners through kubelet's PodResources and release allocations of pods that
+        are gone. Returns False when kubelet could not be asked (nothing is released then)."""
+        if self._pod_resources is None:
+            return False
+        try:
+            reported = self._pod_resources.list_devices()
+        except KubernetesError as err:
+            log.warning("cannot reconcile allocations: %s", err)
+            return False
+        holders: dict[tuple[Kind, str], ContainerKey] = {}
+        for entry in reported:
+            for kind in Kind:
+                if entry.resource_name == kind.resource_name:
+                    for device in entry.device_ids:
+                        holders[(kind, device)] = (entry.namespace, entry.pod, entry.container)
+        now = self._clock()
+        with self._lock:
+            changed = False
+            for allocation in list(self._ledger.allocations.values()):
+                owners = {
+                    holders[(allocation.kind, device)]
+                    for device in allocation.device_ids
+                    if (allocation.kind, device) in holders
+                }
+                if owners:
+                    namespace, pod, container = sorted(owners)[0]
+                    old = allocation.owner
+                    same_pod = old is not None and (old.namespace, old.pod) == (namespace, pod)
+                    uid = old.uid if same_pod and old is not None else ""
+                    owner = Owner(namespace, pod, container, uid, confirmed=True)
+                    if owner != old:
+                        self._ledger.set_owner(allocation.id, owner)
+                        changed = True
+                elif now - allocation.created_at >= self._grace:
+                    log.info(
+                        "allocation %s of %s released: kubelet no longer reports its devices",
+                        allocation.id,
+                        allocation.owner.describe() if allocation.owner else "unknown container",
+                    )
+                    self._ledger.release(allocation.id)
+                    _remove_state_dir(allocation, self.paths.state_root)
+                    changed = True
+            if changed:
+                self._ledger.save(self.paths.checkpoint)
+        return True
+
+    # --- node annotation ---------------------------------------------------------------------
+    def capacity_annotation(self) -> str:
+        document: NodeGpuCapacity = {
+            "version": NODE_GPU_CAPACITY_VERSION,
+            "policy": self.policy.value,
+            "gpus": [
+                GpuCapacityJson(
+                    index=gpu.index,
+                    uuid=gpu.uuid,
+                    healthy=gpu.healthy,
+                    coreTotal=gpu.core_total,
+                    coreFree=gpu.core_free,
+                    memoryTotal=gpu.memory_total,
+                    memoryFree=gpu.memory_free,
+                )
+                for gpu in self.capacities()
+            ],
+        }
+        return json.dumps(document, separators=(",", ":"))
+
+    def publish(self, *, force: bool = False) -> bool:
+        """Write the capacity annotation on the node when it changed; True when written."""
+        if self._publisher is None:
+            return False
+        text = self.capacity_annotation()
+        if text == self._published and not force:
+            return False
+        try:
+            self._publisher.annotate_node(self.node_name, {NODE_GPU_CAPACITY: text})
+        except KubernetesError as err:
+            log.warning("cannot publish GPU capacity: %s", err)
+            return False
+        self._published = text
+        return True
+
+
+ContainerKey = tuple[str, str, str]
+
+
+def _core_limit(kind: Kind, size: int) -> int:
+    if kind is not Kind.CORE:
+        return 0
+    return size if size < CORE_UNITS_PER_GPU else CORE_UNITS_PER_GPU
+
+
+def _demand(kind: Kind, size: int, request: pods.ContainerRequest | None) -> Demand:
+    if request is not None:
+        return Demand(core=request.core, memory=request.memory)
+    return Demand(core=size, memory=0) if kind is Kind.CORE else Demand(core=0, memory=size)
+
+
+def _share_of(placement: Placement, kind: Kind, size: int) -> dict[str, int]:
+    """Units of `kind` to take from each GPU of `placement`. When the placement holds only
+    the other resource (it was allocated first), the GPUs of that one are used."""
+    wanted = placement.core_by_gpu if kind is Kind.CORE else placement.memory_by_gpu
+    if wanted:
+        return dict(wanted)
+    gpus = list(placement.core_by_gpu if kind is Kind.MEMORY else placement.memory_by_gpu)
+    if kind is Kind.MEMORY:
+        parts = split_memory(size, len(gpus))
+        return {gpu: part for gpu, part in zip(gpus, parts, strict=True) if part}
+    if size < CORE_UNITS_PER_GPU:
+        return {gpus[0]: size}
+    return {gpu: CORE_UNITS_PER_GPU for gpu in gpus[: size // CORE_UNITS_PER_GPU]}
+
+
+def _pick(
+    available: Sequence[DeviceId],
+    required: Sequence[DeviceId],
+    wanted: dict[str, int],
+    size: int,
+    kind: Kind,
+) -> list[str]:
+    """`size` IDs: the required ones, then the lowest-numbered available ones of each wanted
+    GPU up to its share."""
+    chosen = [str(device) for device in required]
+    left = dict(wanted)
+    for device in required:
+        left[device.gpu_uuid] = left.get(device.gpu_uuid, 0) - 1
+    taken = set(chosen)
+    for device in sorted(available, key=lambda item: (item.gpu_uuid, item.number)):
+        if left.get(device.gpu_uuid, 0) > 0 and str(device) not in taken:
+            chosen.append(str(device))
+            left[device.gpu_uuid] -= 1
+    if len(chosen) != size:
+        raise DoesNotFitError(
+            f"{kind.resource_name}: {size} devices asked, but the chosen GPU(s) have only "
+            f"{len(chosen)} of them available"
+        )
+    return chosen
+
+
+def _remove_state_dir(allocation: Allocation, state_root: Path) -> None:
+    if not allocation.state_dir:
+        return
+    path = Path(allocation.state_dir)
+    if path.parent == state_root:
+        shutil.rmtree(path, ignore_errors=True)

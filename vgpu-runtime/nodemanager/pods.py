@@ -1,0 +1,140 @@
+"""Which pod is this? Pure matching of an Allocate call to the pending pods of this node.
+
+kubelet's Allocate names devices, not pods. The node manager therefore lists the pods bound
+to this node that are still Pending and not being deleted, takes every container (init
+containers first, then regular ones, in spec order) that asks for vcuda resources, orders
+them as kubelet admits them (pod creation time, then namespace/name, then container order)
+and takes the first one whose request for the resource equals the number of devices and that
+has not been served for that resource yet.
+
+The limits handed to the container never depend on this match: the core and memory limits
+are the device counts kubelet sends. Only the burst limit (pod annotation
+`tencent.com/vcuda-core-limit`) comes from the pod; when the pending candidates with the
+same request disagree on it, the smallest one is used (never more than any of them asked
+for). The owner is confirmed later through kubelet's PodResources API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gpushare.annotations import CORE_SOFT_LIMIT
+from gpushare.resources import CORE_UNITS_PER_GPU, VCUDA_CORE, VCUDA_MEMORY
+from nodemanager.devices import Kind
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """A container of a pending pod that asks for vcuda resources."""
+
+    namespace: str
+    pod: str
+    uid: str
+    container: str
+    order: tuple[str, str, str, int]
+    core: int
+    memory: int
+    soft_limit: int | None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.uid, self.container)
+
+    def units(self, kind: Kind) -> int:
+        return self.core if kind is Kind.CORE else self.memory
+
+
+@dataclass(frozen=True)
+class Match:
+    """The chosen candidate (None when nothing matched) and the burst limit to hand out."""
+
+    candidate: ContainerRequest | None
+    soft_limit: int
+    ambiguous: bool
+
+
+def _int_quantity(value: Any) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
+def _soft_limit(annotations: Mapping[str, str], core: int) -> int | None:
+    """The pod's burst limit when valid for this core request, else None."""
+    text = annotations.get(CORE_SOFT_LIMIT)
+    if text is None or core <= 0 or core >= CORE_UNITS_PER_GPU:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if core <= value <= CORE_UNITS_PER_GPU else None
+
+
+def pending_containers(pods: Iterable[Mapping[str, Any]]) -> list[ContainerRequest]:
+    """Containers asking for vcuda resources in Pending pods (Kubernetes JSON), in kubelet's
+    admission order."""
+    found: list[ContainerRequest] = []
+    for pod in pods:
+        metadata = pod.get("metadata") or {}
+        status = pod.get("status") or {}
+        if status.get("phase", "Pending") != "Pending" or metadata.get("deletionTimestamp"):
+            continue
+        spec = pod.get("spec") or {}
+        annotations = metadata.get("annotations") or {}
+        containers = list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
+        for position, container in enumerate(containers):
+            limits = (container.get("resources") or {}).get("limits") or {}
+            core = _int_quantity(limits.get(VCUDA_CORE, 0))
+            memory = _int_quantity(limits.get(VCUDA_MEMORY, 0))
+            if core <= 0 and memory <= 0:
+                continue
+            found.append(
+                ContainerRequest(
+                    namespace=str(metadata.get("namespace", "")),
+                    pod=str(metadata.get("name", "")),
+                    uid=str(metadata.get("uid", "")),
+                    container=str(container.get("name", "")),
+                    order=(
+                        str(metadata.get("creationTimestamp", "")),
+                        str(metadata.get("namespace", "")),
+                        str(metadata.get("name", "")),
+                        position,
+                    ),
+                    core=core,
+                    memory=memory,
+                    soft_limit=_soft_limit(annotations, core),
+                )
+            )
+    found.sort(key=lambda request: request.order)
+    return found
+
+
+def match(
+    candidates: Sequence[ContainerRequest],
+    kind: Kind,
+    units: int,
+    served: set[tuple[str, str, Kind]],
+    core_limit: int,
+) -> Match:
+    """Pick the candidate for an allocation of `units` devices of `kind`.
+
+    `served` holds (pod uid, container, kind) already allocated; `core_limit` is the hard
+    limit the devices give (the burst limit never goes below it).
+    """
+    same = [
+        item
+        for item in candidates
+        if item.units(kind) == units and (item.uid, item.container, kind) not in served
+    ]
+    if not same:
+        return Match(candidate=None, soft_limit=core_limit, ambiguous=False)
+    chosen = same[0]
+    if kind is not Kind.CORE:
+        return Match(candidate=chosen, soft_limit=core_limit, ambiguous=len(same) > 1)
+    limits = {item.soft_limit or core_limit for item in same}
+    soft_limit = max(core_limit, min(limits))
+    return Match(candidate=chosen, soft_limit=soft_limit, ambiguous=len(limits) > 1)

@@ -1,0 +1,150 @@
+"""Settings of `gpushare nodemanager`: one frozen dataclass, parsed once, every error at once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodemanager.inventory import parse_simulate_gpus
+from nodemanager.placement import Policy
+
+
+class SettingsError(Exception):
+    """One or more flags are invalid; the message lists them all."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_name: str
+    """Name of this node in Kubernetes (default: $NODE_NAME, set by the DaemonSet)."""
+    device_plugin_dir: Path = Path("/var/lib/kubelet/device-plugins")
+    """kubelet's device plugin directory: kubelet.sock and the plugin sockets."""
+    pod_resources_socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    """kubelet's PodResources socket, used to confirm and release allocations."""
+    simulate_gpus: tuple[int, int] | None = None
+    """(count, bytes each) of simulated GPUs; None reads real GPUs through NVML."""
+    policy: Policy = Policy.BINPACK
+    """How a GPU is chosen among those that fit: binpack or spread."""
+    host: str = "0.0.0.0"
+    """Address of the metrics endpoint."""
+    port: int = 9400
+    """Port of the metrics endpoint (0: any free port)."""
+    hook_library_dir: Path = Path("/var/lib/gpushare/lib")
+    """Host directory with libgpushare-vgpu.so, mounted read-only into shared containers."""
+    state_dir: Path = Path("/var/lib/gpushare/containers")
+    """Host directory under which each container gets its state directory."""
+    checkpoint: Path = Path("/var/lib/gpushare/nodemanager/checkpoint.json")
+    """Host file where allocations are checkpointed."""
+    kubernetes: bool = True
+    """Talk to the Kubernetes API (pod identity, node annotation); off for a bare demo."""
+    kubeconfig: str | None = None
+    """kubeconfig file; in-cluster configuration when None."""
+    health_interval_seconds: float = 10.0
+    """How often GPU health is checked."""
+    reconcile_interval_seconds: float = 30.0
+    """How often allocations are reconciled with kubelet and capacity is published."""
+    release_grace_seconds: float = 60.0
+    """Age below which an allocation unknown to kubelet is kept (container being created)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's flags; defaults are applied by `parse_settings`."""
+    add = parser.add_argument
+    add("--node-name", help="this node's name in Kubernetes (default: $NODE_NAME)")
+    add(
+        "--device-plugin-dir",
+        help="kubelet's device plugin directory (default: /var/lib/kubelet/device-plugins)",
+    )
+    add(
+        "--pod-resources-socket",
+        help="kubelet's PodResources socket (default: /var/lib/kubelet/pod-resources/kubelet.sock)",
+    )
+    add("--simulate-gpus", metavar="COUNTxSIZE", help="simulate GPUs, e.g. 2x16GiB (no NVML)")
+    add("--policy", help="GPU choice among those that fit: binpack (default) or spread")
+    add("--host", help="address of the metrics endpoint (default: 0.0.0.0)")
+    add("--port", help="port of the metrics endpoint (default: 9400)")
+    add(
+        "--hook-library-dir",
+        help="host directory holding libgpushare-vgpu.so (default: /var/lib/gpushare/lib)",
+    )
+    add(
+        "--state-dir",
+        help="host directory for per-container state (default: /var/lib/gpushare/containers)",
+    )
+    add(
+        "--checkpoint",
+        help="allocation checkpoint file (default: /var/lib/gpushare/nodemanager/checkpoint.json)",
+    )
+    add("--no-kubernetes", action="store_true", help="run without the Kubernetes API (demo)")
+    add("--kubeconfig", help="kubeconfig file (default: in-cluster configuration)")
+    add("--health-interval", help="seconds between GPU health checks (default: 10)")
+    add("--reconcile-interval", help="seconds between reconciliations (default: 30)")
+    add("--release-grace", help="seconds an allocation unknown to kubelet is kept (default: 60)")
+
+
+def parse_settings(args: argparse.Namespace) -> Settings:
+    """Validate every flag; raise SettingsError listing all the bad ones."""
+    errors: list[str] = []
+    defaults = Settings(node_name="")
+
+    def number(flag: str, value: str | None, default: float, minimum: float) -> float:
+        if value is None:
+            return default
+        try:
+            parsed = float(value)
+        except ValueError:
+            errors.append(f"{flag}: must be a number (got {value!r})")
+            return default
+        if parsed < minimum:
+            errors.append(f"{flag}: must be at least {minimum:g} (got {value!r})")
+        return parsed
+
+    node_name = args.node_name or os.environ.get("NODE_NAME", "")
+    if not node_name:
+        errors.append("--node-name: required (or set NODE_NAME) (got '')")
+    simulate = None
+    if args.simulate_gpus is not None:
+        try:
+            simulate = parse_simulate_gpus(args.simulate_gpus)
+        except ValueError as err:
+            errors.append(f"--simulate-gpus: {err}")
+    policy = defaults.policy
+    if args.policy is not None:
+        try:
+            policy = Policy(args.policy)
+        except ValueError:
+            errors.append(f"--policy: must be binpack or spread (got {args.policy!r})")
+    port = defaults.port
+    if args.port is not None:
+        if not str(args.port).isdigit() or not 0 <= int(args.port) <= 65535:
+            errors.append(f"--port: must be an integer 0..65535 (got {args.port!r})")
+        else:
+            port = int(args.port)
+    health = number("--health-interval", args.health_interval, 10.0, 0.1)
+    reconcile = number("--reconcile-interval", args.reconcile_interval, 30.0, 0.1)
+    grace = number("--release-grace", args.release_grace, 60.0, 0.0)
+    if errors:
+        raise SettingsError("invalid nodemanager settings:\n  " + "\n  ".join(errors))
+
+    def path(value: str | None, default: Path) -> Path:
+        return Path(value) if value else default
+
+    return Settings(
+        node_name=node_name,
+        device_plugin_dir=path(args.device_plugin_dir, defaults.device_plugin_dir),
+        pod_resources_socket=path(args.pod_resources_socket, defaults.pod_resources_socket),
+        simulate_gpus=simulate,
+        policy=policy,
+        host=args.host or defaults.host,
+        port=port,
+        hook_library_dir=path(args.hook_library_dir, defaults.hook_library_dir),
+        state_dir=path(args.state_dir, defaults.state_dir),
+        checkpoint=path(args.checkpoint, defaults.checkpoint),
+        kubernetes=not args.no_kubernetes,
+        kubeconfig=args.kubeconfig,
+        health_interval_seconds=health,
+        reconcile_interval_seconds=reconcile,
+        release_grace_seconds=grace,
+    )

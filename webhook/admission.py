@@ -1,0 +1,140 @@
+"""What the webhook decides for one AdmissionRequest (logic; the budget source is injected).
+
+`validate` checks GPU requests on CREATE and UPDATE. `mutate` (CREATE only) validates too,
+then sets the budget-state annotation and the PriorityClass from the namespace's budget, or
+refuses the pod when the budget is exhausted and the policy says deny, and injects the
+accounting sidecar exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gpushare import annotations as keys
+from webhook import injection, patches, validation
+from webhook.budget import BudgetStatus, decide_priority
+from webhook.errors import BadReview, TimekeeperUnavailable
+from webhook.review import AdmissionRequest, Verdict
+from webhook.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BudgetLookup:
+    """A namespace's budget status and whether it came from a stale cache entry."""
+
+    status: BudgetStatus
+    stale: bool = False
+
+
+class BudgetSource(Protocol):
+    """Where budget states come from (the timekeeper client, or a fake in tests)."""
+
+    def lookup(self, namespace: str) -> BudgetLookup:
+        """The namespace's status; TimekeeperUnavailable when none can be had in time."""
+        ...
+
+
+def _denied(problems: list[str]) -> Verdict:
+    return Verdict(allowed=False, message="pod rejected: " + "; ".join(problems))
+
+
+def validate(request: AdmissionRequest, settings: Settings) -> Verdict:
+    """The validating endpoint: GPU request rules on CREATE and UPDATE."""
+    if request.pod is None or request.namespace in settings.system_namespaces:
+        return Verdict(allowed=True)
+    problems = validation.validate_pod(request.pod)
+    return _denied(problems) if problems else Verdict(allowed=True)
+
+
+def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource) -> Verdict:
+    """The mutating endpoint (CREATE only): priority, budget state, sidecar."""
+    pod = request.pod
+    if (
+        request.operation != "CREATE"
+        or pod is None
+        or request.namespace in settings.system_namespaces
+    ):
+        return Verdict(allowed=True)
+    problems = validation.validate_pod(pod)
+    if problems:
+        return _denied(problems)
+    if not validation.has_gpu_resources(pod):
+        return Verdict(allowed=True)
+
+    warnings: list[str] = []
+    lookup_failed = False
+    try:
+        lookup = budgets.lookup(request.namespace)
+        state = lookup.status.state
+        decision = decide_priority(lookup.status)
+        if lookup.stale:
+            warnings.append("gpushare: budget state taken from cache; the timekeeper is slow")
+    except TimekeeperUnavailable as err:
+        if settings.failure_policy == "fail-closed":
+            return Verdict(
+                allowed=False,
+                message=(
+                    f'pod rejected: the GPU budget of namespace "{request.namespace}" cannot be'
+                    f" checked ({err}); the webhook's failure policy is fail-closed"
+                ),
+                decided_by_policy=True,
+            )
+        log.warning(
+            "admitting GPU pod as in-budget: %s (failure policy fail-open)",
+            err,
+            extra={"namespace": request.namespace},
+        )
+        warnings.append("gpushare: budget unknown (timekeeper unreachable); admitted as in-budget")
+        state = "in-budget"
+        lookup_failed = True
+        decision = decide_priority(
+            BudgetStatus(request.namespace, state, "deprioritize", 0.0, None, None)
+        )
+    if decision.denial is not None or decision.priority_class is None:
+        return Verdict(allowed=False, message=decision.denial)
+
+    spec: Mapping[str, Any] = pod["spec"]
+    annotations = validation.pod_annotations(pod)
+    wanted = {keys.BUDGET_STATE: state}
+    ops: list[patches.Operation] = []
+    if not injection.already_injected(pod, annotations):
+        clash = _volume_clash(spec)
+        if clash:
+            return _denied([f'volume "{clash}" is reserved for the gpushare accounting sidecar'])
+        totals = validation.pod_totals(validation.gpu_requests(pod))
+        sidecar = injection.sidecar_container(settings, totals)
+        native = settings.sidecar_mode == "native"
+        field = "initContainers" if native else "containers"
+        ops += patches.insert_ops(spec, field, [sidecar], first=native)
+        ops += patches.insert_ops(spec, "volumes", injection.sidecar_volumes(settings), first=False)
+        wanted[keys.SIDECAR_INJECTED] = settings.sidecar_mode
+    ops = patches.annotation_ops(pod, wanted) + ops
+    ops += patches.priority_ops(spec, decision.priority_class)
+    chosen = spec.get("priorityClassName")
+    if chosen and chosen != decision.priority_class:
+        warnings.append(
+            f"gpushare: priorityClassName {chosen!r} replaced by {decision.priority_class!r}"
+            " (GPU pods get their priority from their namespace's budget)"
+        )
+    return Verdict(
+        allowed=True,
+        patch=ops,
+        warnings=tuple(warnings),
+        decided_by_policy=lookup_failed,
+    )
+
+
+def _volume_clash(spec: Mapping[str, Any]) -> str | None:
+    volumes = spec.get("volumes") or []
+    if not isinstance(volumes, list):
+        raise BadReview("object.spec.volumes must be a list")
+    names = {v.get("name") for v in volumes if isinstance(v, Mapping)}
+    for name in (injection.TOKEN_VOLUME, injection.SPOOL_VOLUME):
+        if name in names:
+            return name
+    return None

@@ -1,0 +1,85 @@
+"""Budget state of a namespace and the priority it earns (pure logic, stdlib only).
+
+The timekeeper's namespace status is decoded here (its wire format is a contract), and the
+admission decision follows the design: in-budget, warning and unlimited run at the standard
+PriorityClass; exhausted namespaces run over-budget (preemptible) or are refused, as their
+policy says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gpushare import annotations as keys
+
+WHEN_EXHAUSTED = ("deprioritize", "deny")
+
+
+class StatusFormatError(ValueError):
+    """The timekeeper answered with JSON that is not a namespace status."""
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """What the webhook needs from `GET /api/v1/namespaces/{ns}`."""
+
+    namespace: str
+    state: str
+    when_exhausted: str
+    used_gpu_hours: float
+    budget_gpu_hours: float | None
+    period_end: str | None
+
+
+@dataclass(frozen=True)
+class PriorityDecision:
+    """Either a PriorityClass for the pod or a refusal."""
+
+    priority_class: str | None
+    denial: str | None = None
+
+
+def parse_status(namespace: str, body: object) -> BudgetStatus:
+    """Decode the timekeeper's namespace status; StatusFormatError names the bad field."""
+    if not isinstance(body, Mapping):
+        raise StatusFormatError("the namespace status is not a JSON object")
+    state = body.get("state")
+    if state not in keys.BUDGET_STATES:
+        raise StatusFormatError(f"state={state!r} is not one of {', '.join(keys.BUDGET_STATES)}")
+    when = body.get("whenExhausted", "deprioritize")
+    if when not in WHEN_EXHAUSTED:
+        raise StatusFormatError(f"whenExhausted={when!r} is not one of deprioritize, deny")
+    used = _number(body, "usedGpuHours", default=0.0)
+    budget = None if body.get("budgetGpuHours") is None else _number(body, "budgetGpuHours")
+    period_end = body.get("periodEnd")
+    if period_end is not None and not isinstance(period_end, str):
+        raise StatusFormatError(f"periodEnd={period_end!r} is not an RFC 3339 string")
+    return BudgetStatus(namespace, state, when, used, budget, period_end)
+
+
+def _number(body: Mapping[str, Any], field: str, default: float | None = None) -> float:
+    value = body.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise StatusFormatError(f"{field}={value!r} is not a number")
+    return float(value)
+
+
+def decide_priority(status: BudgetStatus) -> PriorityDecision:
+    """The PriorityClass a new GPU pod gets, or why it is refused."""
+    if status.state != "exhausted":
+        return PriorityDecision(keys.PRIORITY_CLASS_STANDARD)
+    if status.when_exhausted == "deprioritize":
+        return PriorityDecision(keys.PRIORITY_CLASS_OVERBUDGET)
+    hours = status.budget_gpu_hours
+    budget = "an unlimited" if hours is None else f"its {hours:g}"
+    refill = status.period_end or "the next budget period"
+    return PriorityDecision(
+        None,
+        denial=(
+            f'pod rejected: namespace "{status.namespace}" has used'
+            f" {status.used_gpu_hours:.2f} of {budget} GPU-hours budget and refuses new GPU"
+            f" pods when it is exhausted; the budget refills at {refill}"
+        ),
+    )

@@ -1,0 +1,108 @@
+"""The accounting sidecar and its volumes, as the webhook injects them (pure logic).
+
+The sidecar reads exactly this environment (a contract with the sidecar part); it holds no
+GPU resources itself and runs with a restrictive securityContext.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gpushare import annotations as keys
+from webhook.settings import Settings
+from webhook.validation import PodGpuTotals
+
+SIDECAR_NAME = "gpushare-sidecar"
+SIDECAR_COMMAND = ("gpushare", "sidecar")
+TOKEN_VOLUME = "gpushare-token"
+TOKEN_DIR = "/var/run/secrets/gpushare.io/serviceaccount"
+TOKEN_FILE = f"{TOKEN_DIR}/token"
+SPOOL_VOLUME = "gpushare-spool"
+SPOOL_DIR = "/var/lib/gpushare/spool"
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+
+
+def sidecar_container(settings: Settings, totals: PodGpuTotals) -> dict[str, Any]:
+    """The sidecar container; with `restartPolicy: Always` in native mode."""
+    container: dict[str, Any] = {
+        "name": SIDECAR_NAME,
+        "image": settings.sidecar_image,
+        "imagePullPolicy": settings.sidecar_image_pull_policy,
+        "command": list(SIDECAR_COMMAND),
+        "env": [
+            {"name": "GPUSHARE_TIMEKEEPER_URL", "value": settings.effective_sidecar_timekeeper_url},
+            {"name": "GPUSHARE_TOKEN_FILE", "value": TOKEN_FILE},
+            _field_env("GPUSHARE_POD_NAME", "metadata.name"),
+            _field_env("GPUSHARE_POD_NAMESPACE", "metadata.namespace"),
+            _field_env("GPUSHARE_POD_UID", "metadata.uid"),
+            {"name": "GPUSHARE_VCUDA_CORE", "value": str(totals.core_units)},
+            {"name": "GPUSHARE_VCUDA_MEMORY", "value": str(totals.memory_units)},
+            {
+                "name": "GPUSHARE_REPORT_INTERVAL_SECONDS",
+                "value": str(settings.sidecar_report_interval_seconds),
+            },
+            {"name": "GPUSHARE_SPOOL_DIR", "value": SPOOL_DIR},
+        ],
+        "resources": {
+            "requests": {
+                "cpu": settings.sidecar_cpu_request,
+                "memory": settings.sidecar_memory_request,
+            },
+            "limits": {"cpu": settings.sidecar_cpu_limit, "memory": settings.sidecar_memory_limit},
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.sidecar_run_as_user,
+            "runAsGroup": settings.sidecar_run_as_user,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": SPOOL_VOLUME, "mountPath": SPOOL_DIR},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if settings.sidecar_mode == "native":
+        container["restartPolicy"] = "Always"
+    return container
+
+
+def sidecar_volumes(settings: Settings) -> list[dict[str, Any]]:
+    """The projected ServiceAccount token (audience: the timekeeper) and the spool."""
+    return [
+        {
+            "name": TOKEN_VOLUME,
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": keys.TIMEKEEPER_AUDIENCE,
+                            "expirationSeconds": settings.sidecar_token_expiration_seconds,
+                            "path": "token",
+                        }
+                    }
+                ]
+            },
+        },
+        {"name": SPOOL_VOLUME, "emptyDir": {"sizeLimit": settings.sidecar_spool_size_limit}},
+    ]
+
+
+def already_injected(pod: Mapping[str, Any], annotations: Mapping[str, Any]) -> bool:
+    """Whether a previous invocation (or the user) already put the sidecar in the pod."""
+    if keys.SIDECAR_INJECTED in annotations:
+        return True
+    spec = pod.get("spec", {})
+    for field in ("initContainers", "containers"):
+        for container in spec.get(field) or []:
+            if isinstance(container, Mapping) and container.get("name") == SIDECAR_NAME:
+                return True
+    return False

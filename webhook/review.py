@@ -1,0 +1,109 @@
+"""AdmissionReview (admission.k8s.io/v1) decoding and encoding.
+
+Anything that is not a well-formed review of a Pod raises BadReview, which the entry layer
+answers with a 400 and the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook.errors import BadReview
+
+API_VERSION = "admission.k8s.io/v1"
+OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    """The parts of an AdmissionRequest the webhook uses."""
+
+    uid: str
+    operation: str
+    namespace: str
+    pod: Mapping[str, Any] | None
+    """The object under review; None for DELETE and CONNECT."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The webhook's answer to one request."""
+
+    allowed: bool
+    message: str | None = None
+    patch: list[dict[str, Any]] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
+    decided_by_policy: bool = False
+    """No budget state was known; the failure policy decided."""
+
+
+def parse_review(body: bytes) -> AdmissionRequest:
+    """Decode an AdmissionReview of a Pod; BadReview says what is wrong."""
+    try:
+        review = json.loads(body)
+    except (ValueError, RecursionError) as err:
+        raise BadReview(f"the body is not JSON: {err}") from err
+    if not isinstance(review, dict):
+        raise BadReview("the body must be a JSON object (an AdmissionReview)")
+    if review.get("apiVersion") != API_VERSION or review.get("kind") != "AdmissionReview":
+        raise BadReview(
+            f"expected apiVersion {API_VERSION} and kind AdmissionReview,"
+            f" got apiVersion={review.get('apiVersion')!r} kind={review.get('kind')!r}"
+        )
+    request = review.get("request")
+    if not isinstance(request, dict):
+        raise BadReview("request must be an object")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise BadReview("request.uid must be a non-empty string")
+    operation = request.get("operation")
+    if operation not in OPERATIONS:
+        raise BadReview(f"request.operation must be one of {', '.join(OPERATIONS)}")
+    kind = request.get("kind")
+    if not isinstance(kind, dict) or (kind.get("group"), kind.get("kind")) != ("", "Pod"):
+        raise BadReview(f"request.kind must be the core Pod kind, got {_brief(kind)}")
+    pod = request.get("object")
+    if operation in ("CREATE", "UPDATE"):
+        if not isinstance(pod, dict):
+            raise BadReview(f"request.object must be a Pod object for {operation}")
+        if pod.get("kind", "Pod") != "Pod" or pod.get("apiVersion", "v1") != "v1":
+            raise BadReview(
+                f"request.object must be a v1 Pod, got apiVersion={pod.get('apiVersion')!r}"
+                f" kind={pod.get('kind')!r}"
+            )
+    else:
+        pod = None
+    namespace = request.get("namespace")
+    if namespace is None and pod is not None:
+        metadata = pod.get("metadata")
+        namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    if not isinstance(namespace, str) or not namespace:
+        raise BadReview("request.namespace must be a non-empty string")
+    return AdmissionRequest(uid, operation, namespace, pod)
+
+
+def _brief(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def encode_response(uid: str, verdict: Verdict) -> dict[str, Any]:
+    """The AdmissionReview answer: uid echoed, base64 JSONPatch when there is one."""
+    response: dict[str, Any] = {"uid": uid, "allowed": verdict.allowed}
+    if not verdict.allowed:
+        response["status"] = {
+            "code": 403,
+            "reason": "Forbidden",
+            "message": verdict.message or "pod rejected",
+        }
+    if verdict.patch:
+        patch = json.dumps(verdict.patch, separators=(",", ":")).encode()
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(patch).decode()
+    if verdict.warnings:
+        response["warnings"] = list(verdict.warnings)
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
