@@ -23,6 +23,7 @@ build: venv hook proto
 
 # The vGPU hook and the stub CUDA driver it is tested against (vgpu-runtime/hook).
 hook: venv
+	$(MAKE) -C vgpu-runtime/hook CUDA_INCLUDE="$$($(BIN)/python -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "include"))')"
 
 # Python code of the kubelet device plugin API, generated from its .proto.
 PROTO_SRC := vgpu-runtime/nodemanager/proto

@@ -90,6 +90,7 @@ class Agent:
         self.failures = 0
         self.rejections = 0
         self.retry_at = 0.0
+        self.sampling_failed = False
 
     # -- intervals --------------------------------------------------------------------------
 
@@ -164,6 +165,15 @@ class Agent:
         self.open_start = boundary.next_start
         self.open_mono = now_mono
 
+    def _sample(self) -> None:
+        """Measured use is a bonus: a failing reader never stops the accounting."""
+        try:
+            self.window.add(self.reader.sample())
+        except Exception as err:
+            if not self.sampling_failed:
+                log.warning("reading measured use failed (%s); intervals go on without it", err)
+            self.sampling_failed = True
+
     # -- delivery ---------------------------------------------------------------------------
 
     def _deliver_one(self, timeout_seconds: float) -> bool:
@@ -228,7 +238,7 @@ class Agent:
         while self.waiter.signals == 0:
             now = self.clock.monotonic()
             if now >= next_sample:
-                self.window.add(self.reader.sample())
+                self._sample()
                 next_sample = now + sample_period
             if now >= next_close:
                 self._close(now)

@@ -10,12 +10,39 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from timekeeper.settings import ENV_NAMES, FIELD_NAMES, flag
+
 if TYPE_CHECKING:
     from timekeeper.budgets import Budget
 
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+_HELP = {
+    "database_url": "SQLAlchemy URL (sqlite:///PATH or postgresql+psycopg://...); "
+    "default: the SQLite file ~/.local/state/gpushare/timekeeper.db",
+    "budgets_path": "budgets YAML file (reloaded when it changes); default: all unlimited",
+    "budgets_check_seconds": "how often to check the budgets file for changes (default 2)",
+    "tokens_path": "standalone auth: YAML `tokens: [{token, namespace}]`",
+    "jwks_file": "cluster auth: the ServiceAccount signing keys (JWKS file)",
+    "jwks_url": "cluster auth: URL of the ServiceAccount signing keys (JWKS)",
+    "oidc_issuer": "cluster auth: the ServiceAccount issuer, keys found by OIDC discovery",
+    "oidc_ca_file": "CA bundle for fetching the JWKS / discovery document",
+    "oidc_token_file": "bearer token for fetching the JWKS / discovery document",
+    "token_issuer": "required `iss` of ServiceAccount tokens (default: the OIDC issuer)",
+    "allow_unauthenticated_reports": "demo only: accept reports without a token",
+    "read_requires_token": "read endpoints require a valid token too",
+    "clock_skew_seconds": "how far in the future a report's end may lie (default 60)",
+    "max_interval_seconds": "longest interval one report may cover (default 86400)",
+    "log_format": "text or json (default text)",
+    "log_level": "DEBUG, INFO, WARNING or ERROR (default INFO)",
+    "metrics_multiprocess_dir": "folder shared by the workers for metrics (default: a "
+    "temporary one)",
+}
+_BOOLEANS = ("allow_unauthenticated_reports", "read_requires_token")
+
 
 def register(subcommands: argparse._SubParsersAction[Any]) -> None:
-    """Add this part's subcommands."""
+    """Add this part's subcommands: `timekeeper`, `usage`, `db`, `budgets check`."""
     budgets = subcommands.add_parser(
         "budgets", help="work with budgets files", description="Work with budgets files."
     )
@@ -33,6 +60,159 @@ def register(subcommands: argparse._SubParsersAction[Any]) -> None:
         "file", type=Path, metavar="FILE", help="the budgets YAML file ('-': standard input)"
     )
     check.set_defaults(func=budgets_check)
+
+    serve = subcommands.add_parser(
+        "timekeeper",
+        help="serve the timekeeper (gunicorn)",
+        description="Serve the timekeeper's REST API with gunicorn. Every setting can also "
+        "come from the environment when run as timekeeper.wsgi:app under any WSGI server.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
+    serve.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    serve.add_argument("--threads", type=int, default=4, help="threads per worker")
+    serve.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not run the database migrations before serving",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    for name in FIELD_NAMES:
+        if name in _BOOLEANS:
+            serve.add_argument(
+                flag(name),
+                dest=name,
+                action="store_true",
+                default=None,
+                help=f"{_HELP[name]} [{ENV_NAMES[name]}]",
+            )
+        else:
+            serve.add_argument(
+                flag(name), dest=name, metavar="VALUE", help=f"{_HELP[name]} [{ENV_NAMES[name]}]"
+            )
+    serve.set_defaults(func=serve_command)
+
+    usage = subcommands.add_parser(
+        "usage",
+        help="print budgets and usage from the timekeeper",
+        description="A table of budget and usage read from the timekeeper's API: every "
+        "namespace, or one namespace's pods in its current period.",
+    )
+    usage.add_argument("namespace", nargs="?", help="one namespace: its use by pod")
+    usage.add_argument("--url", default=DEFAULT_URL, help=f"timekeeper URL (default {DEFAULT_URL})")
+    usage.add_argument("--token", help="bearer token, when reads require one")
+    usage.set_defaults(func=usage_command)
+
+    db = subcommands.add_parser(
+        "db", help="database migrations", description="Database schema migrations (alembic)."
+    )
+    actions = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    for action, text in (("upgrade", "migrate up"), ("downgrade", "migrate down")):
+        parser = actions.add_parser(action, help=f"{text} (default: to the newest / by one)")
+        parser.add_argument(
+            "--database-url",
+            help="SQLAlchemy URL; default: the timekeeper's SQLite file",
+        )
+        parser.add_argument(
+            "revision",
+            nargs="?",
+            default="head" if action == "upgrade" else "-1",
+            help="target revision (upgrade: head; downgrade: -1, or base for none)",
+        )
+        parser.set_defaults(func=db_command, action=action)
+
+
+def _settings_or_exit(raw: dict[str, object]) -> Any:
+    from timekeeper.errors import ConfigError
+    from timekeeper.settings import parse_settings
+
+    try:
+        return parse_settings(raw, label=flag)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"gpushare timekeeper: {problem}", file=sys.stderr)
+        return None
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """`gpushare timekeeper`."""
+    settings = _settings_or_exit({name: getattr(args, name) for name in FIELD_NAMES})
+    if settings is None:
+        return 2
+    problems = []
+    if not 0 <= args.port <= 65535:
+        problems.append(f"--port: must be 0..65535 (got {args.port})")
+    if args.workers < 1:
+        problems.append(f"--workers: must be at least 1 (got {args.workers})")
+    if args.threads < 1:
+        problems.append(f"--threads: must be at least 1 (got {args.threads})")
+    if problems:
+        for problem in problems:
+            print(f"gpushare timekeeper: {problem}", file=sys.stderr)
+        return 2
+
+    from timekeeper import database
+    from timekeeper.budgets import BudgetsError
+    from timekeeper.errors import ConfigError
+    from timekeeper.logs import configure_logging
+    from timekeeper.server import ServeOptions, serve
+
+    configure_logging(settings.log_format, settings.log_level)
+    if not args.no_migrate:
+        database.upgrade(settings.database)
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        threads=args.threads,
+        access_log=args.access_log,
+    )
+    try:
+        return serve(settings, options)
+    except (ConfigError, BudgetsError) as err:
+        for problem in err.problems:
+            print(f"gpushare timekeeper: {problem}", file=sys.stderr)
+        return 2
+
+
+def db_command(args: argparse.Namespace) -> int:
+    """`gpushare db upgrade|downgrade`."""
+    settings = _settings_or_exit(
+        {"database_url": args.database_url, "allow_unauthenticated_reports": True}
+    )
+    if settings is None:
+        return 2
+    import sqlalchemy as sa
+
+    from timekeeper import database
+
+    try:
+        if args.action == "upgrade":
+            database.upgrade(settings.database, args.revision)
+        else:
+            database.downgrade(settings.database, args.revision)
+    except sa.exc.OperationalError as err:
+        print(f"gpushare db {args.action}: cannot reach the database: {err.orig}", file=sys.stderr)
+        return 1
+    engine = database.make_engine(settings.database)
+    with engine.connect() as connection:
+        revision = database.current_revision(connection)
+    engine.dispose()
+    shown = sa.make_url(settings.database).render_as_string(hide_password=True)
+    print(f"{shown}: at revision {revision or 'base (empty)'}")
+    return 0
+
+
+def usage_command(args: argparse.Namespace) -> int:
+    """`gpushare usage [NAMESPACE]`."""
+    from timekeeper.usage_table import UsageClientError, print_usage
+
+    try:
+        print_usage(args.url, args.namespace, token=args.token, out=sys.stdout)
+    except UsageClientError as err:
+        print(f"gpushare usage: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def budgets_check(args: argparse.Namespace) -> int:

@@ -60,10 +60,10 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
         or request.namespace in settings.system_namespaces
     ):
         return Verdict(allowed=True)
-    problems = validation.validate_pod(pod)
-    if problems:
-        return _denied(problems)
-    if not validation.has_gpu_resources(pod):
+    report = validation.inspect_pod(pod)
+    if report.problems:
+        return _denied(report.problems)
+    if not report.has_gpu:
         return Verdict(allowed=True)
 
     warnings: list[str] = []
@@ -73,7 +73,7 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
         state = lookup.status.state
         decision = decide_priority(lookup.status)
         if lookup.stale:
-            warnings.append("gpushare: budget state taken from cache; the timekeeper is slow")
+            warnings.append("gpushare: budget state from cache; the timekeeper is not answering")
     except TimekeeperUnavailable as err:
         if settings.failure_policy == "fail-closed":
             return Verdict(
@@ -106,7 +106,7 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
         clash = _volume_clash(spec)
         if clash:
             return _denied([f'volume "{clash}" is reserved for the gpushare accounting sidecar'])
-        totals = validation.pod_totals(validation.gpu_requests(pod))
+        totals = validation.pod_totals(report.requests)
         sidecar = injection.sidecar_container(settings, totals)
         native = settings.sidecar_mode == "native"
         field = "initContainers" if native else "containers"
@@ -133,7 +133,7 @@ def _volume_clash(spec: Mapping[str, Any]) -> str | None:
     volumes = spec.get("volumes") or []
     if not isinstance(volumes, list):
         raise BadReview("object.spec.volumes must be a list")
-    names = {v.get("name") for v in volumes if isinstance(v, Mapping)}
+    names = {v.get("name") for v in volumes if isinstance(v, dict)}
     for name in (injection.TOKEN_VOLUME, injection.SPOOL_VOLUME):
         if name in names:
             return name

@@ -6,7 +6,8 @@ Admission must never wait long on the timekeeper, and must not slow down while i
 - an older entry still within the stale window is answered at once, and refreshed in the
   background (one refresh per namespace at a time);
 - a namespace without a usable entry waits for one lookup, bounded by the timeout as a whole
-  (connect, send, read), not per socket operation;
+  (connect, send, read), not per socket operation, and cut short as soon as any lookup
+  finds the timekeeper unreachable;
 - after a failed lookup, further lookups skip the timekeeper for `retry_seconds` (the
   namespace's own failure, or a transport failure for every namespace), so a dead
   timekeeper costs one timeout per retry window, not one per admission.
@@ -21,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -106,6 +106,8 @@ class TimekeeperBudgets:
         self._metrics = metrics or Metrics()
         self._clock = clock
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._outages = 0
         self._entries: dict[str, _Entry] = {}
         self._failed_at: dict[str, tuple[float, str]] = {}
         self._down_since: tuple[float, str] | None = None
@@ -126,20 +128,34 @@ class TimekeeperBudgets:
                 self._metrics.budget_cache.labels("stale").inc()
                 if skip_reason is None:
                     self._start_locked(namespace)
-                return BudgetLookup(entry.status, stale=True)
+                # Flagged stale only while the timekeeper is failing; an ordinary background
+                # revalidation is not worth a warning to the user.
+                return BudgetLookup(entry.status, stale=skip_reason is not None)
             if skip_reason is not None:
                 self._metrics.budget_cache.labels("skipped").inc()
-                raise TimekeeperUnavailable(f"{skip_reason}; retrying in the background")
+                raise TimekeeperUnavailable(
+                    f"{skip_reason} (asked again after {self._retry_seconds:g}s)"
+                )
             self._metrics.budget_cache.labels("miss").inc()
             future = self._start_locked(namespace)
-        try:
-            status = future.result(timeout=self._timeout_seconds)
-        except FutureTimeout as err:
-            self._metrics.timekeeper_errors.labels("timeout").inc()
-            raise TimekeeperUnavailable(
-                f"timekeeper did not answer within {self._timeout_seconds:g}s"
-            ) from err
-        return BudgetLookup(status)
+            self._wait_locked(future)
+        return BudgetLookup(future.result())
+
+    def _wait_locked(self, future: Future[BudgetStatus]) -> None:
+        """Wait for the lookup, at most the timeout, and no longer than the timekeeper is
+        known to be up: when another lookup finds it unreachable meanwhile, stop waiting."""
+        deadline = time.monotonic() + self._timeout_seconds
+        outages = self._outages
+        while not future.done():
+            if self._outages != outages and self._down_since is not None:
+                raise TimekeeperUnavailable(self._down_since[1])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._metrics.timekeeper_errors.labels("timeout").inc()
+                raise TimekeeperUnavailable(
+                    f"timekeeper did not answer within {self._timeout_seconds:g}s"
+                )
+            self._changed.wait(remaining)
 
     def _skip_reason(self, namespace: str, now: float) -> str | None:
         for failure in (self._down_since, self._failed_at.get(namespace)):
@@ -155,6 +171,13 @@ class TimekeeperBudgets:
         return future
 
     def _refresh(self, namespace: str) -> BudgetStatus:
+        with self._lock:
+            # Queued behind lookups that found the timekeeper down: do not pile on.
+            skip_reason = self._skip_reason(namespace, self._clock())
+            if skip_reason is not None:
+                self._inflight.pop(namespace, None)
+                self._changed.notify_all()
+                raise TimekeeperUnavailable(skip_reason)
         try:
             status = self._fetch(namespace)
         except TimekeeperUnavailable as err:
@@ -167,10 +190,13 @@ class TimekeeperBudgets:
                 self._failed_at[namespace] = (failed_at, str(err))
                 if transport:
                     self._down_since = (failed_at, str(err))
+                    self._outages += 1
+                self._changed.notify_all()
             raise
         except Exception as err:
             with self._lock:
                 self._inflight.pop(namespace, None)
+                self._changed.notify_all()
             log.exception("budget lookup for namespace %s crashed", namespace)
             raise TimekeeperUnavailable(f"budget lookup failed: {err}") from err
         with self._lock:
@@ -178,6 +204,7 @@ class TimekeeperBudgets:
             self._entries[namespace] = _Entry(status, self._clock())
             self._failed_at.pop(namespace, None)
             self._down_since = None
+            self._changed.notify_all()
         return status
 
     def close(self) -> None:

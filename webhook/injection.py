@@ -103,6 +103,6 @@ def already_injected(pod: Mapping[str, Any], annotations: Mapping[str, Any]) -> 
     spec = pod.get("spec", {})
     for field in ("initContainers", "containers"):
         for container in spec.get(field) or []:
-            if isinstance(container, Mapping) and container.get("name") == SIDECAR_NAME:
+            if isinstance(container, dict) and container.get("name") == SIDECAR_NAME:
                 return True
     return False

@@ -20,8 +20,8 @@ def pointer(*parts: str) -> str:
 def annotation_ops(pod: Mapping[str, Any], wanted: Mapping[str, str]) -> list[Operation]:
     """Set each wanted annotation that is not already there with that value."""
     metadata = pod.get("metadata")
-    current = metadata.get("annotations") if isinstance(metadata, Mapping) else None
-    if not isinstance(metadata, Mapping):
+    current = metadata.get("annotations") if isinstance(metadata, dict) else None
+    if not isinstance(metadata, dict):
         return [{"op": "add", "path": "/metadata", "value": {"annotations": dict(wanted)}}]
     if not current:
         return [{"op": "add", "path": "/metadata/annotations", "value": dict(wanted)}]

@@ -16,6 +16,8 @@ from webhook.errors import BadReview
 
 API_VERSION = "admission.k8s.io/v1"
 OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+"""One encoder for every answer (`json.dumps` with options builds a new one per call)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def encode_response(uid: str, verdict: Verdict) -> dict[str, Any]:
             "message": verdict.message or "pod rejected",
         }
     if verdict.patch:
-        patch = json.dumps(verdict.patch, separators=(",", ":")).encode()
+        patch = COMPACT_JSON.encode(verdict.patch).encode()
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(patch).decode()
     if verdict.warnings:

@@ -61,7 +61,7 @@ def containers(pod: Mapping[str, Any]) -> Iterator[tuple[ContainerRef, Mapping[s
     Raises BadReview when the spec is not shaped like a Pod's.
     """
     spec = pod.get("spec")
-    if not isinstance(spec, Mapping):
+    if not isinstance(spec, dict):
         raise BadReview("object.spec must be an object")
     if not isinstance(spec.get("volumes") or [], list):
         raise BadReview("object.spec.volumes must be a list")
@@ -72,7 +72,7 @@ def containers(pod: Mapping[str, Any]) -> Iterator[tuple[ContainerRef, Mapping[s
         if not isinstance(items, list):
             raise BadReview(f"object.spec.{field} must be a list")
         for index, item in enumerate(items):
-            if not isinstance(item, Mapping):
+            if not isinstance(item, dict):
                 raise BadReview(f"object.spec.{field}[{index}] must be an object")
             name = item.get("name")
             if not isinstance(name, str):
@@ -85,30 +85,22 @@ def _resource_map(container: Mapping[str, Any], ref: ContainerRef, field: str) -
     resources = container.get("resources")
     if resources is None:
         return {}
-    if not isinstance(resources, Mapping):
+    if not isinstance(resources, dict):
         raise BadReview(f"{ref.describe()}: resources must be an object")
     values = resources.get(field)
     if values is None:
         return {}
-    if not isinstance(values, Mapping):
+    if not isinstance(values, dict):
         raise BadReview(f"{ref.describe()}: resources.{field} must be an object")
     return values
 
 
-def has_gpu_resources(pod: Mapping[str, Any]) -> bool:
-    """Whether any container names a GPU resource in its limits or requests."""
-    for ref, container in containers(pod):
-        for field in ("limits", "requests"):
-            if any(name in _resource_map(container, ref, field) for name in GPU_RESOURCES):
-                return True
-    return False
-
-
-def _check_container(ref: ContainerRef, container: Mapping[str, Any]) -> list[str]:
+def _check_container(
+    ref: ContainerRef, limits: Mapping[str, Any], requests: Mapping[str, Any]
+) -> tuple[list[str], dict[str, int]]:
+    """The container's broken rules, and the GPU values that parsed."""
     problems: list[str] = []
     who = ref.describe()
-    limits = _resource_map(container, ref, "limits")
-    requests = _resource_map(container, ref, "requests")
     parsed: dict[str, int] = {}
     for name in GPU_RESOURCES:
         if name in limits:
@@ -150,7 +142,7 @@ def _check_container(ref: ContainerRef, container: Mapping[str, Any]) -> list[st
             f"{who} asks {VCUDA_CORE}={core} without {VCUDA_MEMORY}; a shared GPU request"
             f" (1..{CORE_UNITS_PER_GPU - 1}) needs both"
         )
-    return problems
+    return problems, parsed
 
 
 def _same_quantity(left: object, right: object) -> bool:
@@ -163,23 +155,6 @@ def _same_quantity(left: object, right: object) -> bool:
 def _show(value: object) -> str:
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def gpu_requests(pod: Mapping[str, Any]) -> list[GpuRequest]:
-    """The GPU resources of each container that asks for any (call after validation)."""
-    result: list[GpuRequest] = []
-    for ref, container in containers(pod):
-        limits = _resource_map(container, ref, "limits")
-        if VCUDA_CORE not in limits and VCUDA_MEMORY not in limits:
-            continue
-        result.append(
-            GpuRequest(
-                ref,
-                quantities.parse_whole(limits.get(VCUDA_CORE, 0)),
-                quantities.parse_whole(limits.get(VCUDA_MEMORY, 0)),
-            )
-        )
-    return result
 
 
 def pod_totals(requests: list[GpuRequest]) -> PodGpuTotals:
@@ -266,25 +241,50 @@ def pod_annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     metadata = pod.get("metadata", {})
     if metadata is None:
         return {}
-    if not isinstance(metadata, Mapping):
+    if not isinstance(metadata, dict):
         raise BadReview("object.metadata must be an object")
     annotations = metadata.get("annotations") or {}
-    if not isinstance(annotations, Mapping):
+    if not isinstance(annotations, dict):
         raise BadReview("object.metadata.annotations must be an object")
     return annotations
 
 
-def validate_pod(pod: Mapping[str, Any]) -> list[str]:
-    """Every rule the pod breaks, as refusal reasons; empty when it may be admitted.
+@dataclass(frozen=True)
+class PodReport:
+    """What one pass over a pod found."""
 
-    Pods without GPU resources are not checked at all.
-    """
+    has_gpu: bool
+    problems: list[str]
+    """Every rule the pod breaks, as refusal reasons; empty when it may be admitted."""
+    requests: list[GpuRequest]
+    """The GPU resources of each container that asks for any (when there are no problems)."""
+
+
+def inspect_pod(pod: Mapping[str, Any]) -> PodReport:
+    """Check every rule in one pass; pods without GPU resources are not checked at all."""
     annotations = pod_annotations(pod)
-    if not has_gpu_resources(pod):
-        return []
+    entries = [
+        (ref, _resource_map(item, ref, "limits"), _resource_map(item, ref, "requests"))
+        for ref, item in containers(pod)
+    ]
+    if not any(
+        name in limits or name in requests
+        for _ref, limits, requests in entries
+        for name in GPU_RESOURCES
+    ):
+        return PodReport(False, [], [])
     problems: list[str] = []
-    for ref, container in containers(pod):
-        problems.extend(_check_container(ref, container))
+    found: list[GpuRequest] = []
+    for ref, limits, requests in entries:
+        broken, parsed = _check_container(ref, limits, requests)
+        problems.extend(broken)
+        if VCUDA_CORE in limits or VCUDA_MEMORY in limits:
+            found.append(GpuRequest(ref, parsed.get(VCUDA_CORE, 0), parsed.get(VCUDA_MEMORY, 0)))
     if problems:
-        return problems
-    return _annotation_problems(annotations, gpu_requests(pod))
+        return PodReport(True, problems, [])
+    return PodReport(True, _annotation_problems(annotations, found), found)
+
+
+def validate_pod(pod: Mapping[str, Any]) -> list[str]:
+    """Every rule the pod breaks, as refusal reasons; empty when it may be admitted."""
+    return inspect_pod(pod).problems

@@ -31,6 +31,7 @@ class FakeApiServer:
         self.requests: list[tuple[str, str]] = []
         self.fail_with: int | None = None
         self._lock = threading.Lock()
+        self._changed = threading.Event()
         handler = self._handler()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -114,8 +115,28 @@ class FakeApiServer:
                 fake.requests.append(("GET", url.path))
                 if self._failing():
                     return
+                query = parse_qs(url.query)
                 if url.path == "/api/v1/pods":
-                    self._reply(200, fake._list_pods(parse_qs(url.query)))
+                    self._reply(200, fake._list_pods(query))
+                elif url.path == "/api/v1/nodes" and query.get("watch") == ["true"]:
+                    # a watch that sees no events and ends soon: the client lists again
+                    fake._changed.wait(0.1)
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif url.path == "/api/v1/nodes":
+                    with fake._lock:
+                        items = [copy.deepcopy(node) for node in fake.nodes.values()]
+                    self._reply(
+                        200,
+                        {
+                            "kind": "NodeList",
+                            "apiVersion": "v1",
+                            "metadata": {"resourceVersion": "1"},
+                            "items": items,
+                        },
+                    )
                 elif url.path.startswith("/api/v1/nodes/"):
                     name = url.path.rsplit("/", 1)[1]
                     node = fake.nodes.get(name)

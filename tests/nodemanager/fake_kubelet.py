@@ -78,6 +78,8 @@ class FakeKubelet:
         self._pod_resources_server: grpc.Server | None = None
         self._channels: dict[str, grpc.Channel] = {}
         self._watchers: list[grpc.Channel] = []
+        self.rpc_seconds: list[float] = []
+        """Wall time of GetPreferredAllocation + Allocate, one entry per resource allocated."""
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> FakeKubelet:
@@ -198,6 +200,7 @@ class FakeKubelet:
             raise AssertionError(f"kubelet: {needed} {resource} asked, {len(available)} free")
         stub = self.stub(resource)
         ids = available
+        started = time.perf_counter()
         if len(available) > needed:
             reply = stub.GetPreferredAllocation(
                 dp.PreferredAllocationRequest(
@@ -214,7 +217,9 @@ class FakeKubelet:
             dp.AllocateRequest(container_requests=[dp.ContainerAllocateRequest(devices_ids=ids)]),
             timeout=5,
         )
+        elapsed = time.perf_counter() - started
         with self._lock:
+            self.rpc_seconds.append(elapsed)
             self.allocated[resource].update(ids)
         return ids, answer.container_responses[0]
 

@@ -352,3 +352,48 @@ def test_pod_that_fits_no_single_gpu_is_refused(make_node: NodeFactory) -> None:
     code, details = _status(lambda: node.kubelet.admit(pod))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "GPU 0: 40 cores and 60 memory units free; GPU 1: 40 cores" in details
+
+
+def test_allocate_on_an_unhealthy_gpu_is_refused(make_node: NodeFactory) -> None:
+    node = make_node()
+    node.inventory.set_healthy(0, False)
+    node.manager.check_health()
+    request = dp.AllocateRequest(
+        container_requests=[dp.ContainerAllocateRequest(devices_ids=[f"{node.uuid(0)}-core-3"])]
+    )
+    code, details = _status(lambda: node.kubelet.stub(CORE).Allocate(request, timeout=5))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details == "tencent.com/vcuda-core: GPU 0 is unhealthy"
+    pod = make_pod("p", [("c", 10, 2)])
+    node.apiserver.add_pod(pod)
+    wait_until(lambda: node.kubelet.health(CORE).get(f"{node.uuid(0)}-core-0") == "Unhealthy")
+    got = node.kubelet.admit(pod)["c"]
+    assert got.envs["NVIDIA_VISIBLE_DEVICES"] == node.uuid(1)
+
+
+def test_preferred_allocation_keeps_devices_kubelet_reuses(make_node: NodeFactory) -> None:
+    node = make_node()
+    busy = make_pod("busy", [("c", 50, 4)], created="2026-01-01T00:00:00Z")
+    node.apiserver.add_pod(busy)
+    node.kubelet.admit(busy)  # GPU 0 is fuller: binpack alone would choose it
+    gpu0, gpu1 = node.uuid(0), node.uuid(1)
+    reused = [f"{gpu1}-core-{n}" for n in range(5)]
+    available = [f"{gpu0}-core-{n}" for n in range(50, 100)] + [
+        f"{gpu1}-core-{n}" for n in range(100)
+    ]
+    reply = node.kubelet.stub(CORE).GetPreferredAllocation(
+        dp.PreferredAllocationRequest(
+            container_requests=[
+                dp.ContainerPreferredAllocationRequest(
+                    available_deviceIDs=available,
+                    must_include_deviceIDs=reused,
+                    allocation_size=20,
+                )
+            ]
+        ),
+        timeout=5,
+    )
+    chosen = list(reply.container_responses[0].deviceIDs)
+    assert len(chosen) == 20
+    assert chosen[:5] == reused
+    assert gpus_of(chosen) == {gpu1}

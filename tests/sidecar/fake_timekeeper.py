@@ -10,6 +10,7 @@ body under a used sequence gets 409); an interval overlapping another of the sam
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,8 +22,9 @@ def _time(text: str) -> datetime:
 
 
 class FakeTimekeeper:
-    def __init__(self, tokens: dict[str, str]) -> None:
+    def __init__(self, tokens: dict[str, str], *, tls: ssl.SSLContext | None = None) -> None:
         self.tokens = dict(tokens)
+        self.tls = tls
         self.reports: dict[tuple[str, int], dict[str, Any]] = {}
         self.attempts = 0
         self.refusals: list[tuple[int, str]] = []
@@ -34,6 +36,8 @@ class FakeTimekeeper:
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"https://localhost:{self.port}"
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
@@ -55,10 +59,13 @@ class FakeTimekeeper:
                 self.wfile.write(data)
 
         server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        server.allow_reuse_address = True
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

@@ -158,3 +158,23 @@ def test_a_restart_continues_the_interval_the_killed_run_left_open(tmp_path: Pat
     )
     assert agent.run() == 0
     assert [(r["sequence"], seconds(r)) for r in sender.delivered] == [(3, (20, 60)), (4, (60, 65))]
+
+
+class BrokenReader:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def sample(self) -> UsageSample | None:
+        raise RuntimeError("GPU is lost")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_failing_usage_reader_never_stops_the_accounting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, sender, _ = run_agent(tmp_path, stop_after=31.0, reader=BrokenReader())
+    assert [seconds(r) for r in sender.delivered] == [(0, 15), (15, 30), (30, 31)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["reading measured use failed (GPU is lost); intervals go on without it"]

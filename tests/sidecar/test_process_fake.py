@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -127,6 +128,53 @@ def test_sigterm_while_the_timekeeper_hangs_exits_within_the_deadline(
         assert sidecar.wait(timeout=5) == 0
         assert "left in the spool" in sidecar.log()
     assert len(spooled(pod.spool_dir)) >= 2
+
+
+def test_an_https_timekeeper_is_verified_against_the_given_ca(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpushare",
+            "certs",
+            "generate",
+            "--out",
+            str(certs),
+            "--dns",
+            "localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs / "tls.crt", certs / "tls.key")
+    fake = FakeTimekeeper({TOKEN: "team-a"}, tls=context)
+    fake.start()
+    try:
+        trusted = Pod(
+            tmp_path / "trusted",
+            fake.url,
+            TOKEN,
+            extra_env={"GPUSHARE_TIMEKEEPER_CA_FILE": str(certs / "ca.crt")},
+        )
+        untrusted = Pod(tmp_path / "untrusted", fake.url, TOKEN)
+        for pod in (trusted, untrusted):
+            pod.tmp_path.mkdir()
+        with SidecarProcess(trusted) as good, SidecarProcess(untrusted) as bad:
+            wait_until(lambda: len(fake.held(trusted.uid)) >= 2, timeout=10, what="TLS delivery")
+            wait_until(
+                lambda: "CERTIFICATE_VERIFY_FAILED" in bad.log(),
+                timeout=10,
+                what="the unknown CA refused",
+            )
+            assert good.terminate_and_wait() == 0
+            assert bad.terminate_and_wait() == 0
+        assert fake.held(untrusted.uid) == []
+        assert spooled(untrusted.spool_dir), "what could not be sent stays spooled"
+    finally:
+        fake.stop()
 
 
 @pytest.mark.parametrize(

@@ -323,7 +323,7 @@ def test_refused(
             pod(),
             FakeBudgets(default=status("warning"), stale=True),
             "warning",
-            ["gpushare: budget state taken from cache; the timekeeper is slow"],
+            ["gpushare: budget state from cache; the timekeeper is not answering"],
             id="stale-state-warns",
         ),
         pytest.param(

@@ -285,7 +285,7 @@ def test_shapes_that_are_not_pods(subject: dict[str, Any], message: str) -> None
 
 
 def _totals(subject: dict[str, Any]) -> tuple[int, int]:
-    totals = validation.pod_totals(validation.gpu_requests(subject))
+    totals = validation.pod_totals(validation.inspect_pod(subject).requests)
     return totals.core_units, totals.memory_units
 
 

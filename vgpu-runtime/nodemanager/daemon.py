@@ -8,6 +8,7 @@ import threading
 import time
 from types import FrameType
 
+from nodemanager import logs
 from nodemanager.inventory import Inventory, SimulatedInventory
 from nodemanager.kube import (
     KubeletPodResources,
@@ -93,14 +94,18 @@ class Daemon:
             if now >= next_reconcile:
                 self.manager.reconcile()
                 next_reconcile = now + reconcile_every
+            self.manager.capacity_changed.clear()
             self.manager.publish()
-            self._stop.wait(max(0.05, min(next_health, next_reconcile) - time.monotonic()))
+            timeout = max(0.05, min(next_health, next_reconcile) - time.monotonic())
+            self.manager.capacity_changed.wait(timeout)
 
     def stop(self) -> None:
         self._stop.set()
+        self.manager.capacity_changed.set()  # wake the housekeeping loop
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.runner.stop()
+        self.manager.flush_checkpoint()
         self._metrics_server.shutdown()
         self.manager.inventory.close()
 
@@ -121,7 +126,7 @@ def build_inventory(settings: Settings) -> Inventory:
 
 def run(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; the exit code of the command."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup(settings.log_level, settings.log_format)
     kubernetes = None
     if settings.kubernetes:
         try:

@@ -7,16 +7,20 @@ the units per GPU, the state directory (core allocations) and, once known, the o
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from nodemanager.devices import Kind
 
 CHECKPOINT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,26 @@ class Allocation:
     core_soft_limit: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["kind"] = self.kind.value
-        data["device_ids"] = list(self.device_ids)
-        return data
+        owner = self.owner
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "device_ids": list(self.device_ids),
+            "units_by_gpu": self.units_by_gpu,
+            "created_at": self.created_at,
+            "owner": None
+            if owner is None
+            else {
+                "namespace": owner.namespace,
+                "pod": owner.pod,
+                "container": owner.container,
+                "uid": owner.uid,
+                "confirmed": owner.confirmed,
+            },
+            "state_dir": self.state_dir,
+            "core_limit": self.core_limit,
+            "core_soft_limit": self.core_soft_limit,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Allocation:
@@ -81,6 +101,8 @@ class Ledger:
 
     allocations: dict[str, Allocation] = field(default_factory=dict)
     _by_device: dict[tuple[Kind, str], str] = field(default_factory=dict)
+    _encoded: dict[str, str] = field(default_factory=dict)
+    """JSON of each allocation, kept so that a save encodes only what changed."""
 
     def add(self, allocation: Allocation) -> list[Allocation]:
         """Record `allocation`; returns older allocations it displaced (kubelet reused their
@@ -92,12 +114,14 @@ class Ledger:
         }
         displaced = [self.release(old) for old in sorted(displaced_ids)]
         self.allocations[allocation.id] = allocation
+        self._encoded[allocation.id] = json.dumps(allocation.to_json(), separators=(",", ":"))
         for device in allocation.device_ids:
             self._by_device[(allocation.kind, device)] = allocation.id
         return [item for item in displaced if item is not None]
 
     def release(self, allocation_id: str) -> Allocation | None:
         allocation = self.allocations.pop(allocation_id, None)
+        self._encoded.pop(allocation_id, None)
         if allocation is not None:
             for device in allocation.device_ids:
                 self._by_device.pop((allocation.kind, device), None)
@@ -108,7 +132,9 @@ class Ledger:
         return None if allocation_id is None else self.allocations[allocation_id]
 
     def set_owner(self, allocation_id: str, owner: Owner) -> None:
-        self.allocations[allocation_id] = replace(self.allocations[allocation_id], owner=owner)
+        allocation = replace(self.allocations[allocation_id], owner=owner)
+        self.allocations[allocation_id] = allocation
+        self._encoded[allocation_id] = json.dumps(allocation.to_json(), separators=(",", ":"))
 
     def used_units(self, kind: Kind) -> dict[str, int]:
         """Units of `kind` held per GPU UUID."""
@@ -122,28 +148,16 @@ class Ledger:
     def of_kind(self, kind: Kind) -> Iterable[Allocation]:
         return (item for item in self.allocations.values() if item.kind is kind)
 
+    def text(self) -> str:
+        """The checkpoint document."""
+        return (
+            f'{{"version":{CHECKPOINT_VERSION},"allocations":['
+            + ",".join(self._encoded.values())
+            + "]}"
+        )
+
     def save(self, path: Path) -> None:
-        """Write the checkpoint atomically: a crash leaves the old file or the new, never half."""
-        payload = {
-            "version": CHECKPOINT_VERSION,
-            "allocations": [item.to_json() for item in self.allocations.values()],
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(handle, "w") as stream:
-                json.dump(payload, stream, indent=1, sort_keys=True)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_checkpoint(path, self.text())
 
     @classmethod
     def load(cls, path: Path) -> Ledger:
@@ -165,3 +179,66 @@ class Ledger:
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from err
         return ledger
+
+
+def write_checkpoint(path: Path, text: str) -> None:
+    """Write the checkpoint atomically: a crash leaves the old file or the new, never half.
+
+    The new file is synced before it replaces the old one. The directory is not synced:
+    should a power loss undo the rename, the older checkpoint is read and the missing
+    allocations are adopted from kubelet's PodResources on the first reconcile.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class CheckpointWriter:
+    """Writes the checkpoint on a background thread so that Allocate never waits on the disk.
+
+    Requests coalesce: however many arrive while a write is under way, one more write of the
+    latest state follows. `flush()` waits until every request so far is on disk.
+    """
+
+    def __init__(self, path: Path, snapshot: Callable[[], str]) -> None:
+        self._path = path
+        self._snapshot = snapshot
+        self._condition = threading.Condition()
+        self._wanted = 0
+        self._written = 0
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        with self._condition:
+            self._wanted += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="checkpoint", daemon=True)
+                self._thread.start()
+            self._condition.notify_all()
+
+    def flush(self, timeout_seconds: float = 30.0) -> None:
+        """Block until every request made so far is written."""
+        with self._condition:
+            target = self._wanted
+            self._condition.wait_for(lambda: self._written >= target, timeout=timeout_seconds)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: self._wanted > self._written)
+                target = self._wanted
+            try:
+                write_checkpoint(self._path, self._snapshot())
+            except OSError as err:
+                log.error("cannot write the checkpoint %s: %s", self._path, err)
+            with self._condition:
+                self._written = target
+                self._condition.notify_all()

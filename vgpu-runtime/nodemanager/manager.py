@@ -27,7 +27,7 @@ from nodemanager import pods
 from nodemanager.devices import DeviceId, Kind, UnknownDeviceError, device_ids, parse_device_id
 from nodemanager.inventory import Gpu, Inventory
 from nodemanager.kube import KubernetesError, NodePublisher, PodResourcesSource, PodSource
-from nodemanager.ledger import Allocation, Ledger, Owner
+from nodemanager.ledger import Allocation, CheckpointWriter, Ledger, Owner
 from nodemanager.placement import (
     Demand,
     GpuCapacity,
@@ -41,6 +41,8 @@ from nodemanager.placement import (
 log = logging.getLogger(__name__)
 
 HOOK_LIBRARY_NAME = "libgpushare-vgpu.so"
+POD_CACHE_SECONDS = 2.0
+"""How long a list of pending pods is reused while it still matches."""
 
 
 @dataclass(frozen=True)
@@ -114,10 +116,32 @@ class NodeManager:
         self.changed = threading.Condition(self._lock)
         """Notified whenever device health changes; `device_version` counts the changes."""
         self.device_version = 0
+        self.capacity_changed = threading.Event()
+        """Set whenever free capacity changes, so that it is published without delay."""
         self._healthy = {gpu.uuid: True for gpu in self.gpus}
+        self._device_index = {
+            text: parse_device_id(text, kind, self.gpus)
+            for kind in Kind
+            for gpu in self.gpus
+            for text in device_ids(gpu, kind)
+        }
+        self._pod_cache: tuple[float, list[pods.ContainerRequest]] | None = None
         self._ledger = Ledger.load(paths.checkpoint)
+        self._checkpoint = CheckpointWriter(paths.checkpoint, self._checkpoint_text)
         self._reservations: dict[tuple[str, str], tuple[float, Placement]] = {}
         self._published = ""
+
+    def _allocations_changed(self) -> None:
+        self._checkpoint.request()
+        self.capacity_changed.set()
+
+    def _checkpoint_text(self) -> str:
+        with self._lock:
+            return self._ledger.text()
+
+    def flush_checkpoint(self) -> None:
+        """Wait until the checkpoint file holds every allocation change made so far."""
+        self._checkpoint.flush()
 
     # --- devices -----------------------------------------------------------------------
     def devices(self, kind: Kind) -> list[tuple[str, bool]]:
@@ -142,6 +166,7 @@ class NodeManager:
             self._healthy = results
             self.device_version += 1
             self.changed.notify_all()
+        self.capacity_changed.set()
         return True
 
     def capacities(self) -> list[GpuCapacity]:
@@ -169,14 +194,27 @@ class NodeManager:
             return list(self._ledger.allocations.values())
 
     # --- pods ----------------------------------------------------------------------------
-    def _candidates(self) -> list[pods.ContainerRequest]:
-        if self._pod_source is None:
-            return []
-        try:
-            return pods.pending_containers(self._pod_source.pending_pods(self.node_name))
-        except KubernetesError as err:
-            log.warning("pod identity unknown for this allocation: %s", err)
-            return []
+    def _find(self, kind: Kind, size: int) -> pods.Match:
+        """Match an allocation to a pending container. A pod list younger than
+        POD_CACHE_SECONDS is reused when it has a match (kubelet calls GetPreferredAllocation
+        and Allocate back to back); otherwise the API server is asked again."""
+        core_limit = _core_limit(kind, size)
+        cached = self._pod_cache
+        if cached is not None and self._clock() - cached[0] < POD_CACHE_SECONDS:
+            with self._lock:
+                found = pods.match(cached[1], kind, size, self._served(), core_limit)
+            if found.candidate is not None:
+                return found
+        candidates: list[pods.ContainerRequest] = []
+        if self._pod_source is not None:
+            try:
+                listed = self._pod_source.pending_pods(self.node_name)
+                candidates = pods.pending_containers(listed)
+                self._pod_cache = (self._clock(), candidates)
+            except KubernetesError as err:
+                log.warning("pod identity unknown for this allocation: %s", err)
+        with self._lock:
+            return pods.match(candidates, kind, size, self._served(), core_limit)
 
     def _served(self) -> set[tuple[str, str, Kind]]:
         return {
@@ -202,7 +240,7 @@ class NodeManager:
         self, kind: Kind, available: Sequence[str], must_include: Sequence[str], size: int
     ) -> list[str]:
         """Device IDs kubelet should allocate: all from the GPU(s) chosen for the container."""
-        candidates = self._candidates()
+        found = self._find(kind, size)
         with self._lock:
             parsed = self._parse(kind, available)
             required = self._parse(kind, must_include)
@@ -210,7 +248,6 @@ class NodeManager:
                 raise DoesNotFitError(
                     f"{kind.resource_name}: {size} devices asked, {len(parsed)} available"
                 )
-            found = pods.match(candidates, kind, size, self._served(), _core_limit(kind, size))
             self._prune_reservations()
             placement = None
             if found.candidate is not None:
@@ -221,6 +258,11 @@ class NodeManager:
                 if found.candidate is not None:
                     self._reservations[found.candidate.key] = (self._clock(), placement)
             wanted = _share_of(placement, kind, size)
+            reused = {device.gpu_uuid for device in required}
+            shared = kind is Kind.MEMORY or size < CORE_UNITS_PER_GPU
+            if len(reused) == 1 and not reused <= set(wanted) and shared:
+                # devices kubelet reuses (from an init container) fix the GPU
+                wanted = {reused.pop(): size}
             if sum(wanted.values()) != size:
                 # what was placed earlier does not suit this size: place it on its own
                 demand = _demand(kind, size, None)
@@ -257,10 +299,13 @@ class NodeManager:
         parsed = []
         seen: set[str] = set()
         for text in ids:
-            try:
-                parsed.append(parse_device_id(text, kind, self.gpus))
-            except UnknownDeviceError as err:
-                raise RequestError(str(err)) from err
+            device = self._device_index.get(text)
+            if device is None or device.kind is not kind:
+                try:
+                    device = parse_device_id(text, kind, self.gpus)
+                except UnknownDeviceError as err:
+                    raise RequestError(str(err)) from err
+            parsed.append(device)
             if text in seen:
                 raise RequestError(f"{kind.resource_name}: device ID {text!r} is listed twice")
             seen.add(text)
@@ -269,7 +314,7 @@ class NodeManager:
     # --- Allocate --------------------------------------------------------------------------
     def allocate(self, kind: Kind, ids: Sequence[str]) -> Grant:
         """Record the allocation of `ids` to one container and build what it gets."""
-        candidates = self._candidates()
+        found = self._find(kind, len(ids))
         with self._lock:
             parsed = self._parse(kind, ids)
             if not parsed:
@@ -285,7 +330,6 @@ class NodeManager:
                     f"{kind.resource_name}: GPU {self._describe_gpus(unhealthy)} is unhealthy"
                 )
             core_limit = _core_limit(kind, size)
-            found = pods.match(candidates, kind, size, self._served(), core_limit)
             owner = None
             if found.candidate is not None:
                 request = found.candidate
@@ -313,7 +357,7 @@ class NodeManager:
             for old in self._ledger.add(allocation):
                 log.info("allocation %s released: kubelet reused its devices", old.id)
                 _remove_state_dir(old, self.paths.state_root)
-            self._ledger.save(self.paths.checkpoint)
+            self._allocations_changed()
             log.info(
                 "allocated %d %s on GPU %s to %s%s",
                 size,
@@ -393,9 +437,10 @@ class NodeManager:
         """Forget an allocation (used when a multi-container Allocate fails half-way)."""
         with self._lock:
             allocation = self._ledger.release(allocation_id)
+            self._pod_cache = None  # its pods may match again now
             if allocation is not None:
                 _remove_state_dir(allocation, self.paths.state_root)
-                self._ledger.save(self.paths.checkpoint)
+                self._allocations_changed()
 
     # --- reconcile -------------------------------------------------------------------------
     def reconcile(self) -> bool:
@@ -439,11 +484,48 @@ class NodeManager:
                         allocation.owner.describe() if allocation.owner else "unknown container",
                     )
                     self._ledger.release(allocation.id)
+                    self._pod_cache = None
                     _remove_state_dir(allocation, self.paths.state_root)
                     changed = True
+            changed = self._adopt(holders, now) or changed
             if changed:
-                self._ledger.save(self.paths.checkpoint)
+                self._allocations_changed()
         return True
+
+    def _adopt(self, holders: dict[tuple[Kind, str], ContainerKey], now: float) -> bool:
+        """Record devices kubelet reports but the ledger lacks (a checkpoint lost or older
+        than the last Allocate), so that placement and capacity count them."""
+        unknown: dict[tuple[Kind, ContainerKey], list[DeviceId]] = {}
+        for (kind, text), holder in holders.items():
+            device = self._device_index.get(text)
+            if device is not None and self._ledger.holder(kind, text) is None:
+                unknown.setdefault((kind, holder), []).append(device)
+        for (kind, (namespace, pod, container)), devices in unknown.items():
+            by_gpu: dict[str, int] = {}
+            for device in devices:
+                by_gpu[device.gpu_uuid] = by_gpu.get(device.gpu_uuid, 0) + 1
+            limit = _core_limit(kind, len(devices))
+            self._ledger.add(
+                Allocation(
+                    id=uuid.uuid4().hex[:16],
+                    kind=kind,
+                    device_ids=tuple(str(device) for device in devices),
+                    units_by_gpu=by_gpu,
+                    created_at=now,
+                    owner=Owner(namespace, pod, container, confirmed=True),
+                    core_limit=limit,
+                    core_soft_limit=limit,
+                )
+            )
+            log.info(
+                "adopted %d %s held by %s/%s/%s",
+                len(devices),
+                kind.resource_name,
+                namespace,
+                pod,
+                container,
+            )
+        return bool(unknown)
 
     # --- node annotation ---------------------------------------------------------------------
     def capacity_annotation(self) -> str:

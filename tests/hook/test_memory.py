@@ -1,0 +1,143 @@
+"""Memory enforcement: sweeps, every allocation family, reporting, cross-process budget,
+reclamation after SIGKILL, fork."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.hook.conftest import ToolRunner, read_json_line
+
+GIB = 1 << 30
+CUDA_SUCCESS = 0
+CUDA_ERROR_OUT_OF_MEMORY = 2
+CUDA_ERROR_INVALID_VALUE = 1
+
+
+def test_allocation_sweep_returns_to_baseline(tool: ToolRunner) -> None:
+    run = tool("sweep", GPUSHARE_MEMORY_LIMIT="1Gi")
+    assert run.output["failures"] == []
+    assert run.output["total"] == GIB
+    assert run.output["steps"] > 90
+
+
+@pytest.mark.parametrize(
+    ("limit", "physical", "expected_total"),
+    [
+        pytest.param("1Gi", str(16 * GIB), GIB, id="limit-below-physical"),
+        pytest.param("512Mi", str(16 * GIB), 512 << 20, id="limit-mebibytes"),
+        pytest.param("64Gi", str(16 * GIB), 16 * GIB, id="limit-above-physical"),
+    ],
+)
+def test_reporting_agrees_everywhere(
+    tool: ToolRunner, limit: str, physical: str, expected_total: int
+) -> None:
+    run = tool("info", GPUSHARE_MEMORY_LIMIT=limit, GPUSHARE_STUB_MEMORY_BYTES=physical)
+    out = run.output
+    assert out["rc"] == CUDA_SUCCESS
+    assert (out["total"], out["free"], out["device_total"]) == (expected_total,) * 3
+    for nvml in ("nvml_v1", "nvml_v2"):
+        assert out[nvml] == {"total": expected_total, "free": expected_total, "used": 0}
+
+
+def test_no_limit_reports_physical_memory(tool: ToolRunner) -> None:
+    out = tool("info", GPUSHARE_STUB_MEMORY_BYTES=str(8 * GIB)).output
+    assert (out["total"], out["free"], out["device_total"]) == (8 * GIB,) * 3
+
+
+def test_sweep_without_limit_matches_physical(tool: ToolRunner) -> None:
+    run = tool("sweep", GPUSHARE_STUB_MEMORY_BYTES=str(GIB))
+    assert run.output["failures"] == []
+
+
+def test_every_allocation_family_is_charged(tool: ToolRunner) -> None:
+    out = tool("kinds", str(2 * GIB), GPUSHARE_MEMORY_LIMIT="1Gi").output
+    assert out["over"] == {
+        name: CUDA_ERROR_OUT_OF_MEMORY
+        for name in (
+            "cuMemAlloc",
+            "cuMemAllocManaged",
+            "cuMemAllocAsync",
+            "cuMemAllocFromPoolAsync",
+            "cuMemAllocPitch",
+            "cuMemCreate",
+            "cuArrayCreate",
+            "cuArray3DCreate",
+            "cuMipmappedArrayCreate",
+        )
+    }
+    under = out["under"]
+    assert under.pop("pitch_charged") == under.pop("pitch_expected")
+    assert under.pop("cuMemFree_unknown") == CUDA_ERROR_INVALID_VALUE  # forwarded to the driver
+    assert set(under.values()) == {CUDA_SUCCESS}
+    assert out["free_after"] == out["free_before"] == GIB
+
+
+def test_per_device_limit(tool: ToolRunner) -> None:
+    variables = {
+        "GPUSHARE_STUB_DEVICE_COUNT": "2",
+        "GPUSHARE_MEMORY_LIMIT": "1Gi",
+        "GPUSHARE_MEMORY_LIMIT_1": "3Gi",
+    }
+    device0 = tool("info", HOOKTOOL_DEVICE="0", **variables).output
+    device1 = tool("info", HOOKTOOL_DEVICE="1", **variables).output
+    assert (device0["total"], device0["nvml_v2"]["total"]) == (GIB, GIB)
+    assert (device1["total"], device1["nvml_v2"]["total"]) == (3 * GIB, 3 * GIB)
+
+
+def start_holder(spawn: Callable[..., Any], bytes_: int, wait: bool) -> Any:
+    args = ["alloc", str(bytes_)] + (["wait"] if wait else [])
+    return spawn(*args, GPUSHARE_MEMORY_LIMIT="1Gi")
+
+
+def test_two_processes_at_once_exactly_one_gets_its_share(spawn: Callable[..., Any]) -> None:
+    bytes_ = int(0.6 * GIB)
+    first, second = (start_holder(spawn, bytes_, wait=True) for _ in range(2))
+    assert read_json_line(first) == {"ready": True}
+    assert read_json_line(second) == {"ready": True}
+    for process in (first, second):
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    results = sorted([read_json_line(first)["rc"], read_json_line(second)["rc"]])
+    assert results == [CUDA_SUCCESS, CUDA_ERROR_OUT_OF_MEMORY]
+
+
+def test_memory_of_a_killed_process_is_reclaimed(
+    spawn: Callable[..., Any], tool: ToolRunner
+) -> None:
+    holder = start_holder(spawn, int(0.8 * GIB), wait=False)
+    assert read_json_line(holder) == {"rc": CUDA_SUCCESS}
+    held = tool("info", GPUSHARE_MEMORY_LIMIT="1Gi").output
+    assert held["free"] == GIB - int(0.8 * GIB)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=10)
+    after = start_holder(spawn, int(0.8 * GIB), wait=False)
+    assert read_json_line(after) == {"rc": CUDA_SUCCESS}
+
+
+def test_fork_neither_deadlocks_nor_double_counts(tool: ToolRunner) -> None:
+    out = tool("fork", str(100 << 20), str(50 << 20), GPUSHARE_MEMORY_LIMIT="1Gi").output
+    assert out["children_ok"] == out["children"] == 20
+    assert out["parent_used"] == out["parent_bytes"]
+    assert out["free_restored"] is True
+
+
+def test_state_file_is_shared_and_versioned(tool: ToolRunner, state_dir: Any) -> None:
+    tool("info", GPUSHARE_MEMORY_LIMIT="1Gi")
+    state = (state_dir / "vgpu.state").read_bytes()
+    assert state[:8] == (0x5441545355504733).to_bytes(8, "little")
+    assert int.from_bytes(state[8:12], "little") == 1  # layout version
+    assert int.from_bytes(state[12:16], "little") == len(state)
+
+
+def test_foreign_state_file_falls_back_to_private_state(tool: ToolRunner, state_dir: Any) -> None:
+    state_dir.mkdir(parents=True)
+    (state_dir / "vgpu.state").write_bytes(b"not a state file")
+    run = tool("sweep", GPUSHARE_MEMORY_LIMIT="1Gi")
+    assert run.output["failures"] == []
+    assert (
+        len(run.log_lines("shared state unavailable (state file of another layout version)")) == 1
+    )

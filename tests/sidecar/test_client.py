@@ -1,0 +1,76 @@
+"""How the HTTP adapter classifies the timekeeper's answers (real HTTP on loopback)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from sidecar.client import Outcome, TimekeeperClient
+from sidecar.intervals import parse_time
+from sidecar.reports import Measured, PodIdentity, build_report
+from sidecar.tokens import StaticToken
+from tests.sidecar.fake_timekeeper import FakeTimekeeper
+from tests.sidecar.timekeeper_process import free_port
+
+TOKEN = "token-team-a"
+REPORT = build_report(
+    PodIdentity("0b3c8a4e-6f0d-4d9e-9b1a-2f6c1e8d7a55", "train-0", "team-a", 50, 15),
+    sequence=1,
+    start=parse_time("2026-11-21T06:00:00Z"),
+    end=parse_time("2026-11-21T06:00:15Z"),
+    measured=Measured(),
+)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTimekeeper]:
+    timekeeper = FakeTimekeeper({TOKEN: "team-a"})
+    timekeeper.start()
+    yield timekeeper
+    timekeeper.stop()
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        pytest.param(None, Outcome("delivered", 201, "HTTP 201"), id="201-delivered"),
+        pytest.param(500, Outcome("retry", 500, "HTTP 500: unavailable: fake outage"), id="500"),
+        pytest.param(503, Outcome("retry", 503, "HTTP 503: unavailable: fake outage"), id="503"),
+        pytest.param(408, Outcome("retry", 408, "HTTP 408: unavailable: fake outage"), id="408"),
+        pytest.param(429, Outcome("retry", 429, "HTTP 429: unavailable: fake outage"), id="429"),
+        pytest.param(
+            400, Outcome("rejected", 400, "HTTP 400: unavailable: fake outage"), id="400-refused"
+        ),
+        pytest.param(
+            409, Outcome("rejected", 409, "HTTP 409: unavailable: fake outage"), id="409-refused"
+        ),
+    ],
+)
+def test_answers_are_classified(
+    fake: FakeTimekeeper, status: int | None, expected: Outcome
+) -> None:
+    fake.fail_with = status
+    client = TimekeeperClient(fake.url, tokens=StaticToken(TOKEN))
+    assert client.send(REPORT, timeout_seconds=5) == expected
+
+
+def test_a_resend_of_a_delivered_interval_is_acknowledged_again(fake: FakeTimekeeper) -> None:
+    client = TimekeeperClient(fake.url, tokens=StaticToken(TOKEN))
+    assert client.send(REPORT, timeout_seconds=5).kind == "delivered"
+    assert client.send(REPORT, timeout_seconds=5) == Outcome("delivered", 200, "HTTP 200")
+    assert len(fake.held(REPORT["podUid"])) == 1
+
+
+def test_a_path_prefix_in_the_url_is_kept(fake: FakeTimekeeper) -> None:
+    client = TimekeeperClient(f"{fake.url}/prefix", tokens=StaticToken(TOKEN))
+    assert client.send(REPORT, timeout_seconds=5) == Outcome(
+        "rejected", 404, "HTTP 404: not-found: /prefix/api/v1/reports"
+    )
+
+
+def test_nobody_listening_is_retried() -> None:
+    client = TimekeeperClient(f"http://127.0.0.1:{free_port()}", tokens=StaticToken(TOKEN))
+    outcome = client.send(REPORT, timeout_seconds=2)
+    assert (outcome.kind, outcome.status) == ("retry", None)
+    assert outcome.reason.startswith("no answer: ConnectionRefusedError")

@@ -1,0 +1,399 @@
+"""The REST API in process (Flask test client) on SQLite and PostgreSQL, clock fixed at NOW."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+
+from tests.timekeeper.conftest import NOW, MakeApp, minute_report, report_body
+from timekeeper import database
+from timekeeper.openapi import openapi_document
+
+BUDGETS = """
+defaults:
+  period: month
+  gpuHours: 10
+  warnAtPercent: 50
+namespaces:
+  interns: {gpuHours: 1, whenExhausted: deny}
+  research: {gpuHours: unlimited}
+"""
+
+
+def post(client: FlaskClient, body: Any) -> tuple[int, Any]:
+    response = client.post("/api/v1/reports", json=body)
+    return response.status_code, response.get_json()
+
+
+def test_report_is_stored_and_charged(client: FlaskClient) -> None:
+    status, answer = post(client, report_body())
+    assert status == 200
+    assert answer == {
+        "podUid": "7f1c1d3e-0000-4000-8000-000000000001",
+        "sequence": 1,
+        "namespace": "team-a",
+        "pod": "train-0",
+        "start": "2026-11-21T05:49:00Z",
+        "end": "2026-11-21T05:50:00Z",
+        "gpuSeconds": 30.0,  # 50 % of a GPU for 60 s
+        "memoryByteSeconds": 4 * 268435456 * 60.0,
+        "receivedAt": "2026-11-21T06:00:00Z",
+    }
+
+
+def test_resend_gets_the_same_answer_and_is_charged_once(client: FlaskClient) -> None:
+    first = post(client, report_body())
+    second = post(client, report_body())
+    assert second == first
+    status = client.get("/api/v1/namespaces/team-a").get_json()
+    assert status["usedGpuHours"] == round(30.0 / 3600, 6)
+
+
+def test_resend_with_other_content_is_a_conflict(client: FlaskClient) -> None:
+    post(client, report_body())
+    status, answer = post(client, report_body(vcudaCore=60))
+    assert status == 409
+    assert answer["error"] == "conflict"
+    assert "vcudaCore 50 then 60" in answer["message"]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "overlaps"),
+    [
+        pytest.param("2026-11-21T05:49:30Z", "2026-11-21T05:50:30Z", True, id="tail-overlap"),
+        pytest.param("2026-11-21T05:48:30Z", "2026-11-21T05:49:30Z", True, id="head-overlap"),
+        pytest.param("2026-11-21T05:49:10Z", "2026-11-21T05:49:20Z", True, id="inside"),
+        pytest.param("2026-11-21T05:40:00Z", "2026-11-21T05:55:00Z", True, id="around"),
+        pytest.param("2026-11-21T05:50:00Z", "2026-11-21T05:51:00Z", False, id="touching-after"),
+        pytest.param("2026-11-21T05:48:00Z", "2026-11-21T05:49:00Z", False, id="touching-before"),
+    ],
+)
+def test_overlapping_interval_of_the_same_pod_is_rejected(
+    client: FlaskClient, start: str, end: str, overlaps: bool
+) -> None:
+    post(client, report_body())
+    status, answer = post(client, report_body(sequence=2, start=start, end=end))
+    if overlaps:
+        assert status == 400
+        assert answer["error"] == "rejected"
+        assert "overlaps sequence 1" in answer["message"]
+    else:
+        assert status == 200, answer
+
+
+def test_other_pods_may_overlap(client: FlaskClient) -> None:
+    post(client, report_body())
+    status, _ = post(client, report_body(podUid="other-uid", pod="train-1"))
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("end", "status"),
+    [
+        pytest.param("2026-11-21T06:01:00Z", 200, id="inside-60s-skew"),
+        pytest.param("2026-11-21T06:01:00.000001Z", 400, id="beyond-skew"),
+        pytest.param("2026-11-22T00:00:00Z", 400, id="tomorrow"),
+    ],
+)
+def test_future_end_beyond_clock_skew(client: FlaskClient, end: str, status: int) -> None:
+    code, answer = post(client, report_body(start="2026-11-21T05:59:00Z", end=end))
+    assert code == status, answer
+    if status == 400:
+        assert "clock-skew allowance" in answer["message"]
+
+
+def test_interval_longer_than_the_maximum_is_rejected(client: FlaskClient) -> None:
+    code, answer = post(client, report_body(start="2026-11-19T05:00:00Z"))
+    assert code == 400
+    assert "at most 86400 s" in answer["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        pytest.param([1, 2], "body: the report must be a JSON object (got an array)", id="array"),
+        pytest.param(
+            report_body(sequence="1"),
+            "sequence: must be an integer, not a string",
+            id="sequence-string",
+        ),
+        pytest.param(report_body(vcudaCore=150), "vcudaCore: must be 1..99", id="core-150"),
+        pytest.param(
+            report_body(end="2026-11-21T05:48:00Z"),
+            "end: must be after start",
+            id="end-before-start",
+        ),
+        pytest.param(report_body(start=...), "start: required field is missing", id="no-start"),
+        pytest.param(
+            report_body(start="yesterday"), "start: must be an RFC 3339 timestamp", id="bad-time"
+        ),
+        pytest.param(report_body(vcudaCores=50), "vcudaCores: unknown field", id="typo-field"),
+    ],
+)
+def test_bad_reports_get_400_naming_the_field(
+    client: FlaskClient, body: Any, fragment: str
+) -> None:
+    status, answer = post(client, body)
+    assert status == 400
+    assert answer["error"] == "invalid"
+    assert fragment in answer["message"]
+
+
+def test_non_json_body_is_400(client: FlaskClient) -> None:
+    response = client.post("/api/v1/reports", data="podUid=1", content_type="text/plain")
+    assert response.status_code == 400
+    assert response.get_json()["message"].startswith("body: must be a JSON object")
+
+
+def test_namespace_status_follows_the_budget(make_app: MakeApp) -> None:
+    client = make_app(budgets=BUDGETS).test_client()
+    # interns: 1 GPU-hour, deny. 100 % of a GPU for 50 minutes: 0.833 h, warning (>= 50 %).
+    for index in range(1, 51):
+        assert post(client, minute_report(index, namespace="interns", core=100))[0] == 200
+    status = client.get("/api/v1/namespaces/interns").get_json()
+    assert status == {
+        "namespace": "interns",
+        "state": "warning",
+        "budgetGpuHours": 1.0,
+        "usedGpuHours": round(50 / 60, 6),
+        "remainingGpuHours": round(10 / 60, 6),
+        "periodStart": "2026-11-01T00:00:00Z",
+        "periodEnd": "2026-12-01T00:00:00Z",
+        "whenExhausted": "deny",
+        "burnRateGpuHoursPerDay": status["burnRateGpuHoursPerDay"],
+        "projectedGpuHours": status["projectedGpuHours"],
+    }
+    assert status["burnRateGpuHoursPerDay"] == pytest.approx(50 / 60 / 20.25, abs=1e-6)
+    for index in range(51, 61):
+        post(client, minute_report(index, namespace="interns", core=100))
+    assert client.get("/api/v1/namespaces/interns").get_json()["state"] == "exhausted"
+
+
+def test_reports_before_the_period_do_not_count(make_app: MakeApp) -> None:
+    client = make_app(budgets=BUDGETS).test_client()
+    old = report_body(start="2026-10-31T23:59:00Z", end="2026-11-01T00:01:00Z", vcudaCore=100)
+    assert post(client, old)[0] == 200
+    status = client.get("/api/v1/namespaces/team-a").get_json()
+    assert status["usedGpuHours"] == round(60 / 3600, 6)  # only the minute in November
+
+
+def test_any_valid_namespace_answers_with_the_defaults(make_app: MakeApp) -> None:
+    client = make_app(budgets=BUDGETS).test_client()
+    status = client.get("/api/v1/namespaces/never-seen").get_json()
+    assert (status["state"], status["budgetGpuHours"], status["usedGpuHours"]) == (
+        "in-budget",
+        10.0,
+        0.0,
+    )
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param("Team_A", id="upper-underscore"), pytest.param("a" * 64, id="too-long")]
+)
+def test_invalid_namespace_name_is_400(client: FlaskClient, name: str) -> None:
+    response = client.get(f"/api/v1/namespaces/{name}")
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid"
+
+
+def test_list_has_budget_entries_and_namespaces_with_use(make_app: MakeApp) -> None:
+    client = make_app(budgets=BUDGETS).test_client()
+    post(client, report_body(namespace="team-b"))
+    post(
+        client,
+        report_body(
+            podUid="old",
+            start="2026-10-01T00:00:00Z",
+            end="2026-10-01T00:01:00Z",
+            namespace="team-old",
+        ),
+    )
+    listing = client.get("/api/v1/namespaces").get_json()["namespaces"]
+    assert [item["namespace"] for item in listing] == ["interns", "research", "team-b"]
+    assert listing[1]["state"] == "unlimited"
+
+
+def test_usage_by_pod_json_and_csv(client: FlaskClient) -> None:
+    for index in range(1, 4):
+        post(client, minute_report(index, pod="train-0", core=50))
+    for index in range(1, 3):
+        post(client, minute_report(index, pod="train-1", core=100))
+    answer = client.get(
+        "/api/v1/namespaces/team-a/usage?from=2026-01-01T00:00:00Z&to=2026-12-01T00:00:00Z"
+    ).get_json()
+    assert answer["groupBy"] == "pod"
+    assert [(row["pod"], row["gpuSeconds"], row["reports"]) for row in answer["rows"]] == [
+        ("train-0", 90.0, 3),
+        ("train-1", 120.0, 2),
+    ]
+    assert answer["totalGpuHours"] == round(210 / 3600, 6)
+    text = client.get(
+        "/api/v1/namespaces/team-a/usage?from=2026-01-01T00:00:00Z&to=2026-12-01T00:00:00Z"
+        "&format=csv"
+    ).get_data(as_text=True)
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == [
+        "pod",
+        "podUid",
+        "gpuHours",
+        "gpuSeconds",
+        "memoryByteSeconds",
+        "reports",
+        "firstStart",
+        "lastEnd",
+    ]
+    assert [(row[0], row[3], row[5]) for row in rows[1:]] == [
+        ("train-0", "90.0", "3"),
+        ("train-1", "120.0", "2"),
+    ]
+
+
+def test_usage_by_day_splits_intervals_at_midnight(client: FlaskClient) -> None:
+    body = report_body(start="2026-11-19T23:30:00Z", end="2026-11-20T00:30:00Z", vcudaCore=100)
+    post(client, body)
+    answer = client.get(
+        "/api/v1/namespaces/team-a/usage?group_by=day&from=2026-11-19T00:00:00Z"
+        "&to=2026-11-21T00:00:00Z&timezone=UTC"
+    ).get_json()
+    assert [(row["day"], row["gpuSeconds"]) for row in answer["rows"]] == [
+        ("2026-11-19", 1800.0),
+        ("2026-11-20", 1800.0),
+    ]
+
+
+def test_usage_range_is_clipped(client: FlaskClient) -> None:
+    post(
+        client, report_body(start="2026-11-21T05:00:00Z", end="2026-11-21T05:40:00Z", vcudaCore=100)
+    )
+    answer = client.get(
+        "/api/v1/namespaces/team-a/usage?from=2026-11-21T05:30:00Z&to=2026-11-21T06:00:00Z"
+    ).get_json()
+    assert answer["rows"][0]["gpuSeconds"] == 600.0
+
+
+@pytest.mark.parametrize(
+    ("query", "fragment"),
+    [
+        pytest.param(
+            "group_by=node", "group_by: must be one of pod, day (got 'node')", id="group-by"
+        ),
+        pytest.param("format=xml", "format: must be one of json, csv", id="format"),
+        pytest.param("from=last-week", "from: must be an RFC 3339", id="from"),
+        pytest.param(
+            "from=2026-11-02T00:00:00Z&to=2026-11-01T00:00:00Z",
+            "to: must be after from",
+            id="reversed",
+        ),
+        pytest.param("timezone=Mars/Olympus", "timezone: must be an IANA time zone", id="zone"),
+    ],
+)
+def test_bad_usage_queries_are_400(client: FlaskClient, query: str, fragment: str) -> None:
+    response = client.get(f"/api/v1/namespaces/team-a/usage?{query}")
+    assert response.status_code == 400
+    assert fragment in response.get_json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        pytest.param("GET", "/api/v1/nothing", 404, "not-found", id="unknown-path"),
+        pytest.param("DELETE", "/api/v1/reports", 405, "method-not-allowed", id="wrong-method"),
+    ],
+)
+def test_http_errors_are_json(
+    client: FlaskClient, method: str, path: str, status: int, code: str
+) -> None:
+    response = client.open(path, method=method)
+    assert response.status_code == status
+    assert response.get_json()["error"] == code
+
+
+def test_body_too_large_is_413(client: FlaskClient) -> None:
+    response = client.post("/api/v1/reports", json={"podUid": "x" * 100_000})
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "request-entity-too-large"
+
+
+def test_health_and_readiness(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+
+
+def test_readyz_fails_when_the_schema_is_behind(make_app: MakeApp, database_url: str) -> None:
+    client = make_app().test_client()
+    database.downgrade(database_url, "base")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert "run `gpushare db upgrade`" in response.get_json()["message"]
+
+
+@pytest.mark.postgres
+def test_readyz_fails_when_the_database_is_gone(
+    make_app: MakeApp, postgres_admin_engine: sa.Engine
+) -> None:
+    from timekeeper.api import create_app
+    from timekeeper.auth import Authenticator
+    from timekeeper.policy_source import PolicySource
+    from timekeeper.settings import Settings
+
+    # A server that listens nowhere: the database is not reachable at all.
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=2"
+    app = create_app(
+        Settings(database_url=url),
+        policy_source=PolicySource(None),
+        authenticator=Authenticator(allow_anonymous_reports=True),
+        clock=lambda: NOW,
+    )
+    client = app.test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "unavailable"
+    assert client.get("/healthz").status_code == 200
+    reads = client.get("/api/v1/namespaces/team-a")
+    assert reads.status_code == 503
+    assert reads.get_json()["error"] == "unavailable"
+
+
+def test_metrics_show_budgets_and_requests(make_app: MakeApp) -> None:
+    client = make_app(budgets=BUDGETS).test_client()
+    for index in range(1, 31):
+        post(client, minute_report(index, namespace="interns", core=100))
+    post(client, minute_report(1, namespace="interns", core=100))  # a resend
+    post(client, report_body(sequence=0))
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'gpushare_timekeeper_budget_gpu_hours{namespace="interns"} 1.0' in text
+    assert 'gpushare_timekeeper_used_gpu_hours{namespace="interns"} 0.5' in text
+    assert 'gpushare_timekeeper_remaining_gpu_hours{namespace="interns"} 0.5' in text
+    assert 'gpushare_timekeeper_budget_state{namespace="interns",state="warning"} 1.0' in text
+    assert 'gpushare_timekeeper_used_gpu_hours{namespace="research"} 0.0' in text
+    assert 'gpushare_timekeeper_budget_gpu_hours{namespace="research"}' not in text
+    assert (
+        'gpushare_timekeeper_http_requests_total{method="POST",route="/api/v1/reports",'
+        'status="200"} 31.0' in text
+    )
+    assert 'gpushare_timekeeper_reports_total{outcome="stored"} 30.0' in text
+    assert 'gpushare_timekeeper_reports_total{outcome="resent"} 1.0' in text
+    assert 'gpushare_timekeeper_reports_total{outcome="rejected"} 1.0' in text
+    assert (
+        'gpushare_timekeeper_http_request_duration_seconds_count{method="POST",'
+        'route="/api/v1/reports"} 32.0' in text
+    )
+
+
+def test_openapi_document_is_valid_and_covers_every_route(client: FlaskClient) -> None:
+    from openapi_spec_validator import validate
+
+    document = client.get("/openapi.json").get_json()
+    assert document == openapi_document()
+    validate(document)
+    routes = {
+        rule.rule.replace("<namespace>", "{namespace}")
+        for rule in client.application.url_map.iter_rules()
+        if rule.endpoint != "static"
+    }
+    assert routes == set(document["paths"])

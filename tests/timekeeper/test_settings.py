@@ -1,0 +1,139 @@
+"""Settings: parsed once, every bad field reported together, named as the user wrote it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from timekeeper.errors import ConfigError
+from timekeeper.settings import (
+    ENV_NAMES,
+    FIELD_NAMES,
+    Settings,
+    default_database_url,
+    flag,
+    parse_settings,
+    settings_from_environment,
+)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = parse_settings({"allow_unauthenticated_reports": "true"})
+    assert settings == Settings(allow_unauthenticated_reports=True)
+    assert settings.database == default_database_url()
+    assert settings.database.endswith("/.local/state/gpushare/timekeeper.db")
+
+
+def test_every_field_has_an_environment_variable() -> None:
+    assert set(ENV_NAMES) == set(FIELD_NAMES)
+
+
+def test_environment_is_parsed(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("tokens: []\n")
+    settings = settings_from_environment(
+        {
+            "GPUSHARE_DATABASE_URL": "postgresql://u@db/timekeeper",
+            "GPUSHARE_TOKENS_FILE": str(tokens),
+            "GPUSHARE_CLOCK_SKEW_SECONDS": "30",
+            "GPUSHARE_READ_REQUIRES_TOKEN": "yes",
+            "GPUSHARE_LOG_FORMAT": "JSON",
+            "HOME": "/root",
+        }
+    )
+    assert settings.database_url == "postgresql+psycopg://u@db/timekeeper"
+    assert settings.tokens_path == tokens
+    assert settings.clock_skew_seconds == 30.0
+    assert settings.read_requires_token is True
+    assert settings.log_format == "json"
+
+
+def test_every_bad_field_is_reported_together() -> None:
+    with pytest.raises(ConfigError) as error:
+        settings_from_environment(
+            {
+                "GPUSHARE_DATABASE_URL": "mysql://x",
+                "GPUSHARE_TOKENS_FILE": "/no/such/tokens.yaml",
+                "GPUSHARE_CLOCK_SKEW_SECONDS": "-5",
+                "GPUSHARE_MAX_INTERVAL_SECONDS": "a day",
+                "GPUSHARE_READ_REQUIRES_TOKEN": "maybe",
+                "GPUSHARE_JWKS_URL": "ftp://keys",
+                "GPUSHARE_LOG_LEVEL": "loud",
+            }
+        )
+    assert error.value.problems == [
+        "GPUSHARE_DATABASE_URL: must be a sqlite:/// or postgresql+psycopg:// URL "
+        "(got 'mysql://x')",
+        "GPUSHARE_TOKENS_FILE: no such file (got '/no/such/tokens.yaml')",
+        "GPUSHARE_JWKS_URL: must be an http:// or https:// URL (got 'ftp://keys')",
+        "GPUSHARE_READ_REQUIRES_TOKEN: must be true or false (got 'maybe')",
+        "GPUSHARE_CLOCK_SKEW_SECONDS: must be a number of seconds >= 0 (got '-5')",
+        "GPUSHARE_MAX_INTERVAL_SECONDS: must be a number of seconds (got 'a day')",
+        "GPUSHARE_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR (got 'loud')",
+    ]
+
+
+def test_reports_need_some_authentication() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_settings({}, label=flag)
+    assert error.value.problems == [
+        "--tokens: reports must be authenticated: give a tokens file, or a JWKS (--jwks-file, "
+        "--jwks-url, --oidc-issuer), or --allow-unauthenticated-reports for a demo (got none)"
+    ]
+
+
+def test_serve_command_prints_every_problem_and_exits_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpushare",
+            "timekeeper",
+            "--tokens",
+            str(tmp_path / "none"),
+            "--clock-skew-seconds",
+            "soon",
+            "--port",
+            "70000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"gpushare timekeeper: --tokens: no such file (got '{tmp_path / 'none'}')",
+        "gpushare timekeeper: --clock-skew-seconds: must be a number of seconds (got 'soon')",
+    ]
+
+
+def test_serve_command_refuses_a_bad_tokens_file(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("tokens:\n  - {token: short, namespace: team-a}\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpushare",
+            "timekeeper",
+            "--tokens",
+            str(tokens),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'tk.db'}",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert (
+        f"gpushare timekeeper: {tokens}: tokens[0].token: must be a string of at least 16 "
+        "characters (got a string of 5 characters)" in done.stderr
+    )

@@ -1,0 +1,291 @@
+"""The timekeeper's REST API (Flask): parse → call the use case → serialise.
+
+`create_app(settings, **adapters)` builds everything; nothing is built at import. One error
+handler maps the exception tree of `errors.py` to `{"error": code, "message": text}` with a
+4xx (503 when the database is away); bad input never gives a 500.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from timekeeper.accounting import Accounting, utc_now
+from timekeeper.auth import Authenticator, KeySource, TokenVerifier, load_tokens
+from timekeeper.database import make_engine
+from timekeeper.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    TimekeeperError,
+    Unauthenticated,
+    Unavailable,
+)
+from timekeeper.ledger import Ledger, Receipt, UsageRow
+from timekeeper.metrics import Metrics
+from timekeeper.openapi import openapi_document
+from timekeeper.periods import period_window
+from timekeeper.policy_source import PolicySource
+from timekeeper.reports import parse_report, parse_rfc3339
+from timekeeper.settings import Settings
+from timekeeper.states import rfc3339, status_to_json
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES: Final = 64 * 1024
+MAX_USAGE_RANGE: Final = timedelta(days=400)
+STATUS_CODES: Final[dict[type[TimekeeperError], int]] = {
+    InvalidRequest: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    Unavailable: 503,
+}
+GROUPS: Final = ("pod", "day")
+FORMATS: Final = ("json", "csv")
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    """The authenticator the settings describe (reads the tokens and JWKS files now)."""
+    verifier = None
+    if settings.jwt_enabled:
+        keys = KeySource(
+            jwks_file=settings.jwks_file,
+            jwks_url=settings.jwks_url,
+            issuer=settings.oidc_issuer,
+            ca_file=settings.oidc_ca_file,
+            bearer_file=settings.oidc_token_file,
+        )
+        verifier = TokenVerifier(keys, issuer=settings.token_issuer or settings.oidc_issuer)
+    return Authenticator(
+        static_tokens=load_tokens(settings.tokens_path) if settings.tokens_path else None,
+        verifier=verifier,
+        allow_anonymous_reports=settings.allow_unauthenticated_reports,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: sa.Engine | None = None,
+    policy_source: PolicySource | None = None,
+    authenticator: Authenticator | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> Flask:
+    """The WSGI app for `settings`; adapters given here replace the ones settings describe."""
+    engine = engine if engine is not None else make_engine(settings.database)
+    ledger = Ledger(engine, max_interval_seconds=settings.max_interval_seconds)
+    if policy_source is None:
+        policy_source = PolicySource(
+            settings.budgets_path, check_interval_seconds=settings.budgets_check_seconds
+        )
+    accounting = Accounting(
+        ledger,
+        policy_source,
+        clock_skew_seconds=settings.clock_skew_seconds,
+        max_interval_seconds=settings.max_interval_seconds,
+        clock=clock,
+    )
+    auth = authenticator if authenticator is not None else build_authenticator(settings)
+    metrics = Metrics(accounting.statuses, multiprocess_dir=settings.metrics_multiprocess_dir)
+
+    app = Flask("timekeeper")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["gpushare"] = {"accounting": accounting, "metrics": metrics, "engine": engine}
+
+    def require_reader() -> None:
+        if settings.read_requires_token:
+            auth.identify(request.headers.get("Authorization"))
+
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def observe(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(route, request.method).observe(elapsed)
+        return response
+
+    @app.errorhandler(TimekeeperError)
+    def on_error(err: TimekeeperError) -> tuple[Response, int, dict[str, str]]:
+        status = next((code for kind, code in STATUS_CODES.items() if isinstance(err, kind)), 500)
+        headers = {"WWW-Authenticate": 'Bearer realm="gpushare"'} if status == 401 else {}
+        if request.path == "/api/v1/reports":
+            metrics.reports.labels("rejected" if status < 500 else "refused").inc()
+        log = logger.warning if status >= 500 else logger.info
+        log("%s %s -> %d %s: %s", request.method, request.path, status, err.code, err.message)
+        return jsonify(error=err.code, message=err.message), status, headers
+
+    @app.errorhandler(sa.exc.OperationalError)
+    def on_database_error(err: sa.exc.OperationalError) -> tuple[Response, int]:
+        logger.error("database error on %s %s: %s", request.method, request.path, err.orig)
+        return jsonify(error="unavailable", message="the database cannot be reached"), 503
+
+    @app.errorhandler(HTTPException)
+    def on_http_error(err: HTTPException) -> tuple[Response, int]:
+        code = (err.name or "error").lower().replace(" ", "-")
+        return jsonify(error=code, message=err.description or err.name), err.code or 500
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        ledger.check_ready()
+        policy_source.current()
+        loaded = policy_source.loaded_at
+        return jsonify(
+            status="ready",
+            budgetsLoadedAt=rfc3339(loaded) if loaded is not None else None,
+        )
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        return Response(metrics.render(), mimetype="text/plain; version=0.0.4")
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(openapi_document())
+
+    @app.get("/api/v1/namespaces")
+    def list_namespaces() -> Response:
+        require_reader()
+        return jsonify(namespaces=[status_to_json(s) for s in accounting.statuses()])
+
+    @app.get("/api/v1/namespaces/<namespace>")
+    def get_namespace(namespace: str) -> Response:
+        require_reader()
+        return jsonify(status_to_json(accounting.status(namespace)))
+
+    @app.get("/api/v1/namespaces/<namespace>/usage")
+    def get_usage(namespace: str) -> Response:
+        require_reader()
+        status = accounting.status(namespace)  # validates the name
+        group_by = _choice("group_by", request.args.get("group_by", "pod"), GROUPS)
+        form = _choice("format", request.args.get("format", "json"), FORMATS)
+        budget = policy_source.current().budget_for(namespace)
+        default_start, default_end = period_window(budget, clock())
+        start = _instant("from", request.args.get("from"), default_start)
+        end = _instant("to", request.args.get("to"), default_end)
+        if end <= start:
+            raise InvalidRequest(
+                f"to: must be after from (got from {rfc3339(start)}, to {rfc3339(end)})"
+            )
+        if end - start > MAX_USAGE_RANGE:
+            raise InvalidRequest(
+                f"to: the range may span at most {MAX_USAGE_RANGE.days} days "
+                f"(got {(end - start).days} days)"
+            )
+        zone_name = request.args.get("timezone", budget.timezone)
+        try:
+            zone = ZoneInfo(zone_name)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise InvalidRequest(
+                f"timezone: must be an IANA time zone like Europe/Berlin (got {zone_name!r})"
+            ) from err
+        rows = ledger.usage(namespace, start, end, group_by=group_by, day_zone=zone)
+        if form == "csv":
+            return Response(
+                _usage_csv(rows, group_by),
+                mimetype="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="{namespace}-usage.csv"'},
+            )
+        return jsonify(
+            namespace=namespace,
+            state=status.state,
+            **{"from": rfc3339(start), "to": rfc3339(end)},
+            groupBy=group_by,
+            timezone=zone_name,
+            totalGpuHours=round(sum(row.gpu_seconds for row in rows) / 3600, 6),
+            rows=[_usage_json(row, group_by) for row in rows],
+        )
+
+    @app.post("/api/v1/reports")
+    def post_report() -> tuple[Response, int]:
+        identity = auth.identify_reporter(request.headers.get("Authorization"))
+        body = request.get_json(silent=True)
+        if body is None:
+            raise InvalidRequest(
+                "body: must be a JSON object with Content-Type: application/json "
+                f"(got {request.content_type or 'no content type'}, "
+                f"{request.content_length or 0} bytes)"
+            )
+        report = parse_report(body)
+        receipt, stored = accounting.record(identity, report)
+        metrics.reports.labels("stored" if stored else "resent").inc()
+        return jsonify(_receipt_json(receipt)), 200
+
+    return app
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise InvalidRequest(f"{name}: must be one of {', '.join(choices)} (got {value!r})")
+    return value
+
+
+def _instant(name: str, value: str | None, default: datetime) -> datetime:
+    if value is None:
+        return default
+    try:
+        return parse_rfc3339(value)
+    except ValueError as err:
+        raise InvalidRequest(f"{name}: {err} (got {value!r})") from err
+
+
+def _receipt_json(receipt: Receipt) -> dict[str, Any]:
+    return {
+        "podUid": receipt.pod_uid,
+        "sequence": receipt.sequence,
+        "namespace": receipt.namespace,
+        "pod": receipt.pod,
+        "start": rfc3339(receipt.start),
+        "end": rfc3339(receipt.end),
+        "gpuSeconds": receipt.gpu_seconds,
+        "memoryByteSeconds": receipt.memory_byte_seconds,
+        "receivedAt": rfc3339(receipt.received_at),
+    }
+
+
+def _usage_json(row: UsageRow, group_by: str) -> dict[str, Any]:
+    key: dict[str, Any] = (
+        {"pod": row.key, "podUid": row.pod_uid} if group_by == "pod" else {"day": row.key}
+    )
+    return {
+        **key,
+        "gpuHours": round(row.gpu_seconds / 3600, 6),
+        "gpuSeconds": round(row.gpu_seconds, 6),
+        "memoryByteSeconds": round(row.memory_byte_seconds, 3),
+        "reports": row.reports,
+        "firstStart": rfc3339(row.first_start),
+        "lastEnd": rfc3339(row.last_end),
+    }
+
+
+def _usage_csv(rows: list[UsageRow], group_by: str) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    key_columns = ["pod", "podUid"] if group_by == "pod" else ["day"]
+    columns = ["gpuHours", "gpuSeconds", "memoryByteSeconds", "reports", "firstStart", "lastEnd"]
+    writer.writerow(key_columns + columns)
+    for row in rows:
+        record = _usage_json(row, group_by)
+        writer.writerow([record[name] for name in key_columns + columns])
+    return out.getvalue()

@@ -1,0 +1,50 @@
+/* Internal interface shared by the hook's translation units. */
+#ifndef GPUSHARE_HOOK_H
+#define GPUSHARE_HOOK_H
+
+#define __CUDA_API_VERSION_INTERNAL 1 /* literal names: cuLaunchKernel and cuLaunchKernel_ptsz */
+#include <cuda.h>
+#include <stdint.h>
+
+#include "hook_config.h"
+#include "hook_symbols.h"
+#include "nvml_types.h"
+
+#define GS_EXPORT __attribute__((visibility("default")))
+
+/* Real driver functions, resolved from libcuda.so.1 itself (NULL when the driver lacks one). */
+struct gs_real_cuda {
+#define GS_FIELD(name, ...) __typeof__(&name) name;
+  GS_HOOKED_CUDA(GS_FIELD)
+#define GS_FIELD1(name) __typeof__(&name) name;
+  GS_USED_CUDA(GS_FIELD1)
+};
+struct gs_real_nvml {
+  GS_HOOKED_NVML(GS_FIELD1)
+  GS_USED_NVML(GS_FIELD1)
+};
+extern struct gs_real_cuda gs_cuda;
+extern struct gs_real_nvml gs_nvml;
+
+/* hook_real.c */
+void *gs_real_dlsym(void *handle, const char *name);
+void gs_real_resolve_cuda(void);
+int gs_real_resolve_nvml(void);
+void *gs_hook_by_name(const char *name);
+void *gs_hook_by_real(void *real_fn);
+void *gs_hook_by_base(const char *base, int cuda_version, int per_thread);
+
+/* hook_init.c: lazy, thread-safe initialisation; returns the effective configuration. */
+const struct gs_config *gs_runtime(void);
+int gs_device_of_current_context(int *device);
+
+/* hook_memory.c: charges of this process, used by the fork handler. */
+void gs_memory_forget_all(void);
+void gs_memory_atfork_prepare(void);
+void gs_memory_atfork_parent(void);
+void gs_memory_atfork_child(void);
+
+/* Physical (driver-reported) total of a device, cached. */
+int gs_physical_total(int device, uint64_t *total_bytes);
+
+#endif

@@ -1,0 +1,19 @@
+/* The compute limiter: admits launches against the container's shared token bucket and
+ * measures what each launch really cost with events on its stream. See docs/hook.md. */
+#ifndef GPUSHARE_HOOK_LIMITER_H
+#define GPUSHARE_HOOK_LIMITER_H
+
+#include "hook.h"
+
+void gs_limiter_init(const struct gs_config *config);
+
+/* Runs call(args), a launch of `work` (a function or graph) onto stream, under the limit of the
+ * current context's device. per_thread: the launch came through a _ptsz entry point. */
+CUresult gs_limited_launch(CUstream stream, int per_thread, const void *work, CUresult (*call)(void *),
+                           void *args);
+
+void gs_limiter_atfork_prepare(void);
+void gs_limiter_atfork_parent(void);
+void gs_limiter_atfork_child(void);
+
+#endif

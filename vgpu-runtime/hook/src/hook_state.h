@@ -1,0 +1,67 @@
+/* Shared state of all processes of a container: one memory-mapped file per container
+ * (GPUSHARE_STATE_DIR/vgpu.state), a magic/version header, a robust process-shared mutex,
+ * per-device totals and token buckets, and one slot per process keyed by pid and start time. */
+#ifndef GPUSHARE_HOOK_STATE_H
+#define GPUSHARE_HOOK_STATE_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hook_config.h"
+
+#define GS_STATE_MAGIC 0x5441545355504733ULL /* "3GPUSTAT" read little-endian */
+#define GS_STATE_VERSION 1u
+#define GS_MAX_PROCS 1024
+#define GS_STATE_FILE "vgpu.state"
+
+struct gs_device_slot {
+  uint64_t used_bytes;      /* sum of the processes' used_bytes on this device */
+  int64_t tokens_ns;        /* compute token bucket (atomic access, no lock) */
+  int64_t refilled_at_ns;   /* CLOCK_MONOTONIC of the last refill (atomic) */
+  int64_t busy_ns;          /* measured kernel time of the container, for idle detection (atomic) */
+  uint64_t reserved[4];
+};
+
+struct gs_proc_slot {
+  int32_t pid;              /* 0: free */
+  uint32_t reserved;
+  uint64_t start_time;      /* /proc/<pid>/stat field 22: tells a reused pid apart */
+  uint64_t used_bytes[GS_MAX_DEVICES];
+};
+
+struct gs_state {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t size_bytes;
+  uint32_t max_devices;
+  uint32_t max_procs;
+  uint64_t reserved;
+  union {
+    pthread_mutex_t mutex;  /* robust, process-shared */
+    uint8_t bytes[64];
+  } lock;
+  struct gs_device_slot devices[GS_MAX_DEVICES];
+  struct gs_proc_slot procs[GS_MAX_PROCS];
+};
+
+_Static_assert(sizeof(pthread_mutex_t) <= 64, "mutex must fit its slot");
+_Static_assert(offsetof(struct gs_state, lock) == 32, "header layout");
+_Static_assert(sizeof(struct gs_device_slot) == 64, "device slot layout");
+_Static_assert(sizeof(struct gs_proc_slot) == 16 + 8 * GS_MAX_DEVICES, "process slot layout");
+_Static_assert(offsetof(struct gs_state, devices) == 96, "devices offset");
+_Static_assert(offsetof(struct gs_state, procs) == 96 + 64 * GS_MAX_DEVICES, "procs offset");
+
+/* Maps the container's state (creating it), or a private one when that fails. */
+void gs_state_open(const char *dir);
+/* Atomically charges bytes on device if they fit under limit; 0 on success, -1 when over. */
+int gs_state_reserve(int device, uint64_t bytes, uint64_t limit_bytes);
+void gs_state_release(int device, uint64_t bytes);
+/* Bytes in use on device by the container's live processes (reclaims dead ones first). */
+uint64_t gs_state_used(int device);
+/* The device slot, for the lock-free token bucket. */
+struct gs_device_slot *gs_state_device(int device);
+/* After fork, in the child: the child gets its own slot on its first charge. */
+void gs_state_atfork_child(void);
+
+#endif

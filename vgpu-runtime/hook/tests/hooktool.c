@@ -1,0 +1,466 @@
+/* Test driver for the hook: an ordinary CUDA driver-API program (linked against libcuda.so.1)
+ * with one subcommand per scenario; prints one JSON object. The pytest suite runs it with the
+ * hook preloaded over the stub driver.
+ *
+ *   info                      memory as cuMemGetInfo, cuDeviceTotalMem and NVML report it
+ *   sweep                     allocation sweeps (2^k, 2^k±1) checked at every step
+ *   alloc BYTES [wait]        allocate (after a "go" line on stdin if wait), hold until stdin ends
+ *   kinds                     every allocation family over the limit, and back to baseline
+ *   proc NAME VERSION FLAGS   what cuGetProcAddress_v2 hands out, by identity
+ *   call VIA PTSZ             launch+alloc through direct/dlsym/proc entry points
+ *   fork                      fork while another thread allocates; children allocate
+ *   share PATTERN SECONDS     compute share of a launch pattern: tiny, long or graph
+ */
+#define _GNU_SOURCE
+#include <cuda.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gpushare_stub.h"
+#include "nvml_types.h"
+
+#define CHECK(call)                                                            \
+  do {                                                                         \
+    CUresult rc_ = (call);                                                     \
+    if (rc_ != CUDA_SUCCESS) {                                                 \
+      printf("{\"error\": \"%s failed: %d\"}\n", #call, (int)rc_);             \
+      exit(3);                                                                 \
+    }                                                                          \
+  } while (0)
+
+static CUcontext context;
+
+static void setup(void) {
+  CUdevice dev;
+  CHECK(cuInit(0));
+  const char *ordinal = getenv("HOOKTOOL_DEVICE"); /* which device the scenario runs on */
+  CHECK(cuDeviceGet(&dev, ordinal ? atoi(ordinal) : 0));
+  CHECK(cuDevicePrimaryCtxRetain(&context, dev));
+  CHECK(cuCtxSetCurrent(context));
+}
+
+static int64_t now_ns(void) { return gpushareStubNowNs(); }
+
+/* ---- info ---- */
+
+static int info(void) {
+  size_t free_b = 0, total_b = 0, device_total = 0;
+  CUresult rc = cuMemGetInfo(&free_b, &total_b);
+  CUdevice dev;
+  CHECK(cuCtxGetDevice(&dev));
+  CHECK(cuDeviceTotalMem(&device_total, dev));
+  nvmlDevice_t handle;
+  nvmlMemory_t m1;
+  nvmlMemory_v2_t m2 = {.version = nvmlMemory_v2};
+  if (nvmlInit_v2() != NVML_SUCCESS || nvmlDeviceGetHandleByIndex_v2((unsigned)dev, &handle) != NVML_SUCCESS ||
+      nvmlDeviceGetMemoryInfo(handle, &m1) != NVML_SUCCESS || nvmlDeviceGetMemoryInfo_v2(handle, &m2) != NVML_SUCCESS) {
+    printf("{\"error\": \"nvml\"}\n");
+    return 3;
+  }
+  printf("{\"rc\": %d, \"free\": %zu, \"total\": %zu, \"device_total\": %zu, "
+         "\"nvml_v1\": {\"total\": %llu, \"free\": %llu, \"used\": %llu}, "
+         "\"nvml_v2\": {\"total\": %llu, \"free\": %llu, \"used\": %llu}}\n",
+         (int)rc, free_b, total_b, device_total, m1.total, m1.free, m1.used, m2.total, m2.free, m2.used);
+  return 0;
+}
+
+/* ---- sweep ---- */
+
+static int failures;
+
+static void fail(const char *what, size_t a, size_t b) {
+  printf("%s{\"what\": \"%s\", \"got\": %zu, \"expected\": %zu}", failures++ ? ", " : "", what, a, b);
+}
+
+static void expect_info(size_t total_expected, size_t used) {
+  size_t free_b = 0, total_b = 0;
+  if (cuMemGetInfo(&free_b, &total_b) != CUDA_SUCCESS) fail("cuMemGetInfo rc", 1, 0);
+  if (total_b != total_expected) fail("total", total_b, total_expected);
+  size_t free_expected = used >= total_expected ? 0 : total_expected - used;
+  if (free_b != free_expected) fail("free", free_b, free_expected);
+}
+
+static int sweep(void) {
+  size_t free0, total;
+  CHECK(cuMemGetInfo(&free0, &total));
+  size_t used0 = total - free0;
+  size_t steps = 0;
+  printf("{\"failures\": [");
+  /* one at a time: 2^k - 1, 2^k, 2^k + 1 up to the limit; every step back to baseline */
+  for (int k = 0; ((size_t)1 << k) <= total; k++) {
+    for (int delta = -1; delta <= 1; delta++) {
+      size_t bytes = ((size_t)1 << k) + (size_t)delta;
+      if (bytes == 0) continue;
+      CUdeviceptr p = 0;
+      CUresult rc = cuMemAlloc(&p, bytes);
+      steps++;
+      if (used0 + bytes <= total) {
+        if (rc != CUDA_SUCCESS) fail("alloc within limit rc", (size_t)rc, 0);
+        expect_info(total, used0 + bytes);
+        if (cuMemFree(p) != CUDA_SUCCESS) fail("free rc", 1, 0);
+      } else if (rc != CUDA_ERROR_OUT_OF_MEMORY) {
+        fail("alloc over limit rc", (size_t)rc, CUDA_ERROR_OUT_OF_MEMORY);
+      }
+      expect_info(total, used0);
+    }
+  }
+  /* cumulative: hold 2^k±1 blocks until the next one no longer fits, then release all */
+  CUdeviceptr held[256];
+  size_t held_n = 0, used = used0;
+  for (int k = 0; held_n < 250; k = (k + 1) % 24) {
+    size_t bytes = ((size_t)1 << k) + (size_t)(k % 3) - 1;
+    if (bytes == 0) continue;
+    CUdeviceptr p = 0;
+    CUresult rc = cuMemAlloc(&p, bytes);
+    steps++;
+    if (used + bytes > total) {
+      if (rc != CUDA_ERROR_OUT_OF_MEMORY) fail("cumulative over limit rc", (size_t)rc, CUDA_ERROR_OUT_OF_MEMORY);
+      break;
+    }
+    if (rc != CUDA_SUCCESS) {
+      fail("cumulative alloc rc", (size_t)rc, 0);
+      break;
+    }
+    held[held_n++] = p;
+    used += bytes;
+    expect_info(total, used);
+  }
+  /* exactly the remainder fits; one byte more does not */
+  size_t rest = total - used;
+  if (rest > 0) {
+    CUdeviceptr p = 0, q = 0;
+    if (cuMemAlloc(&q, rest + 1) != CUDA_ERROR_OUT_OF_MEMORY) fail("remainder + 1 rc", 1, CUDA_ERROR_OUT_OF_MEMORY);
+    if (cuMemAlloc(&p, rest) != CUDA_SUCCESS) fail("remainder rc", 1, 0);
+    else held[held_n++] = p;
+    expect_info(total, total);
+    used = total;
+  }
+  if (cuMemFree(0) != CUDA_SUCCESS) fail("cuMemFree(0) rc", 1, 0);
+  for (size_t i = 0; i < held_n; i++)
+    if (cuMemFree(held[i]) != CUDA_SUCCESS) fail("cumulative free rc", i, 0);
+  expect_info(total, used0);
+  printf("], \"steps\": %zu, \"total\": %zu}\n", steps, total);
+  return 0;
+}
+
+/* ---- alloc and hold ---- */
+
+static int alloc_hold(size_t bytes, int wait_go) {
+  char line[64];
+  if (wait_go) {
+    printf("{\"ready\": true}\n");
+    fflush(stdout);
+    if (fgets(line, sizeof line, stdin) == NULL) return 4;
+  }
+  CUdeviceptr p = 0;
+  CUresult rc = cuMemAlloc(&p, bytes);
+  printf("{\"rc\": %d}\n", (int)rc);
+  fflush(stdout);
+  while (fgets(line, sizeof line, stdin) != NULL) {
+  }
+  if (rc == CUDA_SUCCESS) cuMemFree(p);
+  return 0;
+}
+
+/* ---- every allocation family ---- */
+
+static void report(const char *name, CUresult rc, int last) {
+  printf("\"%s\": %d%s", name, (int)rc, last ? "" : ", ");
+}
+
+static int kinds(size_t bytes) {
+  size_t free0, total;
+  CHECK(cuMemGetInfo(&free0, &total));
+  CUdeviceptr p;
+  size_t pitch;
+  CUarray array;
+  CUmipmappedArray mip;
+  CUmemGenericAllocationHandle handle;
+  CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED,
+                              .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 0}};
+  CUmemAllocationProp host_prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                   .location = {.type = CU_MEM_LOCATION_TYPE_HOST, .id = 0}};
+  CUDA_ARRAY_DESCRIPTOR a2 = {.Width = bytes / 4, .Height = 1, .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 1};
+  CUDA_ARRAY3D_DESCRIPTOR a3 = {.Width = bytes / 4, .Height = 1, .Depth = 1, .Format = CU_AD_FORMAT_FLOAT,
+                                .NumChannels = 1};
+  CUstream stream;
+  CHECK(cuStreamCreate(&stream, 0));
+  printf("{\"over\": {");
+  report("cuMemAlloc", cuMemAlloc(&p, bytes), 0);
+  report("cuMemAllocManaged", cuMemAllocManaged(&p, bytes, CU_MEM_ATTACH_GLOBAL), 0);
+  report("cuMemAllocAsync", cuMemAllocAsync(&p, bytes, stream), 0);
+  report("cuMemAllocFromPoolAsync", cuMemAllocFromPoolAsync(&p, bytes, (CUmemoryPool)1, stream), 0);
+  report("cuMemAllocPitch", cuMemAllocPitch(&p, &pitch, bytes, 1, 4), 0);
+  report("cuMemCreate", cuMemCreate(&handle, bytes, &prop, 0), 0);
+  report("cuArrayCreate", cuArrayCreate(&array, &a2), 0);
+  report("cuArray3DCreate", cuArray3DCreate(&array, &a3), 0);
+  report("cuMipmappedArrayCreate", cuMipmappedArrayCreate(&mip, &a3, 3), 1);
+  printf("}, \"under\": {");
+  /* Half the limit through each family, freed again; pitch padding is charged too. */
+  size_t half = total / 2;
+  CUDA_ARRAY_DESCRIPTOR h2 = {.Width = half / 4, .Height = 1, .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 1};
+  CUDA_ARRAY3D_DESCRIPTOR h3 = {.Width = half / 4, .Height = 1, .Depth = 1, .Format = CU_AD_FORMAT_FLOAT,
+                                .NumChannels = 1};
+  CUresult rc;
+  rc = cuMemAlloc(&p, half);
+  if (rc == CUDA_SUCCESS) rc = cuMemFree(p);
+  report("cuMemAlloc", rc, 0);
+  rc = cuMemAllocManaged(&p, half, CU_MEM_ATTACH_GLOBAL);
+  if (rc == CUDA_SUCCESS) rc = cuMemFree(p);
+  report("cuMemAllocManaged", rc, 0);
+  rc = cuMemAllocAsync(&p, half, stream);
+  if (rc == CUDA_SUCCESS) rc = cuMemFreeAsync(p, stream);
+  report("cuMemAllocAsync", rc, 0);
+  rc = cuMemAllocFromPoolAsync(&p, half, (CUmemoryPool)1, stream);
+  if (rc == CUDA_SUCCESS) rc = cuMemFreeAsync(p, stream);
+  report("cuMemAllocFromPoolAsync", rc, 0);
+  /* width just over half: the 512-byte pitch padding must be charged as well */
+  rc = cuMemAllocPitch(&p, &pitch, 1000, half / 1000, 4);
+  size_t f1, t1;
+  cuMemGetInfo(&f1, &t1);
+  printf("\"pitch_charged\": %zu, \"pitch_expected\": %zu, ", free0 - f1, pitch * (half / 1000));
+  if (rc == CUDA_SUCCESS) rc = cuMemFree(p);
+  report("cuMemAllocPitch", rc, 0);
+  rc = cuMemCreate(&handle, half, &prop, 0);
+  if (rc == CUDA_SUCCESS) rc = cuMemRelease(handle);
+  report("cuMemCreate", rc, 0);
+  rc = cuMemCreate(&handle, 2 * total, &host_prop, 0);
+  if (rc == CUDA_SUCCESS) rc = cuMemRelease(handle);
+  report("cuMemCreate_host", rc, 0);
+  rc = cuArrayCreate(&array, &h2);
+  if (rc == CUDA_SUCCESS) rc = cuArrayDestroy(array);
+  report("cuArrayCreate", rc, 0);
+  rc = cuArray3DCreate(&array, &h3);
+  if (rc == CUDA_SUCCESS) rc = cuArrayDestroy(array);
+  report("cuArray3DCreate", rc, 0);
+  rc = cuMipmappedArrayCreate(&mip, &h3, 1);
+  if (rc == CUDA_SUCCESS) rc = cuMipmappedArrayDestroy(mip);
+  report("cuMipmappedArrayCreate", rc, 0);
+  report("cuMemFree_unknown", cuMemFree((CUdeviceptr)0x1234), 1);
+  size_t free1;
+  CHECK(cuMemGetInfo(&free1, &total));
+  printf("}, \"free_before\": %zu, \"free_after\": %zu}\n", free0, free1);
+  return 0;
+}
+
+/* ---- entry points ---- */
+
+static const char *const known_names[] = {
+    "cuGetProcAddress", "cuGetProcAddress_v2", "cuMemAlloc_v2", "cuMemAllocPitch_v2", "cuMemAllocManaged",
+    "cuMemAllocAsync", "cuMemAllocAsync_ptsz", "cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz",
+    "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemFree_v2", "cuMemCreate", "cuMemRelease", "cuArrayCreate_v2",
+    "cuArray3DCreate_v2", "cuArrayDestroy", "cuMipmappedArrayCreate", "cuMipmappedArrayDestroy",
+    "cuMemGetInfo_v2", "cuDeviceTotalMem_v2", "cuLaunchKernel", "cuLaunchKernel_ptsz", "cuLaunchKernelEx",
+    "cuLaunchKernelEx_ptsz", "cuLaunchCooperativeKernel", "cuLaunchCooperativeKernel_ptsz", "cuGraphLaunch",
+    "cuGraphLaunch_ptsz", "cuInit", "cuEventRecord", "cuEventRecord_ptsz", "cuStreamSynchronize",
+    "cuStreamSynchronize_ptsz", "cuCtxGetDevice", "cuEventElapsedTime", "cuEventElapsedTime_v2", NULL};
+
+static void *hook_symbol(const char *name) {
+  void *hook = dlopen("libgpushare-vgpu.so", RTLD_LAZY | RTLD_NOLOAD);
+  void *fn = hook ? dlsym(hook, name) : NULL;
+  if (hook) dlclose(hook);
+  /* only a function the hook itself defines counts */
+  Dl_info where;
+  if (fn == NULL || dladdr(fn, &where) == 0 || strstr(where.dli_fname, "libgpushare-vgpu") == NULL) return NULL;
+  return fn;
+}
+
+static void print_identity(void *fn) {
+  const char *as_hook = NULL, *as_stub = NULL;
+  for (int i = 0; known_names[i] != NULL && fn != NULL; i++) {
+    if (as_hook == NULL && hook_symbol(known_names[i]) == fn) as_hook = known_names[i];
+    if (as_stub == NULL && gpushareStubSymbol(known_names[i]) == fn) as_stub = known_names[i];
+  }
+  printf("\"hook\": %s%s%s, \"stub\": %s%s%s", as_hook ? "\"" : "", as_hook ? as_hook : "null", as_hook ? "\"" : "",
+         as_stub ? "\"" : "", as_stub ? as_stub : "null", as_stub ? "\"" : "");
+}
+
+static int proc(const char *name, int version, unsigned long long flags) {
+  void *fn = (void *)0x1;
+  CUdriverProcAddressQueryResult status = (CUdriverProcAddressQueryResult)-1;
+  CUresult rc = cuGetProcAddress(name, &fn, version, flags, &status);
+  printf("{\"rc\": %d, \"status\": %d, \"null\": %s, ", (int)rc, (int)status, fn == NULL ? "true" : "false");
+  print_identity(fn);
+  printf("}\n");
+  return 0;
+}
+
+static int dlsym_identity(const char *name) {
+  void *driver = dlopen("libcuda.so.1", RTLD_NOW);
+  void *fn = driver ? dlsym(driver, name) : NULL;
+  printf("{\"null\": %s, ", fn == NULL ? "true" : "false");
+  print_identity(fn);
+  printf("}\n");
+  return 0;
+}
+
+typedef __typeof__(&cuLaunchKernel) launch_fn;
+typedef __typeof__(&cuMemAlloc) alloc_fn;
+
+/* Launches one kernel and allocates over the limit through the chosen path. */
+static int call_via(const char *via, int per_thread) {
+  launch_fn launch = NULL;
+  alloc_fn alloc = NULL;
+  const char *launch_name = per_thread ? "cuLaunchKernel_ptsz" : "cuLaunchKernel";
+  if (strcmp(via, "direct") == 0) {
+    launch = cuLaunchKernel;
+    alloc = cuMemAlloc;
+  } else if (strcmp(via, "dlsym") == 0) {
+    void *driver = dlopen("libcuda.so.1", RTLD_NOW);
+    launch = (launch_fn)dlsym(driver, launch_name);
+    alloc = (alloc_fn)dlsym(driver, "cuMemAlloc_v2");
+  } else {
+    cuuint64_t flags = per_thread ? CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM : CU_GET_PROC_ADDRESS_DEFAULT;
+    CUdriverProcAddressQueryResult status;
+    CHECK(cuGetProcAddress("cuLaunchKernel", (void **)&launch, 12000, flags, &status));
+    CHECK(cuGetProcAddress("cuMemAlloc", (void **)&alloc, 12000, flags, &status));
+  }
+  CUmodule module;
+  CUfunction f;
+  CHECK(cuModuleLoadData(&module, "stub"));
+  CHECK(cuModuleGetFunction(&f, module, "work_1us"));
+  CUresult launch_rc = launch(f, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
+  const char *called = gpushareStubLastLaunch(), *recorded = gpushareStubLastRecord();
+  size_t free_b, total_b;
+  CHECK(cuMemGetInfo(&free_b, &total_b));
+  CUdeviceptr p;
+  CUresult over_rc = alloc(&p, total_b + 1);
+  printf("{\"launch_rc\": %d, \"called\": \"%s\", \"last_record\": \"%s\", \"over_limit_rc\": %d}\n",
+         (int)launch_rc, called, recorded, (int)over_rc);
+  return 0;
+}
+
+/* ---- fork ---- */
+
+static volatile int stop_churn;
+
+static void *churn(void *arg) {
+  (void)arg;
+  while (!stop_churn) {
+    CUdeviceptr p;
+    if (cuMemAlloc(&p, 4096) == CUDA_SUCCESS) cuMemFree(p);
+  }
+  return NULL;
+}
+
+static int fork_test(size_t parent_bytes, size_t child_bytes) {
+  size_t free0, total;
+  CHECK(cuMemGetInfo(&free0, &total));
+  CUdeviceptr held;
+  CHECK(cuMemAlloc(&held, parent_bytes));
+  pthread_t thread;
+  pthread_create(&thread, NULL, churn, NULL);
+  int children_ok = 0, children = 20;
+  for (int i = 0; i < children; i++) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      alarm(10); /* a deadlocked child dies instead of hanging the test */
+      CUdeviceptr p;
+      size_t f, t;
+      int ok = cuMemAlloc(&p, child_bytes) == CUDA_SUCCESS;
+      /* exact check: the parent's allocation counted once, the churn's 4 KiB at most */
+      ok = ok && cuMemGetInfo(&f, &t) == CUDA_SUCCESS && free0 - f >= parent_bytes + child_bytes &&
+           free0 - f <= parent_bytes + child_bytes + 4096;
+      ok = ok && cuMemFree(p) == CUDA_SUCCESS;
+      ok = ok && cuMemGetInfo(&f, &t) == CUDA_SUCCESS && free0 - f >= parent_bytes && free0 - f <= parent_bytes + 4096;
+      if (i % 2 == 0) cuMemAlloc(&p, child_bytes); /* exits holding it: must be reclaimed */
+      _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    if (pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0) children_ok++;
+  }
+  stop_churn = 1;
+  pthread_join(thread, NULL);
+  size_t f, t;
+  CHECK(cuMemGetInfo(&f, &t));
+  size_t parent_used = free0 - f;
+  CHECK(cuMemFree(held));
+  CHECK(cuMemGetInfo(&f, &t));
+  printf("{\"children\": %d, \"children_ok\": %d, \"parent_used\": %zu, \"parent_bytes\": %zu, "
+         "\"free_restored\": %s}\n",
+         children, children_ok, parent_used, parent_bytes, f == free0 ? "true" : "false");
+  return 0;
+}
+
+/* ---- compute share ---- */
+
+static int share(const char *pattern, double seconds, double warmup) {
+  CUmodule module;
+  CUfunction tiny, longk, node;
+  CUstream stream;
+  CHECK(cuModuleLoadData(&module, "stub"));
+  CHECK(cuModuleGetFunction(&tiny, module, "tiny_20us"));
+  CHECK(cuModuleGetFunction(&longk, module, "long_20ms"));
+  CHECK(cuModuleGetFunction(&node, module, "node_200us"));
+  CHECK(cuStreamCreate(&stream, 0));
+  CUgraphExec exec = NULL;
+  if (strcmp(pattern, "graph") == 0) { /* ten 200 us kernels captured from a stream */
+    CUgraph graph;
+    CUstream capture;
+    CHECK(cuStreamCreate(&capture, 0));
+    CHECK(cuStreamBeginCapture(capture, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    for (int i = 0; i < 10; i++) CHECK(cuLaunchKernel(node, 1, 1, 1, 1, 1, 1, 0, capture, NULL, NULL));
+    CHECK(cuStreamEndCapture(capture, &graph));
+    CHECK(cuGraphInstantiate(&exec, graph, 0));
+  }
+  int64_t start = now_ns(), t1 = start + (int64_t)(warmup * 1e9), t2 = t1 + (int64_t)(seconds * 1e9);
+  int64_t b1 = -1, b2 = -1, s1 = 0, s2 = 0;
+  long launches = 0;
+  for (;;) {
+    int64_t now = now_ns();
+    if (b1 < 0 && now >= t1) {
+      b1 = gpushareStubBusyNs(0);
+      s1 = now;
+    }
+    if (now >= t2) {
+      b2 = gpushareStubBusyNs(0);
+      s2 = now;
+      break;
+    }
+    if (strcmp(pattern, "tiny") == 0) {
+      CHECK(cuLaunchKernel(tiny, 1, 1, 1, 1, 1, 1, 0, stream, NULL, NULL));
+    } else if (strcmp(pattern, "long") == 0) {
+      CHECK(cuLaunchKernel(longk, 1, 1, 1, 1, 1, 1, 0, stream, NULL, NULL));
+      CHECK(cuStreamSynchronize(stream));
+    } else {
+      CHECK(cuGraphLaunch(exec, stream));
+    }
+    launches++;
+  }
+  printf("{\"share\": %.4f, \"busy_ns\": %lld, \"wall_ns\": %lld, \"launches\": %ld}\n",
+         (double)(b2 - b1) / (double)(s2 - s1), (long long)(b2 - b1), (long long)(s2 - s1), launches);
+  fflush(stdout);
+  _exit(0); /* do not wait for the queued work */
+}
+
+int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  /* Precise wake-ups: the simulated device's synchronisation sleeps until exact deadlines. */
+  prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+  if (argc < 2) {
+    fprintf(stderr, "usage: hooktool COMMAND ...\n");
+    return 2;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "dlsym") == 0 && argc == 3) return dlsym_identity(argv[2]);
+  setup();
+  if (strcmp(cmd, "info") == 0) return info();
+  if (strcmp(cmd, "sweep") == 0) return sweep();
+  if (strcmp(cmd, "alloc") == 0 && argc >= 3)
+    return alloc_hold(strtoull(argv[2], NULL, 10), argc > 3 && strcmp(argv[3], "wait") == 0);
+  if (strcmp(cmd, "kinds") == 0 && argc == 3) return kinds(strtoull(argv[2], NULL, 10));
+  if (strcmp(cmd, "proc") == 0 && argc == 5) return proc(argv[2], atoi(argv[3]), strtoull(argv[4], NULL, 10));
+  if (strcmp(cmd, "call") == 0 && argc == 4) return call_via(argv[2], atoi(argv[3]));
+  if (strcmp(cmd, "fork") == 0 && argc == 4) return fork_test(strtoull(argv[2], NULL, 10), strtoull(argv[3], NULL, 10));
+  if (strcmp(cmd, "share") == 0 && argc == 5) return share(argv[2], atof(argv[3]), atof(argv[4]));
+  fprintf(stderr, "hooktool: unknown command or arguments\n");
+  return 2;
+}
