@@ -85,6 +85,10 @@ class DoesNotFitError(Exception):
     """The request is well formed but this node has no room for it."""
 
 
+class NodeError(Exception):
+    """The node itself is not fit to serve the request (e.g. a host directory is unusable)."""
+
+
 class NodeManager:
     """Devices, allocations and placement of one node. Thread-safe."""
 
@@ -340,8 +344,11 @@ class NodeManager:
             state_dir = ""
             if kind is Kind.CORE:
                 state = self.paths.state_root / allocation_id
-                state.mkdir(parents=True, exist_ok=True)
-                state.chmod(0o1777)  # the container's processes may run as any user
+                try:
+                    state.mkdir(parents=True, exist_ok=True)
+                    state.chmod(0o1777)  # the container's processes may run as any user
+                except OSError as err:
+                    raise NodeError(f"cannot create the state directory {state}: {err}") from err
                 state_dir = str(state)
             allocation = Allocation(
                 id=allocation_id,
