@@ -42,7 +42,9 @@ def make_engine(url: str, **engine_options: Any) -> sa.Engine:
         )
         _set_up_sqlite(engine)
         return engine
-    return sa.create_engine(parsed, pool_pre_ping=True, **engine_options)
+    # No pre-ping (a round trip per request): a connection found broken is invalidated on
+    # the failing request (503, the caller retries) and replaced.
+    return sa.create_engine(parsed, pool_recycle=3600, **engine_options)
 
 
 def _set_up_sqlite(engine: sa.Engine) -> None:
@@ -84,6 +86,13 @@ def head_revision() -> str:
 def current_revision(connection: sa.Connection) -> str | None:
     """The revision the database is at (None: never migrated)."""
     return MigrationContext.configure(connection).get_current_revision()
+
+
+def schema_revision(connection: sa.Connection) -> str | None:
+    """`current_revision` in one plain query, without alembic's machinery (for /readyz)."""
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(url: str, revision: str = "head") -> None:

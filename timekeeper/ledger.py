@@ -1,10 +1,8 @@
-"""The ledger adapter: append-only usage reports and the running totals, in SQLAlchemy Core.
+"""The ledger adapter: append-only usage reports and the running totals.
 
-`record` inserts a report and adds its charge to the namespace's 15-minute buckets in the
-same transaction, with an atomic upsert (`INSERT … ON CONFLICT … DO UPDATE SET x = x +
-excluded.x`), so concurrent writers in any number of processes never lose an update. Reports
-of one pod are serialised (PostgreSQL: a transaction-scoped advisory lock on the pod UID;
-SQLite: `BEGIN IMMEDIATE`), so the overlap check and the insert cannot be overtaken.
+Writes go through `report_writer` (the per-report hot path, on the DBAPI driver); reads are
+SQLAlchemy Core. A status is the sum of a namespace's 15-minute buckets inside its period;
+usage reports are computed from the ledger rows.
 """
 
 from __future__ import annotations
@@ -16,18 +14,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from gpushare.charge import gpu_seconds, memory_byte_seconds
-from timekeeper.buckets import MICROSECONDS_PER_SECOND, split_into_buckets
-from timekeeper.database import IMMEDIATE, current_revision, head_revision
+from timekeeper.buckets import MICROSECONDS_PER_SECOND
+from timekeeper.database import head_revision, schema_revision
 from timekeeper.errors import Conflict, ReportRejected, Unavailable
 from timekeeper.models import usage_buckets, usage_reports
+from timekeeper.report_writer import NewRow, ReportWriter, StoredReport
 from timekeeper.reports import Report
 
 logger = logging.getLogger(__name__)
 
-_RETRIES: Final = 3
 SECONDS_PER_HOUR: Final = 3600
 
 
@@ -65,30 +62,14 @@ class UsageRow:
     last_end: datetime
 
 
-_REPORT_COLUMNS: Final = (
-    usage_reports.c.pod_uid,
-    usage_reports.c.sequence,
-    usage_reports.c.namespace,
-    usage_reports.c.pod,
-    usage_reports.c.start_at,
-    usage_reports.c.end_at,
-    usage_reports.c.vcuda_core,
-    usage_reports.c.vcuda_memory,
-    usage_reports.c.gpu_seconds,
-    usage_reports.c.memory_byte_seconds,
-    usage_reports.c.received_at,
-)
-
-
 class Ledger:
     """Reads and writes the ledger and the running totals on one engine."""
 
     def __init__(self, engine: sa.Engine, *, max_interval_seconds: float = 86400.0) -> None:
         self.engine = engine
         self.max_interval = timedelta(seconds=max_interval_seconds)
-        self._writer = engine.execution_options(**{IMMEDIATE: True})
-        self._dialect = engine.dialect.name
-        self._insert: Any = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        self._writer = ReportWriter(engine)
+        self._head = head_revision()
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -99,55 +80,23 @@ class Ledger:
         `Conflict`: that (pod UID, sequence) holds a different report. `ReportRejected`: the
         interval overlaps another of the same pod.
         """
-        for _attempt in range(_RETRIES):
-            try:
-                with self._writer.begin() as connection:
-                    return self._record(connection, report, received_at)
-            except sa.exc.IntegrityError:
-                # A concurrent insert of the same (pod UID, sequence) won the race; the next
-                # attempt finds it and answers as for a resend.
-                continue
-            except sa.exc.OperationalError as err:
-                raise Unavailable(f"the database cannot take the report now: {err.orig}") from err
-        raise Unavailable("the report could not be stored after repeated write conflicts")
-
-    def _record(
-        self, connection: sa.Connection, report: Report, received_at: datetime
-    ) -> tuple[Receipt, bool]:
-        if self._dialect == "postgresql":
-            connection.execute(
-                sa.select(
-                    sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(report.pod_uid, 0))
-                )
-            )
-        table = usage_reports
-        rows = connection.execute(
-            sa.select(*_REPORT_COLUMNS)
-            .where(
-                table.c.pod_uid == report.pod_uid,
-                sa.or_(
-                    table.c.sequence == report.sequence,
-                    sa.and_(
-                        table.c.start_at < report.end,
-                        table.c.end_at > report.start,
-                        table.c.start_at >= report.start - self.max_interval,
-                    ),
-                ),
-            )
-            .order_by(table.c.start_at)
-            .limit(3)
-        ).all()
-        for row in rows:
-            if row.sequence == report.sequence:
-                return _receipt_for_resend(row, report), False
-        if rows:
-            other = rows[0]
+        wall_seconds = report.duration_microseconds / MICROSECONDS_PER_SECOND
+        row = NewRow(
+            gpu_seconds=gpu_seconds(report.vcuda_core, wall_seconds),
+            memory_byte_seconds=memory_byte_seconds(report.vcuda_memory, wall_seconds),
+            received_at=received_at,
+        )
+        found = self._writer.write(report, row)
+        for stored in found:
+            if stored.sequence == report.sequence:
+                return _receipt_for_resend(stored, report), False
+        if found:
+            other = found[0]
             raise ReportRejected(
                 f"start/end: the interval {_iso(report.start)}..{_iso(report.end)} of sequence "
                 f"{report.sequence} overlaps sequence {other.sequence} "
                 f"({_iso(other.start_at)}..{_iso(other.end_at)}) of pod {report.pod_uid}"
             )
-        wall_seconds = report.duration_microseconds / MICROSECONDS_PER_SECOND
         receipt = Receipt(
             pod_uid=report.pod_uid,
             sequence=report.sequence,
@@ -155,52 +104,11 @@ class Ledger:
             pod=report.pod,
             start=report.start,
             end=report.end,
-            gpu_seconds=gpu_seconds(report.vcuda_core, wall_seconds),
-            memory_byte_seconds=memory_byte_seconds(report.vcuda_memory, wall_seconds),
+            gpu_seconds=row.gpu_seconds,
+            memory_byte_seconds=row.memory_byte_seconds,
             received_at=received_at,
         )
-        connection.execute(
-            table.insert(),
-            {
-                "pod_uid": report.pod_uid,
-                "sequence": report.sequence,
-                "namespace": report.namespace,
-                "pod": report.pod,
-                "start_at": report.start,
-                "end_at": report.end,
-                "vcuda_core": report.vcuda_core,
-                "vcuda_memory": report.vcuda_memory,
-                "gpu_seconds": receipt.gpu_seconds,
-                "memory_byte_seconds": receipt.memory_byte_seconds,
-                "sm_utilization": report.sm_utilization,
-                "memory_used_bytes": report.memory_used_bytes,
-                "received_at": received_at,
-            },
-        )
-        self._add_to_buckets(connection, report)
         return receipt, True
-
-    def _add_to_buckets(self, connection: sa.Connection, report: Report) -> None:
-        values = [
-            {
-                "namespace": report.namespace,
-                "bucket_start": share.bucket_start,
-                "core_microseconds": report.vcuda_core * share.microseconds,
-                "memory_unit_microseconds": report.vcuda_memory * share.microseconds,
-            }
-            for share in split_into_buckets(report.start, report.end)
-        ]
-        statement = self._insert(usage_buckets).values(values)
-        statement = statement.on_conflict_do_update(
-            index_elements=[usage_buckets.c.namespace, usage_buckets.c.bucket_start],
-            set_={
-                "core_microseconds": usage_buckets.c.core_microseconds
-                + statement.excluded.core_microseconds,
-                "memory_unit_microseconds": usage_buckets.c.memory_unit_microseconds
-                + statement.excluded.memory_unit_microseconds,
-            },
-        )
-        connection.execute(statement)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -291,10 +199,10 @@ class Ledger:
         """`Unavailable` unless the database answers and its schema is this version's."""
         try:
             with self._read() as connection:
-                revision = current_revision(connection)
+                revision = schema_revision(connection)
         except sa.exc.SQLAlchemyError as err:
             raise Unavailable(f"database unreachable: {type(err).__name__}") from err
-        head = head_revision()
+        head = self._head
         if revision != head:
             raise Unavailable(
                 f"database schema is at revision {revision or 'none'}, this version needs "
@@ -308,7 +216,7 @@ class Ledger:
             raise Unavailable(f"database unreachable: {err.orig}") from err
 
 
-def _receipt_for_resend(row: Any, report: Report) -> Receipt:
+def _receipt_for_resend(row: StoredReport, report: Report) -> Receipt:
     stored = (
         row.namespace,
         row.pod,

@@ -171,6 +171,13 @@ class TimekeeperBudgets:
         return future
 
     def _refresh(self, namespace: str) -> BudgetStatus:
+        with self._lock:
+            # Queued behind lookups that found the timekeeper down: do not pile on.
+            skip_reason = self._skip_reason(namespace, self._clock())
+            if skip_reason is not None:
+                self._inflight.pop(namespace, None)
+                self._changed.notify_all()
+                raise TimekeeperUnavailable(skip_reason)
         try:
             status = self._fetch(namespace)
         except TimekeeperUnavailable as err:

@@ -21,6 +21,11 @@ _FLAG_SETTINGS = {
 
 def register(subcommands: argparse._SubParsersAction[Any]) -> None:
     """Add `webhook` and `certs` to the `gpushare` parser."""
+    from webhook.settings import describe
+
+    environment = "\n".join(
+        f"  {name} (default {default!r}): {doc}" for name, default, doc in describe()
+    )
     serve = subcommands.add_parser(
         "webhook",
         help="serve the admission webhook over TLS",
@@ -29,6 +34,8 @@ def register(subcommands: argparse._SubParsersAction[Any]) -> None:
             " also reads GPUSHARE_WEBHOOK_<NAME> from the environment (see docs/webhook.md);"
             " flags win."
         ),
+        epilog=f"environment:\n{environment}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=int, default=8443, help="port to listen on (default 8443)")

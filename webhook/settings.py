@@ -84,6 +84,12 @@ class Settings:
     sidecar_run_as_user: int = field(
         default=65532, metadata=_doc("Non-root UID (and GID) the sidecar runs as.")
     )
+    scheduler_node_cache: bool = field(
+        default=False,
+        metadata=_doc(
+            "Watch Node objects so the scheduler extender serves nodeCacheCapable requests."
+        ),
+    )
     sidecar_token_expiration_seconds: int = field(
         default=3600, metadata=_doc("Lifetime of the projected ServiceAccount token.")
     )
@@ -221,6 +227,15 @@ def _parse_int(text: str) -> int:
         raise ValueError("must be a whole number") from None
 
 
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _parse_names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -235,6 +250,8 @@ def _parser_for(item: dataclasses.Field[Any]) -> Callable[[str], Any]:
         return _parse_float
     if kind == "int":
         return _parse_int
+    if kind == "bool":
+        return _parse_bool
     if kind.startswith("tuple"):
         return _parse_names
     return _parse_text
@@ -243,12 +260,20 @@ def _parser_for(item: dataclasses.Field[Any]) -> Callable[[str], Any]:
 _PARSERS = {item.name: _parser_for(item) for item in dataclasses.fields(Settings)}
 
 
+def _show_default(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
 def describe() -> list[tuple[str, str, str]]:
     """(environment variable, default, doc) of every setting, for docs and --help."""
     return [
         (
             _env_name(item.name),
-            ",".join(item.default) if isinstance(item.default, tuple) else str(item.default),
+            _show_default(item.default),
             item.metadata["doc"],
         )
         for item in dataclasses.fields(Settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from nodemanager.daemon import Daemon
 from nodemanager.inventory import SimulatedInventory
 from nodemanager.kube import KubernetesApi
+from nodemanager.logs import JsonLines
 from nodemanager.placement import Policy
 from nodemanager.settings import Settings, SettingsError, parse_settings
 
@@ -70,6 +72,8 @@ def test_flags() -> None:
                 "99999",
                 "--health-interval",
                 "soon",
+                "--log-format",
+                "xml",
             ],
             [
                 "--node-name: required (or set NODE_NAME) (got '')",
@@ -77,6 +81,7 @@ def test_flags() -> None:
                 "--policy: must be binpack or spread (got 'fill')",
                 "--port: must be an integer 0..65535 (got '99999')",
                 "--health-interval: must be a number (got 'soon')",
+                "--log-format: must be text or json (got 'xml')",
             ],
             id="all-errors-together",
         ),
@@ -175,3 +180,16 @@ def test_daemon_publishes_capacity_as_soon_as_it_changes(
     finally:
         daemon.stop()
         kubelet.stop()
+
+
+def test_json_log_lines() -> None:
+    record = logging.makeLogRecord(
+        {"name": "nodemanager.x", "levelname": "WARNING", "msg": "GPU %d is %s",
+         "args": (1, "UNHEALTHY"), "created": 0.0}
+    )  # fmt: skip
+    assert json.loads(JsonLines().format(record)) == {
+        "time": "1970-01-01T00:00:00Z",
+        "level": "warning",
+        "logger": "nodemanager.x",
+        "message": "GPU 1 is UNHEALTHY",
+    }

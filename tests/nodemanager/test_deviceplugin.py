@@ -369,3 +369,43 @@ def test_allocate_on_an_unhealthy_gpu_is_refused(make_node: NodeFactory) -> None
     wait_until(lambda: node.kubelet.health(CORE).get(f"{node.uuid(0)}-core-0") == "Unhealthy")
     got = node.kubelet.admit(pod)["c"]
     assert got.envs["NVIDIA_VISIBLE_DEVICES"] == node.uuid(1)
+
+
+def test_preferred_allocation_keeps_devices_kubelet_reuses(make_node: NodeFactory) -> None:
+    node = make_node()
+    busy = make_pod("busy", [("c", 50, 4)], created="2026-01-01T00:00:00Z")
+    node.apiserver.add_pod(busy)
+    node.kubelet.admit(busy)  # GPU 0 is fuller: binpack alone would choose it
+    gpu0, gpu1 = node.uuid(0), node.uuid(1)
+    reused = [f"{gpu1}-core-{n}" for n in range(5)]
+    available = [f"{gpu0}-core-{n}" for n in range(50, 100)] + [
+        f"{gpu1}-core-{n}" for n in range(100)
+    ]
+    reply = node.kubelet.stub(CORE).GetPreferredAllocation(
+        dp.PreferredAllocationRequest(
+            container_requests=[
+                dp.ContainerPreferredAllocationRequest(
+                    available_deviceIDs=available,
+                    must_include_deviceIDs=reused,
+                    allocation_size=20,
+                )
+            ]
+        ),
+        timeout=5,
+    )
+    chosen = list(reply.container_responses[0].deviceIDs)
+    assert len(chosen) == 20
+    assert chosen[:5] == reused
+    assert gpus_of(chosen) == {gpu1}
+
+
+def test_unusable_state_directory_is_a_clear_error(make_node: NodeFactory) -> None:
+    node = make_node()
+    node.paths.state_root.parent.mkdir(parents=True, exist_ok=True)
+    node.paths.state_root.write_text("not a directory")
+    pod = make_pod("p", [("c", 10, 2)])
+    node.apiserver.add_pod(pod)
+    code, details = _status(lambda: node.kubelet.admit(pod))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.startswith(f"cannot create the state directory {node.paths.state_root}/")
+    assert node.manager.allocations() == []

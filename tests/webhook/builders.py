@@ -124,6 +124,7 @@ def apply_and_check(original: Mapping[str, Any], ops: list[dict[str, Any]]) -> d
     patched: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(original), ops)
     model = ApiClient().deserialize(json.dumps(patched), "V1Pod", "application/json")
     assert isinstance(model, V1Pod)
+    assert model.metadata is not None
     assert model.metadata.name == original["metadata"]["name"]
     kubernetes_validate.validate(patched, KUBERNETES_VERSION, strict=True)
     return patched

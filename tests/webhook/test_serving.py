@@ -172,7 +172,10 @@ def test_rotated_certificate_is_served_without_dropping_requests(
                 connection = webhook.connect()
                 try:
                     status, _ = webhook.post("/validate", review(pod()), connection)
-                    served_certs.add(connection.sock.getpeercert(binary_form=True))  # type: ignore[union-attr]
+                    assert isinstance(connection.sock, ssl.SSLSocket)
+                    peer = connection.sock.getpeercert(binary_form=True)
+                    assert peer is not None
+                    served_certs.add(peer)
                     if status != 200:
                         failures.append(f"HTTP {status}")
                     counts[0] += 1

@@ -16,6 +16,7 @@ def test_environment_is_parsed() -> None:
             "GPUSHARE_WEBHOOK_SYSTEM_NAMESPACES": "kube-system, infra",
             "GPUSHARE_WEBHOOK_SIDECAR_MODE": "classic",
             "GPUSHARE_WEBHOOK_MAX_BODY_BYTES": "65536",
+            "GPUSHARE_WEBHOOK_SCHEDULER_NODE_CACHE": "true",
             "UNRELATED": "x",
         },
         failure_policy="fail-closed",
@@ -26,6 +27,7 @@ def test_environment_is_parsed() -> None:
     assert settings.sidecar_mode == "classic"
     assert settings.max_body_bytes == 65536
     assert settings.failure_policy == "fail-closed"
+    assert settings.scheduler_node_cache is True
     assert settings.effective_sidecar_timekeeper_url == "http://tk:8080"
 
 
@@ -41,10 +43,12 @@ def test_every_bad_field_is_reported_together() -> None:
                 "GPUSHARE_WEBHOOK_SIDECAR_MEMORY_REQUEST": "1Gi",
                 "GPUSHARE_WEBHOOK_SYSTEM_NAMESPACES": "kube-system,Bad_Name",
                 "GPUSHARE_WEBHOOK_SIDECAR_TOKEN_EXPIRATION_SECONDS": "60",
+                "GPUSHARE_WEBHOOK_SCHEDULER_NODE_CACHE": "maybe",
             }
         )
     assert caught.value.problems == [
         "GPUSHARE_WEBHOOK_TIMEKEEPER_TIMEOUT_SECONDS: must be a number (got 'soon')",
+        "GPUSHARE_WEBHOOK_SCHEDULER_NODE_CACHE: must be true or false (got 'maybe')",
         "GPUSHARE_WEBHOOK_TIMEKEEPER_URL: must be an http:// or https:// URL with a host"
         " (got 'ftp://tk')",
         "GPUSHARE_WEBHOOK_FAILURE_POLICY: must be one of fail-open, fail-closed (got 'maybe')",
@@ -68,3 +72,18 @@ def test_every_setting_is_documented() -> None:
     for name, _default, doc in describe():
         assert name.startswith("GPUSHARE_WEBHOOK_")
         assert doc.endswith(".")
+
+
+def test_wsgi_module_builds_the_app_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import webhook.wsgi
+
+    monkeypatch.setenv("GPUSHARE_WEBHOOK_TIMEKEEPER_URL", "http://tk:8080")
+    monkeypatch.setenv("GPUSHARE_WEBHOOK_FAILURE_POLICY", "fail-closed")
+    app = webhook.wsgi.app
+    settings = app.extensions["gpushare_webhook"]["settings"]
+    assert (settings.timekeeper_url, settings.failure_policy) == ("http://tk:8080", "fail-closed")
+    monkeypatch.setenv("GPUSHARE_WEBHOOK_FAILURE_POLICY", "sometimes")
+    with pytest.raises(SettingsError, match="GPUSHARE_WEBHOOK_FAILURE_POLICY"):
+        _ = webhook.wsgi.app

@@ -8,6 +8,7 @@ import threading
 import time
 from types import FrameType
 
+from nodemanager import logs
 from nodemanager.inventory import Inventory, SimulatedInventory
 from nodemanager.kube import (
     KubeletPodResources,
@@ -125,7 +126,7 @@ def build_inventory(settings: Settings) -> Inventory:
 
 def run(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; the exit code of the command."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup(settings.log_level, settings.log_format)
     kubernetes = None
     if settings.kubernetes:
         try:

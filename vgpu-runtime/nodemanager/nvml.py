@@ -19,21 +19,24 @@ class InventoryError(Exception):
 class NvmlInventory:
     """Reads GPUs, health and per-process usage through NVML."""
 
-    def __init__(self) -> None:
-        import pynvml
+    def __init__(self, nvml: Any = None) -> None:
+        """`nvml` is the pynvml module (tests pass an object with the same functions)."""
+        if nvml is None:
+            import pynvml
 
-        self._nvml: Any = pynvml
+            nvml = pynvml
+        self._nvml: Any = nvml
         try:
-            pynvml.nvmlInit()
-        except pynvml.NVMLError as err:
+            nvml.nvmlInit()
+            gpus = []
+            for index in range(nvml.nvmlDeviceGetCount()):
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+                name = _text(nvml.nvmlDeviceGetName(handle))
+                gpus.append(Gpu(index=index, uuid=uuid, memory_bytes=int(memory.total), name=name))
+        except nvml.NVMLError as err:
             raise InventoryError(f"NVML is not usable on this node: {err}") from err
-        gpus = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            name = _text(pynvml.nvmlDeviceGetName(handle))
-            gpus.append(Gpu(index=index, uuid=uuid, memory_bytes=int(memory.total), name=name))
         self._gpus = tuple(gpus)
 
     def gpus(self) -> Sequence[Gpu]:

@@ -47,6 +47,10 @@ class Settings:
     """How often allocations are reconciled with kubelet and capacity is published."""
     release_grace_seconds: float = 60.0
     """Age below which an allocation unknown to kubelet is kept (container being created)."""
+    log_level: str = "info"
+    """debug, info, warning or error."""
+    log_format: str = "text"
+    """text (terminal) or json (one object per line, for the cluster)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--health-interval", help="seconds between GPU health checks (default: 10)")
     add("--reconcile-interval", help="seconds between reconciliations (default: 30)")
     add("--release-grace", help="seconds an allocation unknown to kubelet is kept (default: 60)")
+    add("--log-level", help="debug, info (default), warning or error")
+    add("--log-format", help="text (default) or json")
 
 
 def parse_settings(args: argparse.Namespace) -> Settings:
@@ -125,6 +131,12 @@ def parse_settings(args: argparse.Namespace) -> Settings:
     health = number("--health-interval", args.health_interval, 10.0, 0.1)
     reconcile = number("--reconcile-interval", args.reconcile_interval, 30.0, 0.1)
     grace = number("--release-grace", args.release_grace, 60.0, 0.0)
+    log_level = args.log_level or defaults.log_level
+    if log_level not in ("debug", "info", "warning", "error"):
+        errors.append(f"--log-level: must be debug, info, warning or error (got {log_level!r})")
+    log_format = args.log_format or defaults.log_format
+    if log_format not in ("text", "json"):
+        errors.append(f"--log-format: must be text or json (got {log_format!r})")
     if errors:
         raise SettingsError("invalid nodemanager settings:\n  " + "\n  ".join(errors))
 
@@ -147,4 +159,6 @@ def parse_settings(args: argparse.Namespace) -> Settings:
         health_interval_seconds=health,
         reconcile_interval_seconds=reconcile,
         release_grace_seconds=grace,
+        log_level=log_level,
+        log_format=log_format,
     )
