@@ -29,15 +29,17 @@ from timekeeper.errors import (
     InvalidRequest,
     NotFound,
     TimekeeperError,
+    TooLarge,
     Unauthenticated,
     Unavailable,
 )
-from timekeeper.ledger import Ledger, Receipt, UsageRow
+from timekeeper.ledger import Ledger, UsageRow
 from timekeeper.metrics import Metrics
 from timekeeper.openapi import openapi_document
 from timekeeper.periods import period_window
 from timekeeper.policy_source import PolicySource
-from timekeeper.reports import parse_report, parse_rfc3339
+from timekeeper.report_endpoint import ReportEndpoint, error_response
+from timekeeper.reports import parse_rfc3339
 from timekeeper.settings import Settings
 from timekeeper.states import rfc3339, status_to_json
 
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_USAGE_RANGE: Final = timedelta(days=400)
 STATUS_CODES: Final[dict[type[TimekeeperError], int]] = {
+    TooLarge: 413,
     InvalidRequest: 400,
     Unauthenticated: 401,
     Forbidden: 403,
@@ -124,13 +127,10 @@ def create_app(
 
     @app.errorhandler(TimekeeperError)
     def on_error(err: TimekeeperError) -> tuple[Response, int, dict[str, str]]:
-        status = next((code for kind, code in STATUS_CODES.items() if isinstance(err, kind)), 500)
-        headers = {"WWW-Authenticate": 'Bearer realm="gpushare"'} if status == 401 else {}
-        if request.path == "/api/v1/reports":
-            metrics.reports.labels("rejected" if status < 500 else "refused").inc()
+        status, body, headers = error_response(err)
         log = logger.warning if status >= 500 else logger.info
         log("%s %s -> %d %s: %s", request.method, request.path, status, err.code, err.message)
-        return jsonify(error=err.code, message=err.message), status, headers
+        return jsonify(body), status, headers
 
     @app.errorhandler(sa.exc.OperationalError)
     def on_database_error(err: sa.exc.OperationalError) -> tuple[Response, int]:
@@ -217,21 +217,9 @@ def create_app(
             rows=[_usage_json(row, group_by) for row in rows],
         )
 
-    @app.post("/api/v1/reports")
-    def post_report() -> tuple[Response, int]:
-        identity = auth.identify_reporter(request.headers.get("Authorization"))
-        body = request.get_json(silent=True)
-        if body is None:
-            raise InvalidRequest(
-                "body: must be a JSON object with Content-Type: application/json "
-                f"(got {request.content_type or 'no content type'}, "
-                f"{request.content_length or 0} bytes)"
-            )
-        report = parse_report(body)
-        receipt, stored = accounting.record(identity, report)
-        metrics.reports.labels("stored" if stored else "resent").inc()
-        return jsonify(_receipt_json(receipt)), 200
-
+    app.wsgi_app = ReportEndpoint(  # type: ignore[method-assign]
+        app.wsgi_app, auth=auth, accounting=accounting, metrics=metrics
+    )
     return app
 
 
@@ -248,20 +236,6 @@ def _instant(name: str, value: str | None, default: datetime) -> datetime:
         return parse_rfc3339(value)
     except ValueError as err:
         raise InvalidRequest(f"{name}: {err} (got {value!r})") from err
-
-
-def _receipt_json(receipt: Receipt) -> dict[str, Any]:
-    return {
-        "podUid": receipt.pod_uid,
-        "sequence": receipt.sequence,
-        "namespace": receipt.namespace,
-        "pod": receipt.pod,
-        "start": rfc3339(receipt.start),
-        "end": rfc3339(receipt.end),
-        "gpuSeconds": receipt.gpu_seconds,
-        "memoryByteSeconds": receipt.memory_byte_seconds,
-        "receivedAt": rfc3339(receipt.received_at),
-    }
 
 
 def _usage_json(row: UsageRow, group_by: str) -> dict[str, Any]:

@@ -59,6 +59,12 @@ class Unavailable(TimekeeperError):
     code = "unavailable"
 
 
+class TooLarge(TimekeeperError):
+    """The request body is larger than the API takes."""
+
+    code = "request-entity-too-large"
+
+
 class ConfigError(Exception):
     """Bad settings or a bad file given at start-up; `problems` lists every reason."""
 

@@ -127,7 +127,7 @@ class NewRow:
 
 def sqlite_time(instant: datetime) -> str:
     """The text SQLAlchemy's SQLite DateTime stores: naive UTC with microseconds."""
-    return instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return instant.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sqlite_parse(text: str) -> datetime:
@@ -151,6 +151,7 @@ class ReportWriter:
             engine.dialect.loaded_dbapi.InterfaceError,
         )
         self._thread_lock = threading.Lock()
+        self._sqlite_connection: Any = None
         self._lock_path: str | None = None
         self._lock_fd: int | None = None
         database = engine.url.database
@@ -174,20 +175,37 @@ class ReportWriter:
     def write(self, report: Report, row: NewRow) -> list[StoredReport]:
         """Store `report` unless the ledger holds its sequence or an overlapping interval of
         its pod; returns those rows (empty: stored now)."""
+        if not self.postgres:
+            with self._sqlite_writer_turn():
+                return self._write_sqlite_safely(report, row)
         try:
             connection = self.engine.raw_connection()
         except sa.exc.OperationalError as err:
             raise Unavailable(f"the database cannot take the report now: {err.orig}") from err
         try:
-            if self.postgres:
-                return self._write_postgres(connection, report, row)
-            with self._sqlite_writer_turn():
-                return self._write_sqlite(connection, report, row)
+            return self._write_postgres(connection, report, row)
         except self._operational_errors as err:
             connection.invalidate()
             raise Unavailable(f"the database cannot take the report now: {err}") from err
         finally:
             connection.close()
+
+    def _write_sqlite_safely(self, report: Report, row: NewRow) -> list[StoredReport]:
+        # Writers take turns (see `_sqlite_writer_turn`), so one connection per process,
+        # kept out of the pool, serves them all.
+        if self._sqlite_connection is None:
+            try:
+                connection = self.engine.raw_connection()
+            except sa.exc.OperationalError as err:
+                raise Unavailable(f"the database cannot take the report now: {err.orig}") from err
+            connection.detach()
+            self._sqlite_connection = connection
+        try:
+            return self._write_sqlite(self._sqlite_connection, report, row)
+        except self._operational_errors as err:
+            self._sqlite_connection.close()
+            self._sqlite_connection = None
+            raise Unavailable(f"the database cannot take the report now: {err}") from err
 
     def _params(self, report: Report, row: NewRow) -> dict[str, Any]:
         return {

@@ -397,3 +397,15 @@ def test_preferred_allocation_keeps_devices_kubelet_reuses(make_node: NodeFactor
     assert len(chosen) == 20
     assert chosen[:5] == reused
     assert gpus_of(chosen) == {gpu1}
+
+
+def test_unusable_state_directory_is_a_clear_error(make_node: NodeFactory) -> None:
+    node = make_node()
+    node.paths.state_root.parent.mkdir(parents=True, exist_ok=True)
+    node.paths.state_root.write_text("not a directory")
+    pod = make_pod("p", [("c", 10, 2)])
+    node.apiserver.add_pod(pod)
+    code, details = _status(lambda: node.kubelet.admit(pod))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.startswith(f"cannot create the state directory {node.paths.state_root}/")
+    assert node.manager.allocations() == []

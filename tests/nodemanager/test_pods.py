@@ -33,6 +33,11 @@ def deleting(pod: dict[str, Any]) -> dict[str, Any]:
             id="served-container-skipped",
         ),
         pytest.param(
+            [make_pod("a", [("c", 30, 4)]), make_pod("b", [("c", 30, 4)])],
+            Kind.CORE, 30, {("team-a/a", "c", Kind.CORE)}, ("b", "c"), 30, False,
+            id="served-by-name-skipped",
+        ),
+        pytest.param(
             [make_pod("a", [("c", 30, 4)]), make_pod("b", [("c", 20, 4)])],
             Kind.CORE, 20, set(), ("b", "c"), 20, False,
             id="matched-by-core-units",

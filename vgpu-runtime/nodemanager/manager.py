@@ -85,6 +85,10 @@ class DoesNotFitError(Exception):
     """The request is well formed but this node has no room for it."""
 
 
+class NodeError(Exception):
+    """The node itself is not fit to serve the request (e.g. a host directory is unusable)."""
+
+
 class NodeManager:
     """Devices, allocations and placement of one node. Thread-safe."""
 
@@ -217,11 +221,15 @@ class NodeManager:
             return pods.match(candidates, kind, size, self._served(), core_limit)
 
     def _served(self) -> set[tuple[str, str, Kind]]:
-        return {
-            (item.owner.uid, item.owner.container, item.kind)
-            for item in self._ledger.allocations.values()
-            if item.owner is not None and item.owner.uid
-        }
+        """(pod UID, container, kind) of every owned allocation; owners known only by name
+        (corrected or adopted from PodResources) count as `namespace/pod` instead of UID."""
+        served = set()
+        for item in self._ledger.allocations.values():
+            owner = item.owner
+            if owner is not None:
+                pod = owner.uid or f"{owner.namespace}/{owner.pod}"
+                served.add((pod, owner.container, item.kind))
+        return served
 
     def _container_gpus(self, key: tuple[str, str]) -> Placement | None:
         """GPUs already given to the container (by either resource), or reserved for it."""
@@ -340,8 +348,11 @@ class NodeManager:
             state_dir = ""
             if kind is Kind.CORE:
                 state = self.paths.state_root / allocation_id
-                state.mkdir(parents=True, exist_ok=True)
-                state.chmod(0o1777)  # the container's processes may run as any user
+                try:
+                    state.mkdir(parents=True, exist_ok=True)
+                    state.chmod(0o1777)  # the container's processes may run as any user
+                except OSError as err:
+                    raise NodeError(f"cannot create the state directory {state}: {err}") from err
                 state_dir = str(state)
             allocation = Allocation(
                 id=allocation_id,

@@ -21,7 +21,7 @@ import grpc
 from nodemanager.api import deviceplugin_pb2 as api
 from nodemanager.api import deviceplugin_pb2_grpc as api_grpc
 from nodemanager.devices import Kind
-from nodemanager.manager import DoesNotFitError, NodeManager, RequestError
+from nodemanager.manager import DoesNotFitError, NodeError, NodeManager, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class DevicePluginService(api_grpc.DevicePluginServicer):
                     list(container.must_include_deviceIDs),
                     container.allocation_size,
                 )
-            except (RequestError, DoesNotFitError) as err:
+            except (RequestError, DoesNotFitError, NodeError) as err:
                 _abort(context, err, "GetPreferredAllocation")
             responses.append(api.ContainerPreferredAllocationResponse(deviceIDs=chosen))
         return api.PreferredAllocationResponse(container_responses=responses)
@@ -96,7 +96,7 @@ class DevicePluginService(api_grpc.DevicePluginServicer):
         for container in request.container_requests:
             try:
                 grant = self._manager.allocate(self._kind, list(container.devices_ids))
-            except (RequestError, DoesNotFitError) as err:
+            except (RequestError, DoesNotFitError, NodeError) as err:
                 for allocation_id in done:
                     self._manager.release(allocation_id)
                 _abort(context, err, "Allocate")
@@ -126,6 +126,8 @@ def _abort(context: Any, err: Exception, method: str) -> Any:
     code = grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(err, DoesNotFitError):
         code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    elif isinstance(err, NodeError):
+        code = grpc.StatusCode.FAILED_PRECONDITION
     log.warning("%s refused: %s", method, err)
     context.abort(code, str(err))
 

@@ -122,13 +122,15 @@ def match(
 ) -> Match:
     """Pick the candidate for an allocation of `units` devices of `kind`.
 
-    `served` holds (pod uid, container, kind) already allocated; `core_limit` is the hard
-    limit the devices give (the burst limit never goes below it).
+    `served` holds (pod UID or `namespace/pod`, container, kind) already allocated;
+    `core_limit` is the hard limit the devices give (the burst limit never goes below it).
     """
     same = [
         item
         for item in candidates
-        if item.units(kind) == units and (item.uid, item.container, kind) not in served
+        if item.units(kind) == units
+        and (item.uid, item.container, kind) not in served
+        and (f"{item.namespace}/{item.pod}", item.container, kind) not in served
     ]
     if not same:
         return Match(candidate=None, soft_limit=core_limit, ambiguous=False)
