@@ -29,6 +29,8 @@ class AdmissionRequest:
     namespace: str
     pod: Mapping[str, Any] | None
     """The object under review; None for DELETE and CONNECT."""
+    old_pod: Mapping[str, Any] | None = None
+    """The object before an UPDATE."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,10 @@ def parse_review(body: bytes) -> AdmissionRequest:
         namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
     if not isinstance(namespace, str) or not namespace:
         raise BadReview("request.namespace must be a non-empty string")
-    return AdmissionRequest(uid, operation, namespace, pod)
+    old_pod = request.get("oldObject") if operation == "UPDATE" else None
+    if old_pod is not None and not isinstance(old_pod, dict):
+        raise BadReview("request.oldObject must be a Pod object for UPDATE")
+    return AdmissionRequest(uid, operation, namespace, pod, old_pod)
 
 
 def _brief(value: object) -> str:
