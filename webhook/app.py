@@ -17,7 +17,6 @@ from webhook.errors import BadReview
 from webhook.metrics import Metrics
 from webhook.nodecapacity import NodeCapacitySource
 from webhook.review import (
-    COMPACT_JSON,
     AdmissionRequest,
     Verdict,
     encode_response,
@@ -70,7 +69,7 @@ def create_app(
         if not verdict.allowed:
             log.info("denied %s in %s: %s", review.uid, review.namespace, verdict.message)
         response = Response(
-            COMPACT_JSON.encode(encode_response(review.uid, verdict)),
+            encode_response(review.uid, verdict),
             mimetype="application/json",
         )
         metrics.requests.labels(endpoint, "allowed" if verdict.allowed else "denied").inc()
