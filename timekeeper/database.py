@@ -1,9 +1,9 @@
 """Database adapter: engines for SQLite and PostgreSQL, and the alembic migrations.
 
-SQLite runs in WAL mode (readers never block the writer) with a busy timeout, and every
-write transaction starts with `BEGIN IMMEDIATE`: it takes the write lock up front, so a
-check-then-insert cannot be overtaken by another process. Reads use plain deferred
-transactions. PostgreSQL uses psycopg 3.
+SQLite runs in WAL mode (readers never block the writer) with a busy timeout; SQLAlchemy
+emits the BEGIN of its transactions itself (the sqlite3 module's own transaction handling is
+off), and the report writer (`report_writer.py`) begins its own with `BEGIN IMMEDIATE`.
+PostgreSQL uses psycopg 3.
 """
 
 from __future__ import annotations
@@ -23,12 +23,6 @@ import migrations
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
-IMMEDIATE: Final = "gpushare_immediate"
-"""Execution option: on SQLite, begin the transaction with BEGIN IMMEDIATE."""
-
-
-def is_sqlite(engine: sa.Engine) -> bool:
-    return engine.dialect.name == "sqlite"
 
 
 def make_engine(url: str, **engine_options: Any) -> sa.Engine:
@@ -63,8 +57,7 @@ def _set_up_sqlite(engine: sa.Engine) -> None:
 
     @sa.event.listens_for(engine, "begin")
     def on_begin(connection: sa.Connection) -> None:
-        immediate = connection.get_execution_options().get(IMMEDIATE, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        connection.exec_driver_sql("BEGIN")
 
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:

@@ -13,7 +13,8 @@ the database work. One transaction per report:
   file locked sleep and retry (1 ms, 2 ms, 5 ms, … up to 100 ms), which wastes most of the
   time under concurrent writers; so writers first queue on a lock that wakes the next one
   at once: a thread lock within the process and `flock` on `<database>-writer.lock` across
-  processes.
+  processes. The writer does not checkpoint the WAL itself (that would put an fsync inside
+  the queue): a background thread runs a PASSIVE checkpoint every half second after writes.
 
 Totals are added with `INSERT … ON CONFLICT (namespace, bucket_start) DO UPDATE SET x = x +
 excluded.x`: atomic in the database, so no update is ever lost between processes.
@@ -24,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +39,8 @@ import sqlalchemy as sa
 from timekeeper.buckets import split_into_buckets
 from timekeeper.errors import Unavailable
 from timekeeper.reports import Report
+
+logger = logging.getLogger(__name__)
 
 _COLUMNS: Final = (
     "pod_uid, sequence, namespace, pod, start_at, end_at, vcuda_core, vcuda_memory, "
@@ -152,6 +157,8 @@ class ReportWriter:
         )
         self._thread_lock = threading.Lock()
         self._sqlite_connection: Any = None
+        self._checkpointer: _Checkpointer | None = None
+        self.writes_since_checkpoint = 0
         self._lock_path: str | None = None
         self._lock_fd: int | None = None
         database = engine.url.database
@@ -199,9 +206,15 @@ class ReportWriter:
             except sa.exc.OperationalError as err:
                 raise Unavailable(f"the database cannot take the report now: {err.orig}") from err
             connection.detach()
+            connection.execute("PRAGMA wal_autocheckpoint=0")
             self._sqlite_connection = connection
+            if self._checkpointer is None:
+                self._checkpointer = _Checkpointer(self)
+                self._checkpointer.start()
         try:
-            return self._write_sqlite(self._sqlite_connection, report, row)
+            found = self._write_sqlite(self._sqlite_connection, report, row)
+            self.writes_since_checkpoint += 1
+            return found
         except self._operational_errors as err:
             self._sqlite_connection.close()
             self._sqlite_connection = None
@@ -275,6 +288,43 @@ class ReportWriter:
             return [_sqlite_row(values) for values in found]
         finally:
             cursor.close()
+
+
+class _Checkpointer(threading.Thread):
+    """Checkpoints the SQLite WAL in the background while its writer is alive."""
+
+    INTERVAL_SECONDS: Final = 0.5
+
+    def __init__(self, writer: ReportWriter) -> None:
+        super().__init__(name="sqlite-checkpointer", daemon=True)
+        self._writer = weakref.ref(writer)
+        self._engine = writer.engine
+
+    def run(self) -> None:
+        connection: Any = None
+        ticks = threading.Event()  # never set: a timer that cannot oversleep a stop
+        while not ticks.wait(self.INTERVAL_SECONDS):
+            writer = self._writer()
+            if writer is None:
+                break
+            if writer.writes_since_checkpoint == 0:
+                continue
+            writer.writes_since_checkpoint = 0
+            del writer
+            try:
+                if connection is None:
+                    connection = self._engine.raw_connection()
+                    connection.detach()
+                connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception as err:
+                # Retried at the next tick; SQLite also checkpoints when the last connection
+                # closes.
+                logger.warning("WAL checkpoint failed, retrying: %s", err)
+                if connection is not None:
+                    connection.close()
+                connection = None
+        if connection is not None:
+            connection.close()
 
 
 def _sqlite_row(values: Sequence[Any]) -> StoredReport:

@@ -2,7 +2,8 @@
 
 Pure logic (stdlib and the shared `gpushare` package). A report is one usage interval of one
 pod: `podUid`, `pod`, `namespace`, `sequence` (1, 2, … per pod), `start`, `end` (RFC 3339),
-`vcudaCore`, `vcudaMemory`, and optionally `smUtilization` (0..1) and `memoryUsedBytes`.
+`vcudaCore`, `vcudaMemory` (the pod's totals over its GPU containers), and optionally
+`smUtilization` (0..1) and `memoryUsedBytes`.
 Every problem names the field, the value and the rule; all are reported together.
 """
 
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from gpushare.resources import is_valid_core_units
 from timekeeper.errors import InvalidRequest, ReportRejected
 
 MAX_SEQUENCE: Final = 2**63 - 1
 MAX_POD_UID_LENGTH: Final = 128
+MAX_VCUDA_CORE: Final = 100_000
+"""A thousand whole GPUs held by one pod: far beyond any node, small enough to catch junk."""
 MAX_VCUDA_MEMORY: Final = 1_000_000
 
 _RFC3339_RE: Final = re.compile(
@@ -212,10 +214,9 @@ def _integer(minimum: int, maximum: int) -> Any:
 
 
 def _core(value: Any) -> int:
-    units = _integer(1, 100_000)(value)
-    if not is_valid_core_units(units):
-        raise ValueError("must be 1..99 (a share of one GPU) or a multiple of 100 (whole GPUs)")
-    return int(units)
+    # The pod's total over its GPU containers (the charge model sums them), so 50 + 100 =
+    # 150 is a valid report; the per-container rule is the webhook's to enforce.
+    return int(_integer(1, MAX_VCUDA_CORE)(value))
 
 
 def _fraction(value: Any) -> float:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from gpushare import annotations as keys
 from webhook import injection, patches, validation
-from webhook.budget import BudgetStatus, decide_priority
+from webhook.budget import BudgetStatus, PriorityDecision, decide_priority
 from webhook.errors import BadReview, TimekeeperUnavailable
 from webhook.review import AdmissionRequest, Verdict
 from webhook.settings import Settings
@@ -44,10 +44,15 @@ def _denied(problems: list[str]) -> Verdict:
 
 
 def validate(request: AdmissionRequest, settings: Settings) -> Verdict:
-    """The validating endpoint: GPU request rules on CREATE and UPDATE."""
+    """The validating endpoint: GPU request rules on CREATE and UPDATE, and on UPDATE the
+    sidecar's image unchanged."""
     if request.pod is None or request.namespace in settings.system_namespaces:
         return Verdict(allowed=True)
     problems = validation.validate_pod(request.pod)
+    if request.old_pod is not None:
+        problem = injection.update_problem(request.old_pod, request.pod)
+        if problem is not None:
+            problems.append(problem)
     return _denied(problems) if problems else Verdict(allowed=True)
 
 
@@ -92,21 +97,24 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
         warnings.append("gpushare: budget unknown (timekeeper unreachable); admitted as in-budget")
         state = "in-budget"
         lookup_failed = True
-        decision = decide_priority(
-            BudgetStatus(request.namespace, state, "deprioritize", 0.0, None, None)
-        )
+        decision = PriorityDecision(keys.PRIORITY_CLASS_STANDARD)
     if decision.denial is not None or decision.priority_class is None:
         return Verdict(allowed=False, message=decision.denial)
 
     spec: Mapping[str, Any] = pod["spec"]
-    annotations = validation.pod_annotations(pod)
     wanted = {keys.BUDGET_STATE: state}
     ops: list[patches.Operation] = []
-    if not injection.already_injected(pod, annotations):
+    totals = validation.pod_totals(report.requests)
+    found = injection.find_sidecar(pod)
+    if found is not None:
+        # Injected by an earlier invocation, or brought by the user: only ours is accepted.
+        problem = injection.sidecar_problem(found, pod, settings, totals)
+        if problem is not None:
+            return _denied([problem])
+    else:
         clash = _volume_clash(spec)
         if clash:
             return _denied([f'volume "{clash}" is reserved for the gpushare accounting sidecar'])
-        totals = validation.pod_totals(report.requests)
         sidecar = injection.sidecar_container(settings, totals)
         native = settings.sidecar_mode == "native"
         field = "initContainers" if native else "containers"

@@ -17,7 +17,6 @@ from webhook.errors import BadReview
 from webhook.metrics import Metrics
 from webhook.nodecapacity import NodeCapacitySource
 from webhook.review import (
-    COMPACT_JSON,
     AdmissionRequest,
     Verdict,
     encode_response,
@@ -65,17 +64,17 @@ def create_app(
             metrics.requests.labels(endpoint, "bad-request").inc()
             log.info("bad admission request on /%s: %s", endpoint, err)
             return _error(400, "bad-request", str(err))
-        outcome = "allowed" if verdict.allowed else "denied"
         if verdict.decided_by_policy:
             metrics.failure_policy.labels(settings.failure_policy).inc()
-        metrics.requests.labels(endpoint, outcome).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         if not verdict.allowed:
             log.info("denied %s in %s: %s", review.uid, review.namespace, verdict.message)
-        return Response(
-            COMPACT_JSON.encode(encode_response(review.uid, verdict)),
+        response = Response(
+            encode_response(review.uid, verdict),
             mimetype="application/json",
         )
+        metrics.requests.labels(endpoint, "allowed" if verdict.allowed else "denied").inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
 
     @app.post("/validate")
     def validate() -> Response:

@@ -207,9 +207,6 @@ class TimekeeperBudgets:
             self._changed.notify_all()
         return status
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
 
 def timekeeper_budgets(
     base_url: str,

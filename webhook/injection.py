@@ -96,13 +96,56 @@ def sidecar_volumes(settings: Settings) -> list[dict[str, Any]]:
     ]
 
 
-def already_injected(pod: Mapping[str, Any], annotations: Mapping[str, Any]) -> bool:
-    """Whether a previous invocation (or the user) already put the sidecar in the pod."""
-    if keys.SIDECAR_INJECTED in annotations:
-        return True
+def find_sidecar(pod: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+    """Where the container named like the sidecar is (`initContainers` or `containers`)."""
     spec = pod.get("spec", {})
     for field in ("initContainers", "containers"):
         for container in spec.get(field) or []:
             if isinstance(container, dict) and container.get("name") == SIDECAR_NAME:
-                return True
-    return False
+                return field, container
+    return None
+
+
+def sidecar_problem(
+    found: tuple[str, Mapping[str, Any]],
+    pod: Mapping[str, Any],
+    settings: Settings,
+    totals: PodGpuTotals,
+) -> str | None:
+    """Why the sidecar already in the pod is not the one gpushare injects (None: it is).
+
+    Only the exact container and volumes count as injected, so that a pod cannot skip
+    accounting by bringing its own `gpushare-sidecar` or by setting the annotation.
+    """
+    field, container = found
+    expected_field = "initContainers" if settings.sidecar_mode == "native" else "containers"
+    if field != expected_field or container != sidecar_container(settings, totals):
+        return (
+            f'container "{SIDECAR_NAME}" is reserved for the gpushare accounting sidecar and'
+            " differs from the one gpushare injects"
+        )
+    volumes = {
+        volume.get("name"): volume
+        for volume in pod.get("spec", {}).get("volumes") or []
+        if isinstance(volume, dict)
+    }
+    for volume in sidecar_volumes(settings):
+        if volumes.get(volume["name"]) != volume:
+            return (
+                f'volume "{volume["name"]}" is reserved for the gpushare accounting sidecar and'
+                " differs from the one gpushare injects"
+            )
+    return None
+
+
+def update_problem(old_pod: Mapping[str, Any], pod: Mapping[str, Any]) -> str | None:
+    """The sidecar's image is the one mutable part of it; an UPDATE may not swap it."""
+    before, after = find_sidecar(old_pod), find_sidecar(pod)
+    if before is None or after is None:
+        return None
+    old_image, new_image = before[1].get("image"), after[1].get("image")
+    if old_image == new_image:
+        return None
+    return (
+        f'container "{SIDECAR_NAME}" may not change its image (from {old_image!r} to {new_image!r})'
+    )

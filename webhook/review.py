@@ -7,17 +7,16 @@ answers with a 400 and the reason.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from webhook.errors import BadReview
 
 API_VERSION = "admission.k8s.io/v1"
 OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
-COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
-"""One encoder for every answer (`json.dumps` with options builds a new one per call)."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,8 @@ class AdmissionRequest:
     namespace: str
     pod: Mapping[str, Any] | None
     """The object under review; None for DELETE and CONNECT."""
+    old_pod: Mapping[str, Any] | None = None
+    """The object before an UPDATE."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ class Verdict:
 def parse_review(body: bytes) -> AdmissionRequest:
     """Decode an AdmissionReview of a Pod; BadReview says what is wrong."""
     try:
-        review = json.loads(body)
-    except (ValueError, RecursionError) as err:
+        review = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
         raise BadReview(f"the body is not JSON: {err}") from err
     if not isinstance(review, dict):
         raise BadReview("the body must be a JSON object (an AdmissionReview)")
@@ -85,7 +86,10 @@ def parse_review(body: bytes) -> AdmissionRequest:
         namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
     if not isinstance(namespace, str) or not namespace:
         raise BadReview("request.namespace must be a non-empty string")
-    return AdmissionRequest(uid, operation, namespace, pod)
+    old_pod = request.get("oldObject") if operation == "UPDATE" else None
+    if old_pod is not None and not isinstance(old_pod, dict):
+        raise BadReview("request.oldObject must be a Pod object for UPDATE")
+    return AdmissionRequest(uid, operation, namespace, pod, old_pod)
 
 
 def _brief(value: object) -> str:
@@ -93,8 +97,8 @@ def _brief(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def encode_response(uid: str, verdict: Verdict) -> dict[str, Any]:
-    """The AdmissionReview answer: uid echoed, base64 JSONPatch when there is one."""
+def encode_response(uid: str, verdict: Verdict) -> bytes:
+    """The AdmissionReview answer as JSON: uid echoed, base64 JSONPatch when there is one."""
     response: dict[str, Any] = {"uid": uid, "allowed": verdict.allowed}
     if not verdict.allowed:
         response["status"] = {
@@ -103,9 +107,11 @@ def encode_response(uid: str, verdict: Verdict) -> dict[str, Any]:
             "message": verdict.message or "pod rejected",
         }
     if verdict.patch:
-        patch = COMPACT_JSON.encode(verdict.patch).encode()
+        patch = orjson.dumps(verdict.patch)
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(patch).decode()
     if verdict.warnings:
         response["warnings"] = list(verdict.warnings)
-    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
+    return orjson.dumps(
+        {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
+    )

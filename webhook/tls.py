@@ -29,13 +29,11 @@ class ReloadingContext:
         key_file: str,
         *,
         check_seconds: float = 1.0,
-        configure: Callable[[ssl.SSLContext], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cert_file = cert_file
         self._key_file = key_file
         self._check_seconds = check_seconds
-        self._configure = configure
         self._clock = clock
         self._lock = threading.Lock()
         self._signature = self._stat()
@@ -51,8 +49,6 @@ class ReloadingContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(self._cert_file, self._key_file)
-        if self._configure is not None:
-            self._configure(context)
         return context
 
     def context(self) -> ssl.SSLContext:

@@ -49,6 +49,11 @@ def test_burst_to_soft_limit_only_when_the_gpu_is_idle(
     assert abs(out["share"] - expected) <= 0.03, out
 
 
+def test_threads_on_per_thread_default_streams_share_one_budget(tool: ToolRunner) -> None:
+    out = tool("share", "threads", MEASURE_SECONDS, WARMUP_SECONDS, GPUSHARE_CORE_LIMIT="40").output
+    assert abs(out["share"] - 0.40) <= 0.03, out
+
+
 def test_processes_of_a_container_share_one_budget(
     hook_build: Path, env_for: Callable[..., dict[str, str]]
 ) -> None:

@@ -197,3 +197,21 @@ def test_ctypes_program_sees_the_limit(python_under_hook: Callable[..., Run]) ->
         "nvml_rc": 0,
         "nvml_total": gib,
     }
+
+
+def test_every_launch_entry_point_is_measured_through_its_own_variant(tool: ToolRunner) -> None:
+    out = tool("variants", GPUSHARE_CORE_LIMIT="50").output
+    expected = {}
+    for base in (
+        "cuLaunchKernel",
+        "cuLaunchKernelEx",
+        "cuLaunchCooperativeKernel",
+        "cuGraphLaunch",
+    ):
+        expected[base] = {"rc": 0, "launched": base, "recorded": "cuEventRecord"}
+        expected[f"{base}_ptsz"] = {
+            "rc": 0,
+            "launched": f"{base}_ptsz",
+            "recorded": "cuEventRecord_ptsz",
+        }
+    assert out == expected

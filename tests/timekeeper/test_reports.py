@@ -31,6 +31,12 @@ def test_valid_report_is_parsed() -> None:
     assert report.duration_microseconds == 60_000_000
 
 
+def test_core_is_the_pods_total_over_its_containers() -> None:
+    # Containers asking 50 and 100 make a pod total of 150: not a per-container value, but
+    # a valid report (GPU-seconds = 150 / 100 x seconds).
+    assert parse_report(report_body(vcudaCore=150)).vcuda_core == 150
+
+
 def test_optional_fields_may_be_null() -> None:
     report = parse_report(report_body(smUtilization=None, memoryUsedBytes=None))
     assert (report.sm_utilization, report.memory_used_bytes) == (None, None)
@@ -103,10 +109,9 @@ def test_optional_fields_may_be_null() -> None:
         ),
         pytest.param({"vcudaCore": 0}, "vcudaCore: must be an integer in 1..", id="core-0"),
         pytest.param(
-            {"vcudaCore": 150},
-            "vcudaCore: must be 1..99 (a share of one GPU) or a "
-            "multiple of 100 (whole GPUs) (got 150)",
-            id="core-150",
+            {"vcudaCore": 100_001},
+            "vcudaCore: must be an integer in 1..100000 (got 100001)",
+            id="core-above-1000-gpus",
         ),
         pytest.param(
             {"vcudaCore": "50"}, "vcudaCore: must be an integer, not a string", id="core-string"
@@ -142,11 +147,11 @@ def test_bad_field_is_named_with_value_and_rule(overrides: dict[str, Any], messa
 
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(InvalidRequest) as error:
-        parse_report(report_body(sequence=0, vcudaCore=150, pod=...))
+        parse_report(report_body(sequence=0, vcudaCore=0, pod=...))
     message = error.value.message
     assert "pod: required field is missing" in message
     assert "sequence: must be an integer in 1.." in message
-    assert "vcudaCore: must be 1..99" in message
+    assert "vcudaCore: must be an integer in 1..100000" in message
 
 
 @pytest.mark.parametrize(

@@ -235,10 +235,11 @@ def test_waiters_stop_waiting_once_the_timekeeper_is_found_down() -> None:
     with fake_timekeeper() as server:
         closed_url = server.url
     refused = http_fetcher(closed_url, 1.0)
-    release = threading.Event()
+    release, stuck = threading.Event(), threading.Event()
 
     def fetch(namespace: str) -> BudgetStatus:
         if namespace == "slow":
+            stuck.set()
             release.wait(10)  # a lookup stuck in a black hole
         return refused(namespace)
 
@@ -256,7 +257,8 @@ def test_waiters_stop_waiting_once_the_timekeeper_is_found_down() -> None:
 
     waiter = threading.Thread(target=wait_for_slow)
     waiter.start()
-    time.sleep(0.05)  # let the waiter start waiting; correctness does not depend on it
+    # The fetch runs only once the waiter's lookup released the lock, i.e. is waiting.
+    assert stuck.wait(5)
     with pytest.raises(TimekeeperUnavailable, match="timekeeper unreachable"):
         client.lookup("dead")
     waiter.join(2)

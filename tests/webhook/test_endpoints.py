@@ -155,6 +155,11 @@ BAD_BODIES = [
         "request.namespace must be a non-empty string",
         id="no-namespace",
     ),
+    pytest.param(
+        _with_request(operation="UPDATE", oldObject=[1]),
+        "request.oldObject must be a Pod object for UPDATE",
+        id="old-object-not-a-pod",
+    ),
     pytest.param(b"[" * 100000 + b"]" * 100000, "the body is not JSON", id="deeply-nested-json"),
 ]
 
@@ -376,3 +381,42 @@ def test_generated_reviews_never_get_5xx(
         assert payload["error"] == "bad-request" and payload["message"]
     else:
         assert payload["response"]["uid"] == body["request"]["uid"]
+
+
+def _with_sidecar_image(image: str) -> dict[str, Any]:
+    subject = pod(
+        container("train", limits=gpu(40, 4)),
+        init=[container("gpushare-sidecar", image=image, restartPolicy="Always")],
+    )
+    return subject
+
+
+@pytest.mark.parametrize(
+    ("new_image", "expected"),
+    [
+        pytest.param("registry.example/gpushare:1", {"uid": UID, "allowed": True}, id="same"),
+        pytest.param(
+            "evil.example/fake:1",
+            {
+                "uid": UID,
+                "allowed": False,
+                "status": {
+                    "code": 403,
+                    "reason": "Forbidden",
+                    "message": 'pod rejected: container "gpushare-sidecar" may not change its'
+                    " image (from 'registry.example/gpushare:1' to 'evil.example/fake:1')",
+                },
+            },
+            id="swapped",
+        ),
+    ],
+)
+def test_update_may_not_swap_the_sidecar_image(
+    client: FlaskClient, new_image: str, expected: dict[str, Any]
+) -> None:
+    body = review(_with_sidecar_image(new_image), operation="UPDATE")
+    body["request"]["oldObject"] = _with_sidecar_image("registry.example/gpushare:1")
+    response = client.post("/validate", json=body)
+    assert response.status_code == 200
+    assert response.json is not None
+    assert response.json["response"] == expected

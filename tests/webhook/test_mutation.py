@@ -175,30 +175,11 @@ INJECTED_VOLUMES = ["gpushare-token", "gpushare-spool"]
                 "priorityClassName": "gpushare-standard",
                 "priority": None,
                 "preemptionPolicy": None,
-                "initContainers": [],
-                "containers": ["train"],
-                "volumes": [],
-            },
-            id="annotation-says-injected-nothing-injected",
-        ),
-        pytest.param(
-            pod(
-                container("train", limits=gpu(40, 4)),
-                init=[container("gpushare-sidecar", restartPolicy="Always")],
-                priority=0,
-            ),
-            status("in-budget"),
-            {},
-            {
-                "annotations": {STATE: "in-budget"},
-                "priorityClassName": "gpushare-standard",
-                "priority": None,
-                "preemptionPolicy": None,
                 "initContainers": ["gpushare-sidecar"],
                 "containers": ["train"],
-                "volumes": [],
+                "volumes": INJECTED_VOLUMES,
             },
-            id="sidecar-present-nothing-injected",
+            id="annotation-alone-does-not-skip-injection",
         ),
         pytest.param(
             pod(annotations={STATE: "in-budget"}),
@@ -461,3 +442,62 @@ def test_settings_are_the_only_source_of_sidecar_resources() -> None:
     patched = apply_and_check(pod(), decode_patch(body))
     limits = patched["spec"]["initContainers"][0]["resources"]["limits"]
     assert limits == {"cpu": "250m", "memory": "1Gi"}
+
+
+def _mutated(mode: str = "native") -> dict[str, Any]:
+    subject = pod()
+    return apply_and_check(subject, decode_patch(mutate(subject, sidecar_mode=mode)))
+
+
+def _forged_sidecar() -> dict[str, Any]:
+    return pod(
+        container("train", limits=gpu(40, 4)),
+        init=[container("gpushare-sidecar", restartPolicy="Always")],
+    )
+
+
+def _tampered_env() -> dict[str, Any]:
+    subject = _mutated()
+    for variable in subject["spec"]["initContainers"][0]["env"]:
+        if variable["name"] == "GPUSHARE_VCUDA_CORE":
+            variable["value"] = "1"
+    return subject
+
+
+def _tampered_token_volume() -> dict[str, Any]:
+    subject = _mutated()
+    source = subject["spec"]["volumes"][0]["projected"]["sources"][0]
+    source["serviceAccountToken"]["audience"] = "somebody-else"
+    return subject
+
+
+def _moved_to_containers() -> dict[str, Any]:
+    subject = _mutated()
+    subject["spec"]["containers"].append(subject["spec"].pop("initContainers")[0])
+    return subject
+
+
+SIDECAR_DIFFERS = (
+    'pod rejected: container "gpushare-sidecar" is reserved for the gpushare accounting'
+    " sidecar and differs from the one gpushare injects"
+)
+
+
+@pytest.mark.parametrize(
+    ("subject", "message"),
+    [
+        pytest.param(_forged_sidecar(), SIDECAR_DIFFERS, id="own-container-named-like-sidecar"),
+        pytest.param(_tampered_env(), SIDECAR_DIFFERS, id="sidecar-env-tampered"),
+        pytest.param(_moved_to_containers(), SIDECAR_DIFFERS, id="sidecar-in-wrong-list"),
+        pytest.param(
+            _tampered_token_volume(),
+            'pod rejected: volume "gpushare-token" is reserved for the gpushare accounting'
+            " sidecar and differs from the one gpushare injects",
+            id="token-volume-tampered",
+        ),
+    ],
+)
+def test_a_pod_cannot_bring_its_own_sidecar(subject: dict[str, Any], message: str) -> None:
+    body = mutate(subject)
+    assert body["response"]["allowed"] is False
+    assert body["response"]["status"]["message"] == message

@@ -9,7 +9,8 @@
  *   proc NAME VERSION FLAGS   what cuGetProcAddress_v2 hands out, by identity
  *   call VIA PTSZ             launch+alloc through direct/dlsym/proc entry points
  *   fork                      fork while another thread allocates; children allocate
- *   share PATTERN SECONDS     compute share of a launch pattern: tiny, long or graph
+ *   variants                  one launch through each launch entry point from cuGetProcAddress
+ *   share PATTERN SECONDS W   compute share of a pattern (tiny, long, graph, threads) after W s
  */
 #define _GNU_SOURCE
 #include <cuda.h>
@@ -338,6 +339,46 @@ static int call_via(const char *via, int per_thread) {
   return 0;
 }
 
+/* Launches once through every hooked launch entry point, as cuGetProcAddress hands it out. */
+static int variants(void) {
+  CUmodule module;
+  CUfunction f;
+  CUstream stream;
+  CUgraph graph;
+  CUgraphExec exec;
+  CHECK(cuModuleLoadData(&module, "stub"));
+  CHECK(cuModuleGetFunction(&f, module, "work_1us"));
+  CHECK(cuStreamCreate(&stream, 0));
+  CHECK(cuGraphCreate(&graph, 0));
+  CUDA_KERNEL_NODE_PARAMS node = {.func = f, .gridDimX = 1, .gridDimY = 1, .gridDimZ = 1, .blockDimX = 1,
+                                  .blockDimY = 1, .blockDimZ = 1};
+  CHECK(cuGraphAddKernelNode(NULL, graph, NULL, 0, &node));
+  CHECK(cuGraphInstantiate(&exec, graph, 0));
+  CUlaunchConfig config = {.gridDimX = 1, .gridDimY = 1, .gridDimZ = 1, .blockDimX = 1, .blockDimY = 1,
+                           .blockDimZ = 1, .hStream = stream};
+  static const char *const bases[] = {"cuLaunchKernel", "cuLaunchKernelEx", "cuLaunchCooperativeKernel",
+                                      "cuGraphLaunch"};
+  printf("{");
+  for (int per_thread = 0; per_thread <= 1; per_thread++) {
+    for (int i = 0; i < 4; i++) {
+      void *fn = NULL;
+      CUdriverProcAddressQueryResult status;
+      cuuint64_t flags = per_thread ? CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM : CU_GET_PROC_ADDRESS_DEFAULT;
+      CHECK(cuGetProcAddress(bases[i], &fn, 12000, flags, &status));
+      CUresult rc;
+      if (i == 0) rc = ((__typeof__(&cuLaunchKernel))fn)(f, 1, 1, 1, 1, 1, 1, 0, stream, NULL, NULL);
+      else if (i == 1) rc = ((__typeof__(&cuLaunchKernelEx))fn)(&config, f, NULL, NULL);
+      else if (i == 2) rc = ((__typeof__(&cuLaunchCooperativeKernel))fn)(f, 1, 1, 1, 1, 1, 1, 0, stream, NULL);
+      else rc = ((__typeof__(&cuGraphLaunch))fn)(exec, stream);
+      printf("%s\"%s%s\": {\"rc\": %d, \"launched\": \"%s\", \"recorded\": \"%s\"}",
+             per_thread || i ? ", " : "", bases[i], per_thread ? "_ptsz" : "", (int)rc, gpushareStubLastLaunch(),
+             gpushareStubLastRecord());
+    }
+  }
+  printf("}\n");
+  return 0;
+}
+
 /* ---- fork ---- */
 
 static volatile int stop_churn;
@@ -392,6 +433,25 @@ static int fork_test(size_t parent_bytes, size_t child_bytes) {
 
 /* ---- compute share ---- */
 
+struct launcher {
+  CUfunction f;
+  int64_t until_ns;
+  CUresult rc;
+};
+
+/* A thread launching tiny kernels on its per-thread default stream, as code built with
+ * --default-stream per-thread does (the _ptsz entry point, found through cuGetProcAddress). */
+static void *per_thread_launcher(void *arg) {
+  struct launcher *l = arg;
+  void *fn = NULL;
+  CUdriverProcAddressQueryResult status;
+  cuCtxSetCurrent(context);
+  l->rc = cuGetProcAddress("cuLaunchKernel", &fn, 12000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, &status);
+  while (l->rc == CUDA_SUCCESS && now_ns() < l->until_ns)
+    l->rc = ((__typeof__(&cuLaunchKernel))fn)(l->f, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
+  return NULL;
+}
+
 static int share(const char *pattern, double seconds, double warmup) {
   CUmodule module;
   CUfunction tiny, longk, node;
@@ -414,6 +474,13 @@ static int share(const char *pattern, double seconds, double warmup) {
   int64_t start = now_ns(), t1 = start + (int64_t)(warmup * 1e9), t2 = t1 + (int64_t)(seconds * 1e9);
   int64_t b1 = -1, b2 = -1, s1 = 0, s2 = 0;
   long launches = 0;
+  struct launcher launchers[4];
+  pthread_t threads[4];
+  int threaded = strcmp(pattern, "threads") == 0;
+  for (int i = 0; threaded && i < 4; i++) {
+    launchers[i] = (struct launcher){tiny, t2 + 100000000LL, CUDA_SUCCESS};
+    pthread_create(&threads[i], NULL, per_thread_launcher, &launchers[i]);
+  }
   for (;;) {
     int64_t now = now_ns();
     if (b1 < 0 && now >= t1) {
@@ -427,6 +494,9 @@ static int share(const char *pattern, double seconds, double warmup) {
     }
     if (strcmp(pattern, "tiny") == 0) {
       CHECK(cuLaunchKernel(tiny, 1, 1, 1, 1, 1, 1, 0, stream, NULL, NULL));
+    } else if (threaded) {
+      struct timespec pause = {0, 1000000}; /* the launching happens in the threads */
+      nanosleep(&pause, NULL);
     } else if (strcmp(pattern, "long") == 0) {
       CHECK(cuLaunchKernel(longk, 1, 1, 1, 1, 1, 1, 0, stream, NULL, NULL));
       CHECK(cuStreamSynchronize(stream));
@@ -435,6 +505,8 @@ static int share(const char *pattern, double seconds, double warmup) {
     }
     launches++;
   }
+  for (int i = 0; threaded && i < 4; i++)
+    if (launchers[i].rc != CUDA_SUCCESS) printf("{\"error\": \"thread launch %d\"}\n", (int)launchers[i].rc);
   printf("{\"share\": %.4f, \"busy_ns\": %lld, \"wall_ns\": %lld, \"launches\": %ld}\n",
          (double)(b2 - b1) / (double)(s2 - s1), (long long)(b2 - b1), (long long)(s2 - s1), launches);
   fflush(stdout);
@@ -459,6 +531,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "kinds") == 0 && argc == 3) return kinds(strtoull(argv[2], NULL, 10));
   if (strcmp(cmd, "proc") == 0 && argc == 5) return proc(argv[2], atoi(argv[3]), strtoull(argv[4], NULL, 10));
   if (strcmp(cmd, "call") == 0 && argc == 4) return call_via(argv[2], atoi(argv[3]));
+  if (strcmp(cmd, "variants") == 0) return variants();
   if (strcmp(cmd, "fork") == 0 && argc == 4) return fork_test(strtoull(argv[2], NULL, 10), strtoull(argv[3], NULL, 10));
   if (strcmp(cmd, "share") == 0 && argc == 5) return share(argv[2], atof(argv[3]), atof(argv[4]));
   fprintf(stderr, "hooktool: unknown command or arguments\n");
