@@ -10,6 +10,7 @@ import pytest
 from nodemanager import manager as nodemanager_manager
 from nodemanager import settings as nodemanager_settings
 
+from gpushare import annotations as keys
 from gpushare.cli import build_parser
 from tests.deployment import chart
 from timekeeper import settings as timekeeper_settings
@@ -157,3 +158,15 @@ def test_webhook_environment_passes_its_settings_parser() -> None:
     assert settings.scheduler_node_cache is values["webhook"]["schedulerNodeCache"]
     every = {name for name, _, _ in webhook_settings.describe()}
     assert sorted(every - set(container.env)) == [], "webhook settings the chart does not set"
+
+
+def test_webhook_token_for_the_timekeeper_is_mounted_with_its_audience() -> None:
+    (container,) = [c for c in gpushare_containers() if c.argv[1] == "webhook"]
+    token_file = container.env["GPUSHARE_WEBHOOK_TIMEKEEPER_TOKEN_FILE"]
+    directory, _, filename = token_file.rpartition("/")
+    assert container.mounts["timekeeper-token"] == directory
+    text = (chart.TEMPLATES / "webhook.yaml").read_text()
+    assert (
+        f"- serviceAccountToken: {{audience: {keys.TIMEKEEPER_AUDIENCE}, "
+        f"expirationSeconds: 3600, path: {filename}}}" in text
+    )
