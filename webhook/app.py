@@ -48,6 +48,7 @@ def create_app(
             ttl_seconds=settings.budget_cache_ttl_seconds,
             stale_seconds=settings.budget_stale_seconds,
             retry_seconds=settings.budget_retry_seconds,
+            token_file=settings.timekeeper_token_file,
             metrics=metrics,
         )
     source: BudgetSource = budgets
