@@ -144,6 +144,13 @@ def test_bad_reports_get_400_naming_the_field(
     assert fragment in answer["message"]
 
 
+def test_absurdly_nested_json_is_400(client: FlaskClient) -> None:
+    nested = "[" * 30_000 + "]" * 30_000
+    response = client.post("/api/v1/reports", data=nested, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["message"].startswith("body: must be a JSON object")
+
+
 def test_non_json_body_is_400(client: FlaskClient) -> None:
     response = client.post("/api/v1/reports", data="podUid=1", content_type="text/plain")
     assert response.status_code == 400
