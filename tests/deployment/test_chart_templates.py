@@ -258,3 +258,51 @@ def test_cluster_role_bindings_bind_the_chart_service_accounts() -> None:
             assert "namespace: {{ .Release.Namespace }}" in subjects or (
                 "namespace: {{ $ns }}" in subjects
             )
+
+
+# Kubernetes client calls → (resource, verb); a call missing here fails the test below, so a
+# new API call in a part's code is noticed together with the RBAC rule it needs.
+_VERBS = {"list": "list", "read": "get", "patch": "patch", "create": "create", "delete": "delete"}
+
+
+def api_calls(source: str) -> set[tuple[str, str]]:
+    """(resource, verb) of every `self._core.<method>` in a part's Kubernetes adapter."""
+    found = set()
+    for method, called in re.findall(r"\._core\.(\w+)(\(?)", source):
+        action, _, rest = method.partition("_")
+        resource = rest.replace("namespaced_", "").replace("_for_all_namespaces", "") + "s"
+        assert action in _VERBS, f"unknown Kubernetes client call {method}"
+        # A list method handed to watch.Watch().stream (not called) is a watch.
+        found.add((resource, _VERBS[action] if called else "watch"))
+    return found
+
+
+def granted(template: str) -> set[tuple[str, str]]:
+    text = template_text(template)
+    rules = re.findall(r'resources: \["(\w+)"\]\n\s+verbs: \[([^\]]*)\]', text)
+    return {(resource, verb.strip(' "')) for resource, verbs in rules for verb in verbs.split(",")}
+
+
+@pytest.mark.parametrize(
+    ("sources", "template"),
+    [
+        pytest.param(
+            ["vgpu-runtime/nodemanager/kube.py"], "nodemanager-rbac.yaml", id="nodemanager"
+        ),
+        pytest.param(["webhook/nodecapacity.py"], "webhook.yaml", id="webhook-node-cache"),
+    ],
+)
+def test_cluster_roles_grant_what_the_code_calls(sources: list[str], template: str) -> None:
+    calls = set().union(*(api_calls((chart.ROOT / s).read_text()) for s in sources))
+    assert calls, "no Kubernetes API calls found: the adapter moved?"
+    assert sorted(calls - granted(template)) == []
+
+
+def test_only_these_adapters_call_the_kubernetes_api() -> None:
+    callers = sorted(
+        str(path.relative_to(chart.ROOT))
+        for part in ("timekeeper", "webhook", "sidecar", "vgpu-runtime/nodemanager", "gpushare")
+        for path in (chart.ROOT / part).glob("*.py")
+        if "._core." in path.read_text()
+    )
+    assert callers == ["vgpu-runtime/nodemanager/kube.py", "webhook/nodecapacity.py"]

@@ -219,3 +219,14 @@ def test_wheel_holds_generated_code_and_migrations_and_runs_alone(tmp_path: Path
     )
     assert ran.returncode == 0, ran.stderr
     assert "at revision" in ran.stdout
+
+
+def test_webhook_default_sidecar_image_is_the_chart_image() -> None:
+    from webhook.settings import Settings
+
+    values = chart.load_values()
+    meta = (chart.CHART / "Chart.yaml").read_text()
+    app_version = re.search(r'^appVersion: "([^"]+)"$', meta, re.MULTILINE)
+    assert app_version is not None
+    expected = f"{values['image']['repository']}:{app_version.group(1)}"
+    assert Settings().sidecar_image == expected
