@@ -79,7 +79,8 @@ class ReportEndpoint:
         self._latency = metrics.latency.labels(PATH, "POST")
         self._counters: dict[int, Any] = {}
         self._outcomes = {
-            name: metrics.reports.labels(name) for name in ("stored", "resent", "rejected")
+            name: metrics.reports.labels(name)
+            for name in ("stored", "resent", "rejected", "refused")
         }
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -122,9 +123,13 @@ class ReportEndpoint:
             self._outcomes["stored" if stored else "resent"].inc()
         except TimekeeperError as err:
             status, body, headers = error_response(err)
-            self._outcomes["rejected"].inc()
+            self._outcomes["refused" if status >= 500 else "rejected"].inc()
             log = logger.warning if status >= 500 else logger.info
             log("POST %s -> %d %s: %s", PATH, status, err.code, err.message)
+        except Exception:
+            logger.exception("POST %s failed", PATH)
+            status, body = 500, {"error": "internal", "message": "internal error, see the logs"}
+            self._outcomes["refused"].inc()
         return status, body, headers
 
     def _handle(self, environ: dict[str, Any]) -> tuple[Receipt, bool]:
@@ -141,7 +146,7 @@ class ReportEndpoint:
         if content_type.split(";")[0].strip().lower() == "application/json":
             try:
                 body = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
                 body = None
         if body is None:
             raise InvalidRequest(

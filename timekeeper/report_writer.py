@@ -155,6 +155,11 @@ class ReportWriter:
             engine.dialect.loaded_dbapi.OperationalError,
             engine.dialect.loaded_dbapi.InterfaceError,
         )
+        # raw_connection() hands on the driver's own error, not SQLAlchemy's wrapper.
+        self._connect_errors: tuple[type[BaseException], ...] = (
+            sa.exc.DBAPIError,
+            *self._operational_errors,
+        )
         self._thread_lock = threading.Lock()
         self._sqlite_connection: Any = None
         self._checkpointer: _Checkpointer | None = None
@@ -187,8 +192,8 @@ class ReportWriter:
                 return self._write_sqlite_safely(report, row)
         try:
             connection = self.engine.raw_connection()
-        except sa.exc.OperationalError as err:
-            raise Unavailable(f"the database cannot take the report now: {err.orig}") from err
+        except self._connect_errors as err:
+            raise Unavailable(f"the database cannot take the report now: {err}") from err
         try:
             return self._write_postgres(connection, report, row)
         except self._operational_errors as err:
@@ -203,8 +208,8 @@ class ReportWriter:
         if self._sqlite_connection is None:
             try:
                 connection = self.engine.raw_connection()
-            except sa.exc.OperationalError as err:
-                raise Unavailable(f"the database cannot take the report now: {err.orig}") from err
+            except self._connect_errors as err:
+                raise Unavailable(f"the database cannot take the report now: {err}") from err
             connection.detach()
             connection.execute("PRAGMA wal_autocheckpoint=0")
             self._sqlite_connection = connection

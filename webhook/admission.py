@@ -94,7 +94,7 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
             err,
             extra={"namespace": request.namespace},
         )
-        warnings.append("gpushare: budget unknown (timekeeper unreachable); admitted as in-budget")
+        warnings.append(f"gpushare: budget unknown ({err}); admitted as in-budget")
         state = "in-budget"
         lookup_failed = True
         decision = PriorityDecision(keys.PRIORITY_CLASS_STANDARD)

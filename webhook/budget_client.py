@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from webhook.admission import BudgetLookup
@@ -45,8 +46,12 @@ class _TransportError(TimekeeperUnavailable):
     """The timekeeper could not be reached or answered with a server error."""
 
 
-def http_fetcher(base_url: str, timeout_seconds: float) -> Fetch:
-    """GET {base_url}/api/v1/namespaces/{ns} and decode the status."""
+def http_fetcher(base_url: str, timeout_seconds: float, token_file: str = "") -> Fetch:
+    """GET {base_url}/api/v1/namespaces/{ns} and decode the status.
+
+    With `token_file`, its content is sent as a bearer token, read for every request: a
+    projected ServiceAccount token is rotated by the kubelet, and lookups are rare.
+    """
     parts = urlsplit(base_url.rstrip("/"))
     connection_class = (
         http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
@@ -56,12 +61,16 @@ def http_fetcher(base_url: str, timeout_seconds: float) -> Fetch:
     prefix = parts.path
 
     def fetch(namespace: str) -> BudgetStatus:
+        headers = {"Accept": "application/json"}
+        if token_file:
+            try:
+                headers["Authorization"] = f"Bearer {Path(token_file).read_text().strip()}"
+            except OSError as err:
+                raise TimekeeperUnavailable(f"cannot read the token file: {err}") from err
         connection = connection_class(host, port, timeout=timeout_seconds)
         try:
             connection.request(
-                "GET",
-                f"{prefix}/api/v1/namespaces/{quote(namespace, safe='')}",
-                headers={"Accept": "application/json"},
+                "GET", f"{prefix}/api/v1/namespaces/{quote(namespace, safe='')}", headers=headers
             )
             response = connection.getresponse()
             body = response.read(1024 * 1024)
@@ -215,11 +224,12 @@ def timekeeper_budgets(
     ttl_seconds: float,
     stale_seconds: float,
     retry_seconds: float,
+    token_file: str = "",
     metrics: Metrics | None = None,
 ) -> TimekeeperBudgets:
     """The production BudgetSource: HTTP to the timekeeper, cached."""
     return TimekeeperBudgets(
-        http_fetcher(base_url, timeout_seconds),
+        http_fetcher(base_url, timeout_seconds, token_file),
         timeout_seconds=timeout_seconds,
         ttl_seconds=ttl_seconds,
         stale_seconds=stale_seconds,

@@ -35,6 +35,10 @@ class Settings:
     timekeeper_timeout_seconds: float = field(
         default=0.5, metadata=_doc("Longest an admission waits on the timekeeper.")
     )
+    timekeeper_token_file: str = field(
+        default="",
+        metadata=_doc("Bearer token sent to the timekeeper, read per lookup (optional)."),
+    )
     budget_cache_ttl_seconds: float = field(
         default=15.0, metadata=_doc("A namespace's budget state is fresh this long.")
     )

@@ -144,6 +144,13 @@ def test_bad_reports_get_400_naming_the_field(
     assert fragment in answer["message"]
 
 
+def test_absurdly_nested_json_is_400(client: FlaskClient) -> None:
+    nested = "[" * 30_000 + "]" * 30_000
+    response = client.post("/api/v1/reports", data=nested, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["message"].startswith("body: must be a JSON object")
+
+
 def test_non_json_body_is_400(client: FlaskClient) -> None:
     response = client.post("/api/v1/reports", data="podUid=1", content_type="text/plain")
     assert response.status_code == 400
@@ -398,3 +405,37 @@ def test_openapi_document_is_valid_and_covers_every_route(client: FlaskClient) -
     }
     routes.add(report_endpoint.PATH)  # served in front of Flask (report_endpoint.py)
     assert routes == set(document["paths"])
+
+
+@pytest.mark.postgres
+def test_readyz_fails_when_the_database_is_dropped_under_it(
+    postgres_url: str, postgres_admin_engine: sa.Engine
+) -> None:
+    from timekeeper.api import create_app
+    from timekeeper.auth import Authenticator
+    from timekeeper.policy_source import PolicySource
+    from timekeeper.settings import Settings
+
+    database.upgrade(postgres_url)
+    app = create_app(
+        Settings(database_url=postgres_url),
+        policy_source=PolicySource(None),
+        authenticator=Authenticator(allow_anonymous_reports=True),
+        clock=lambda: NOW,
+    )
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200
+    assert post(client, report_body())[0] == 200
+    name = sa.make_url(postgres_url).database
+    with postgres_admin_engine.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    for _ in range(2):  # the pooled connection breaks first, then new ones cannot connect
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.get_json()["error"] == "unavailable"
+        status, answer = post(
+            client,
+            report_body(sequence=2, start="2026-11-21T05:50:00Z", end="2026-11-21T05:51:00Z"),
+        )
+        assert (status, answer["error"]) == (503, "unavailable")
+    app.extensions["gpushare"]["engine"].dispose()

@@ -137,6 +137,10 @@ class _StatusHandler(BaseHTTPRequestHandler):
         prefix = "/api/v1/namespaces/"
         namespace = self.path[len(prefix) :] if self.path.startswith(prefix) else None
         self.server.requests.append(self.path)
+        required = self.server.required_token
+        if required is not None and self.headers.get("Authorization") != f"Bearer {required}":
+            self._send(401, {"error": "unauthenticated", "message": "a token is required"})
+            return
         if self.server.hang is not None:
             self.server.hang.wait(10)
         found = self.server.statuses.get(namespace or "")
@@ -167,6 +171,7 @@ class FakeTimekeeper(ThreadingHTTPServer):
         self.statuses: dict[str, Any] = {}
         self.requests: list[str] = []
         self.hang: threading.Event | None = None
+        self.required_token: str | None = None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that gave up on a hanging answer is expected here

@@ -193,7 +193,7 @@ class Timekeeper:
 
 @contextmanager
 def serve_timekeeper(
-    directory: Path, budgets_yaml: str, tokens: dict[str, str]
+    directory: Path, budgets_yaml: str, tokens: dict[str, str], *extra: str
 ) -> Iterator[Timekeeper]:
     """Migrate a SQLite ledger, then serve the timekeeper on a free loopback port."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -220,6 +220,7 @@ def serve_timekeeper(
                 *("--database-url", database_url),
                 *("--budgets", str(directory / "budgets.yaml")),
                 *("--tokens", str(directory / "tokens.yaml")),
+                *extra,
             ],
             env=env,
             stdout=log,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -266,3 +267,19 @@ def test_waiters_stop_waiting_once_the_timekeeper_is_found_down() -> None:
     assert len(outcome) == 1
     assert outcome[0].startswith("timekeeper unreachable")
     assert outcome[0].endswith("after 0.1s") or outcome[0].endswith("after 0.0s")
+
+
+def test_bearer_token_read_from_file_per_lookup(timekeeper: FakeTimekeeper, tmp_path: Path) -> None:
+    timekeeper.statuses["team-a"] = wire_status()
+    timekeeper.required_token = "first-token"
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token\n")
+    fetch = http_fetcher(timekeeper.url, 1.0, str(token_file))
+    assert fetch("team-a").state == "in-budget"
+    timekeeper.required_token = "rotated-token"
+    token_file.write_text("rotated-token")
+    assert fetch("team-a").state == "in-budget"
+    with pytest.raises(TimekeeperUnavailable, match='HTTP 401 for namespace "team-a"'):
+        http_fetcher(timekeeper.url, 1.0)("team-a")
+    with pytest.raises(TimekeeperUnavailable, match="cannot read the token file"):
+        http_fetcher(timekeeper.url, 1.0, str(tmp_path / "missing"))("team-a")

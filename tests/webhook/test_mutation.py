@@ -297,7 +297,10 @@ def test_refused(
             pod(),
             FakeBudgets(down=True),
             "in-budget",
-            ["gpushare: budget unknown (timekeeper unreachable); admitted as in-budget"],
+            [
+                "gpushare: budget unknown (timekeeper unreachable: connection refused);"
+                " admitted as in-budget"
+            ],
             id="timekeeper-down-fail-open",
         ),
         pytest.param(

@@ -39,13 +39,27 @@ FAST_CACHE = {
 }
 
 
+@pytest.fixture
+def webhook_env(tmp_path: Path) -> dict[str, str]:
+    token_file = tmp_path / "webhook-token"
+    token_file.write_text(WEBHOOK_TOKEN)
+    return {**FAST_CACHE, "GPUSHARE_WEBHOOK_TIMEKEEPER_TOKEN_FILE": str(token_file)}
+
+
 def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+WEBHOOK_TOKEN = "webhook-token-0123456789abcdef01234567"
+
+
 @pytest.fixture
 def timekeeper(tmp_path: Path) -> Iterator[Timekeeper]:
-    with serve_timekeeper(tmp_path / "timekeeper", BUDGETS, {"busy": BUSY_TOKEN}) as server:
+    tokens = {"busy": BUSY_TOKEN, "gpushare-system": WEBHOOK_TOKEN}
+    # Reads need a token too: the webhook presents its own.
+    with serve_timekeeper(
+        tmp_path / "timekeeper", BUDGETS, tokens, "--read-requires-token"
+    ) as server:
         end = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
         report = {
             "podUid": "0b0e5c1e-0000-4000-8000-000000000001",
@@ -82,8 +96,10 @@ def mutate(webhook: Served, namespace: str) -> dict[str, Any]:
     return answer
 
 
-def test_budget_states_from_the_real_timekeeper(timekeeper: Timekeeper, cert_dir: Path) -> None:
-    with serve_webhook(cert_dir, timekeeper.url, env=FAST_CACHE) as webhook:
+def test_budget_states_from_the_real_timekeeper(
+    timekeeper: Timekeeper, cert_dir: Path, webhook_env: dict[str, str]
+) -> None:
+    with serve_webhook(cert_dir, timekeeper.url, env=webhook_env) as webhook:
         seen = {
             namespace: mutate(webhook, namespace).get("patched")
             for namespace in ("team-a", "busy", "overdrawn", "research")
@@ -121,9 +137,13 @@ def test_budget_states_from_the_real_timekeeper(timekeeper: Timekeeper, cert_dir
     ],
 )
 def test_timekeeper_killed_mid_run(
-    timekeeper: Timekeeper, cert_dir: Path, policy: str, expected_unknown: dict[str, Any]
+    timekeeper: Timekeeper,
+    cert_dir: Path,
+    webhook_env: dict[str, str],
+    policy: str,
+    expected_unknown: dict[str, Any],
 ) -> None:
-    env = {**FAST_CACHE, "GPUSHARE_WEBHOOK_FAILURE_POLICY": policy}
+    env = {**webhook_env, "GPUSHARE_WEBHOOK_FAILURE_POLICY": policy}
     with serve_webhook(cert_dir, timekeeper.url, env=env) as webhook:
         assert mutate(webhook, "busy")["patched"]["state"] == "warning"
         answers: list[tuple[float, dict[str, Any]]] = []
@@ -195,7 +215,17 @@ def test_timekeeper_killed_mid_run(
                 "the webhook's failure policy is fail-closed"
             )
         else:
-            assert unknown["warnings"] == [
-                "gpushare: budget unknown (timekeeper unreachable); admitted as in-budget"
-            ]
+            [warning] = unknown["warnings"]
+            assert warning.startswith("gpushare: budget unknown (timekeeper unreachable")
+            assert warning.endswith("; admitted as in-budget")
         assert webhook.process.poll() is None, "the webhook keeps serving"
+
+
+def test_without_a_token_the_failure_policy_decides(timekeeper: Timekeeper, cert_dir: Path) -> None:
+    with serve_webhook(cert_dir, timekeeper.url, env=FAST_CACHE) as webhook:
+        answer = mutate(webhook, "team-a")
+    assert answer["allowed"] is True
+    assert answer["warnings"] == [
+        'gpushare: budget unknown (timekeeper answered HTTP 401 for namespace "team-a");'
+        " admitted as in-budget"
+    ]
