@@ -420,3 +420,19 @@ def test_update_may_not_swap_the_sidecar_image(
     assert response.status_code == 200
     assert response.json is not None
     assert response.json["response"] == expected
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_bodies_larger_than_one_read_chunk(client: FlaskClient, chunked: bool) -> None:
+    data = json.dumps(review(pod(annotations={"big": "x" * 300_000}))).encode()
+    headers = {"Transfer-Encoding": "chunked"} if chunked else {}
+    response = client.post(
+        "/validate",
+        input_stream=io.BytesIO(data),
+        headers=headers,
+        content_length=None if chunked else len(data),
+        environ_overrides={"wsgi.input_terminated": True} if chunked else {},
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.json is not None
+    assert response.json["response"]["allowed"] is True

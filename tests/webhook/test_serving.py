@@ -207,3 +207,12 @@ def test_rotated_certificate_is_served_without_dropping_requests(
             webhook.context().wrap_socket(raw, server_hostname="localhost") as tls,
         ):
             assert tls.getpeercert(binary_form=True) == new
+
+
+def test_large_review_over_tls(served: Served) -> None:
+    subject = pod(annotations={"big": "x" * 500_000})
+    status, body = served.post("/mutate", review(subject))
+    assert status == 200
+    assert apply_and_check(subject, decode_patch(body))["spec"]["initContainers"][0]["name"] == (
+        "gpushare-sidecar"
+    )
