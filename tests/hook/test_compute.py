@@ -1,6 +1,9 @@
 """Compute share on the simulated device: the container's kernels take the target share of
 wall time (±3 points) for many tiny kernels without synchronisation, long kernels with
-synchronisation, and CUDA graphs; the limiter sleeps instead of spinning."""
+synchronisation, and CUDA graphs; the limiter sleeps instead of spinning.
+
+The share asserted is the median of five 0.2 s windows: the test machines are shared, and a
+stall of the test process (not of the limiter) would otherwise decide the outcome."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import pytest
 
 from tests.hook.conftest import ToolRunner, parse_lines
 
-MEASURE_SECONDS = "0.8"
+MEASURE_SECONDS = "1.0"  # five windows of 0.2 s; the median window is asserted
 WARMUP_SECONDS = "0.25"
 
 
@@ -24,7 +27,7 @@ def test_share_is_held_to_the_core_limit(tool: ToolRunner, pattern: str, target:
     out = tool(
         "share", pattern, MEASURE_SECONDS, WARMUP_SECONDS, GPUSHARE_CORE_LIMIT=str(target)
     ).output
-    assert abs(out["share"] - target / 100) <= 0.03, out
+    assert abs(out["median"] - target / 100) <= 0.03, out
 
 
 @pytest.mark.parametrize(
@@ -46,12 +49,12 @@ def test_burst_to_soft_limit_only_when_the_gpu_is_idle(
         GPUSHARE_CORE_SOFT_LIMIT="60",
         GPUSHARE_STUB_FOREIGN_UTIL=foreign_util,
     ).output
-    assert abs(out["share"] - expected) <= 0.03, out
+    assert abs(out["median"] - expected) <= 0.03, out
 
 
 def test_threads_on_per_thread_default_streams_share_one_budget(tool: ToolRunner) -> None:
     out = tool("share", "threads", MEASURE_SECONDS, WARMUP_SECONDS, GPUSHARE_CORE_LIMIT="40").output
-    assert abs(out["share"] - 0.40) <= 0.03, out
+    assert abs(out["median"] - 0.40) <= 0.03, out
 
 
 def test_processes_of_a_container_share_one_budget(
@@ -62,7 +65,7 @@ def test_processes_of_a_container_share_one_budget(
     processes = [
         subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)
     ]
-    shares = [parse_lines(p.communicate(timeout=30)[0])[-1]["share"] for p in processes]
+    shares = [parse_lines(p.communicate(timeout=30)[0])[-1]["median"] for p in processes]
     assert abs(sum(shares) - 0.50) <= 0.03, shares
 
 

@@ -2,8 +2,8 @@
  *
  * Every process of the container shares one token bucket per device (in the shared state):
  * it fills with GPU time at the container's share of wall time (core or, while the rest of the
- * GPU is idle, soft limit) and holds at most 1 ms + 100 ms x rate of it. A launch is admitted
- * while the bucket is not negative and is charged an estimate of its cost up front (so a program
+ * GPU is idle, soft limit) and holds at most 1 ms + min(100 ms x rate, 20 ms) of it. A launch is
+ * admitted while the bucket is not negative and is charged an estimate of its cost up front (so a program
  * that queues thousands of tiny kernels without synchronising cannot run ahead); events recorded
  * around it on its stream later give the real cost, and the difference is settled. When the
  * bucket is negative, the launching thread sleeps until it holds GS_BUCKET_RESUME_NS again:

@@ -38,7 +38,10 @@ uint64_t gs_array_bytes(uint64_t width, uint64_t height, uint64_t depth, unsigne
 }
 
 int64_t gs_bucket_capacity_ns(int percent) {
-  return GS_BUCKET_RESUME_NS + GS_BUCKET_WINDOW_NS * percent / 100;
+  /* Large enough to make up for a launching thread that wakes late; small enough that the
+   * make-up burst (which drains at 100 % - percent) stays short at high percentages. */
+  int64_t bank = GS_BUCKET_WINDOW_NS * percent / 100;
+  return GS_BUCKET_RESUME_NS + (bank < GS_BUCKET_BANK_NS ? bank : GS_BUCKET_BANK_NS);
 }
 
 int64_t gs_bucket_refill(int64_t tokens_ns, int64_t elapsed_ns, int percent) {

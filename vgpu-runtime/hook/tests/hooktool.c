@@ -433,6 +433,13 @@ static int fork_test(size_t parent_bytes, size_t child_bytes) {
 
 /* ---- compute share ---- */
 
+#define SHARE_WINDOWS 5
+
+static int compare_doubles(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
 struct launcher {
   CUfunction f;
   int64_t until_ns;
@@ -471,8 +478,11 @@ static int share(const char *pattern, double seconds, double warmup) {
     CHECK(cuStreamEndCapture(capture, &graph));
     CHECK(cuGraphInstantiate(&exec, graph, 0));
   }
+  /* The measurement is cut into SHARE_WINDOWS equal windows: the median window is robust to a
+   * stall of this process on a loaded machine, which the whole-run share is not. */
   int64_t start = now_ns(), t1 = start + (int64_t)(warmup * 1e9), t2 = t1 + (int64_t)(seconds * 1e9);
-  int64_t b1 = -1, b2 = -1, s1 = 0, s2 = 0;
+  int64_t sample_at[SHARE_WINDOWS + 1], sample_busy[SHARE_WINDOWS + 1];
+  int samples = 0;
   long launches = 0;
   struct launcher launchers[4];
   pthread_t threads[4];
@@ -483,14 +493,10 @@ static int share(const char *pattern, double seconds, double warmup) {
   }
   for (;;) {
     int64_t now = now_ns();
-    if (b1 < 0 && now >= t1) {
-      b1 = gpushareStubBusyNs(0);
-      s1 = now;
-    }
-    if (now >= t2) {
-      b2 = gpushareStubBusyNs(0);
-      s2 = now;
-      break;
+    if (now >= t1 + (t2 - t1) * samples / SHARE_WINDOWS) {
+      sample_busy[samples] = gpushareStubBusyNs(0);
+      sample_at[samples++] = now;
+      if (samples == SHARE_WINDOWS + 1) break;
     }
     if (strcmp(pattern, "tiny") == 0) {
       CHECK(cuLaunchKernel(tiny, 1, 1, 1, 1, 1, 1, 0, stream, NULL, NULL));
@@ -507,8 +513,16 @@ static int share(const char *pattern, double seconds, double warmup) {
   }
   for (int i = 0; threaded && i < 4; i++)
     if (launchers[i].rc != CUDA_SUCCESS) printf("{\"error\": \"thread launch %d\"}\n", (int)launchers[i].rc);
-  printf("{\"share\": %.4f, \"busy_ns\": %lld, \"wall_ns\": %lld, \"launches\": %ld}\n",
-         (double)(b2 - b1) / (double)(s2 - s1), (long long)(b2 - b1), (long long)(s2 - s1), launches);
+  double windows[SHARE_WINDOWS];
+  printf("{\"windows\": [");
+  for (int i = 0; i < SHARE_WINDOWS; i++) {
+    windows[i] = (double)(sample_busy[i + 1] - sample_busy[i]) / (double)(sample_at[i + 1] - sample_at[i]);
+    printf("%s%.4f", i ? ", " : "", windows[i]);
+  }
+  qsort(windows, SHARE_WINDOWS, sizeof windows[0], compare_doubles);
+  int64_t busy = sample_busy[SHARE_WINDOWS] - sample_busy[0], wall = sample_at[SHARE_WINDOWS] - sample_at[0];
+  printf("], \"median\": %.4f, \"share\": %.4f, \"busy_ns\": %lld, \"wall_ns\": %lld, \"launches\": %ld}\n",
+         windows[SHARE_WINDOWS / 2], (double)busy / (double)wall, (long long)busy, (long long)wall, launches);
   fflush(stdout);
   _exit(0); /* do not wait for the queued work */
 }
