@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import random
 
-    from sidecar import logs, settings
+    from gpushare import logs
+    from sidecar import settings
     from sidecar.agent import Agent, AgentConfig
     from sidecar.backoff import Backoff
     from sidecar.client import TimekeeperClient

@@ -7,17 +7,18 @@ scan of the ledger.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from timekeeper.auth import Identity, authorize_report
-from timekeeper.budgets import BudgetPolicy
+from timekeeper.budgets import Budget, BudgetPolicy
 from timekeeper.errors import InvalidRequest
 from timekeeper.ledger import Ledger, Receipt, gpu_hours_from_core_microseconds
 from timekeeper.periods import period_window
 from timekeeper.policy_source import PolicySource
 from timekeeper.reports import Report, check_timing, is_namespace_name
-from timekeeper.states import BudgetStatus, budget_status
+from timekeeper.states import EXHAUSTED, BudgetStatus, budget_status, refill_time
 
 
 def utc_now() -> datetime:
@@ -66,7 +67,7 @@ class Accounting:
         budget = self.policy_source.current().budget_for(namespace)
         start, end = period_window(budget, at)
         used = self.ledger.used_core_microseconds(namespace, start, end)
-        return budget_status(namespace, budget, gpu_hours_from_core_microseconds(used), at)
+        return self._status(namespace, budget, used, at)
 
     def statuses(self) -> list[BudgetStatus]:
         """Every namespace that has its own budget entry or any use in its current period."""
@@ -82,8 +83,18 @@ class Accounting:
             start, end = period_window(budget, at)
             used[name] = self.ledger.used_core_microseconds(name, start, end)
         return [
-            budget_status(
-                name, policy.budget_for(name), gpu_hours_from_core_microseconds(used[name]), at
-            )
-            for name in sorted(used)
+            self._status(name, policy.budget_for(name), used[name], at) for name in sorted(used)
         ]
+
+    def _status(
+        self, namespace: str, budget: Budget, used_core_microseconds: int, at: datetime
+    ) -> BudgetStatus:
+        status = budget_status(
+            namespace, budget, gpu_hours_from_core_microseconds(used_core_microseconds), at
+        )
+        if status.state != EXHAUSTED or budget.period.kind != "rolling":
+            return status
+        # Only an exhausted rolling window needs its buckets: when its use slides out.
+        buckets = self.ledger.used_by_bucket(namespace, status.period_start, status.period_end)
+        hours = {start: gpu_hours_from_core_microseconds(used) for start, used in buckets.items()}
+        return dataclasses.replace(status, refills_at=refill_time(budget, at, hours))

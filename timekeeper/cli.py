@@ -151,13 +151,13 @@ def serve_command(args: argparse.Namespace) -> int:
             print(f"gpushare timekeeper: {problem}", file=sys.stderr)
         return 2
 
+    from gpushare import logs
     from timekeeper import database
     from timekeeper.budgets import BudgetsError
     from timekeeper.errors import ConfigError
-    from timekeeper.logs import configure_logging
     from timekeeper.server import ServeOptions, serve
 
-    configure_logging(settings.log_format, settings.log_level)
+    logs.configure(log_format=settings.log_format, level=settings.log_level)
     if not args.no_migrate:
         database.upgrade(settings.database)
     options = ServeOptions(

@@ -125,6 +125,19 @@ class Ledger:
             ).scalar_one()
         return int(total)
 
+    def used_by_bucket(self, namespace: str, start: datetime, end: datetime) -> dict[datetime, int]:
+        """The charge of `namespace` in each bucket that starts within `[start, end)`."""
+        buckets = usage_buckets
+        with self._read() as connection:
+            rows = connection.execute(
+                sa.select(buckets.c.bucket_start, buckets.c.core_microseconds).where(
+                    buckets.c.namespace == namespace,
+                    buckets.c.bucket_start >= start,
+                    buckets.c.bucket_start < end,
+                )
+            ).all()
+        return {row.bucket_start: int(row.core_microseconds) for row in rows}
+
     def used_by_namespace(
         self, start: datetime, end: datetime, namespaces: Iterable[str] | None = None
     ) -> dict[str, int]:

@@ -262,6 +262,7 @@ def openapi_document() -> dict[str, Any]:
                         "whenExhausted",
                         "burnRateGpuHoursPerDay",
                         "projectedGpuHours",
+                        "refillsAt",
                     ],
                     "properties": {
                         "namespace": {"type": "string"},
@@ -274,6 +275,11 @@ def openapi_document() -> dict[str, Any]:
                         "whenExhausted": {"type": "string", "enum": ["deprioritize", "deny"]},
                         "burnRateGpuHoursPerDay": {"type": "number"},
                         "projectedGpuHours": {"type": "number"},
+                        "refillsAt": {
+                            "description": "when an exhausted namespace stops being exhausted "
+                            "if it uses nothing more; null when not exhausted or never",
+                            "oneOf": [_TIME, {"type": "null"}],
+                        },
                     },
                 },
                 "NamespaceList": {

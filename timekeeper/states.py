@@ -52,6 +52,10 @@ class BudgetStatus:
     """Average use per day: over the period so far (calendar), over the window (rolling)."""
     projected_gpu_hours: float
     """Use at `period_end` if the burn rate holds."""
+    refills_at: datetime | None = None
+    """When an exhausted namespace stops being exhausted if it uses nothing more: the period's
+    end for calendar periods, the moment enough use has slid out of a rolling window (see
+    `refill_time`). None when not exhausted, or never (a budget of 0)."""
 
 
 def budget_state(budget: Budget, used_gpu_hours: float) -> str:
@@ -87,9 +91,13 @@ def budget_status(
         left_seconds = max((end - at).total_seconds(), 0.0)
         projected = used_gpu_hours + burn_per_day * left_seconds / _DAY_SECONDS
     remaining = None if budget.gpu_hours is None else max(budget.gpu_hours - used_gpu_hours, 0.0)
+    state = budget_state(budget, used_gpu_hours)
+    # A rolling window's refill depends on when the use happened, not only on how much: the
+    # caller that holds the buckets fills it in with `refill_time`.
+    refills = state == EXHAUSTED and budget.gpu_hours != 0 and budget.period.kind != "rolling"
     return BudgetStatus(
         namespace=namespace,
-        state=budget_state(budget, used_gpu_hours),
+        state=state,
         budget_gpu_hours=budget.gpu_hours,
         used_gpu_hours=used_gpu_hours,
         remaining_gpu_hours=remaining,
@@ -98,6 +106,7 @@ def budget_status(
         when_exhausted=budget.when_exhausted,
         burn_rate_gpu_hours_per_day=burn_per_day,
         projected_gpu_hours=projected,
+        refills_at=end if refills else None,
     )
 
 
@@ -146,6 +155,7 @@ def status_to_json(status: BudgetStatus) -> dict[str, object]:
         "whenExhausted": status.when_exhausted,
         "burnRateGpuHoursPerDay": _hours(status.burn_rate_gpu_hours_per_day),
         "projectedGpuHours": _hours(status.projected_gpu_hours),
+        "refillsAt": None if status.refills_at is None else rfc3339(status.refills_at),
     }
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import sys
 
+from gpushare import logs
 from timekeeper.api import create_app
 from timekeeper.errors import ConfigError
-from timekeeper.logs import configure_logging
 from timekeeper.settings import settings_from_environment
 
 try:
@@ -24,5 +24,5 @@ except ConfigError as err:
         print(f"timekeeper: {problem}", file=sys.stderr)
     raise SystemExit(2) from err
 
-configure_logging(settings.log_format, settings.log_level)
+logs.configure(log_format=settings.log_format, level=settings.log_level)
 app = create_app(settings)

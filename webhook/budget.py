@@ -31,6 +31,8 @@ class BudgetStatus:
     used_gpu_hours: float
     budget_gpu_hours: float | None
     period_end: str | None
+    refills_at: str | None = None
+    """When an exhausted namespace stops being exhausted (null from older timekeepers)."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,16 @@ def parse_status(namespace: str, body: object) -> BudgetStatus:
         raise StatusFormatError(f"whenExhausted={when!r} is not one of deprioritize, deny")
     used = _number(body, "usedGpuHours", default=0.0)
     budget = None if body.get("budgetGpuHours") is None else _number(body, "budgetGpuHours")
-    period_end = body.get("periodEnd")
-    if period_end is not None and not isinstance(period_end, str):
-        raise StatusFormatError(f"periodEnd={period_end!r} is not an RFC 3339 string")
-    return BudgetStatus(namespace, state, when, used, budget, period_end)
+    period_end = _time(body, "periodEnd")
+    refills_at = _time(body, "refillsAt")
+    return BudgetStatus(namespace, state, when, used, budget, period_end, refills_at)
+
+
+def _time(body: Mapping[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, str):
+        raise StatusFormatError(f"{field}={value!r} is not an RFC 3339 string")
+    return value
 
 
 def _number(body: Mapping[str, Any], field: str, default: float | None = None) -> float:
@@ -74,7 +82,8 @@ def decide_priority(status: BudgetStatus) -> PriorityDecision:
         return PriorityDecision(keys.PRIORITY_CLASS_OVERBUDGET)
     hours = status.budget_gpu_hours
     budget = "an unlimited" if hours is None else f"its {hours:g}"
-    refill = status.period_end or "the next budget period"
+    # A rolling window refills as old use slides out, sooner than its end: prefer refillsAt.
+    refill = status.refills_at or status.period_end or "the next budget period"
     return PriorityDecision(
         None,
         denial=(

@@ -75,11 +75,11 @@ def register(subcommands: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_webhook(args: argparse.Namespace) -> int:
-    from webhook import logs
+    from gpushare import logs
     from webhook.errors import SettingsError
     from webhook.wsgi import settings_from_env
 
-    logs.configure(args.log_level, args.log_format)
+    logs.configure(log_format=args.log_format, level=args.log_level)
     overrides = {
         setting: getattr(args, flag)
         for flag, setting in _FLAG_SETTINGS.items()

@@ -54,6 +54,9 @@ class _Application(BaseApplication):
             "ssl_context": self._ssl_context,
             "accesslog": "-" if options.access_log else None,
             "proc_name": "gpushare-webhook",
+            # gunicorn's control socket sits in the home folder, shared by every server of
+            # the user; nothing here uses it.
+            "control_socket_disable": True,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)

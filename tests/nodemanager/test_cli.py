@@ -14,12 +14,12 @@ import pytest
 from nodemanager.daemon import Daemon
 from nodemanager.inventory import SimulatedInventory
 from nodemanager.kube import KubernetesApi
-from nodemanager.logs import JsonLines
 from nodemanager.placement import Policy
 from nodemanager.settings import Settings, SettingsError, parse_settings
 
 from gpushare import cli
 from gpushare.annotations import NODE_GPU_CAPACITY
+from gpushare.logs import JsonFormatter
 from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod
 from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet, wait_until
 
@@ -187,8 +187,8 @@ def test_json_log_lines() -> None:
         {"name": "nodemanager.x", "levelname": "WARNING", "msg": "GPU %d is %s",
          "args": (1, "UNHEALTHY"), "created": 0.0}
     )  # fmt: skip
-    assert json.loads(JsonLines().format(record)) == {
-        "time": "1970-01-01T00:00:00Z",
+    assert json.loads(JsonFormatter().format(record)) == {
+        "time": "1970-01-01T00:00:00.000Z",
         "level": "warning",
         "logger": "nodemanager.x",
         "message": "GPU 1 is UNHEALTHY",

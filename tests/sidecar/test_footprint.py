@@ -25,7 +25,7 @@ PROBE = """
 import sys
 from gpushare import cli
 parser = cli.build_parser()  # imports every part's cli, as `gpushare sidecar` does
-import sidecar.agent, sidecar.client, sidecar.clock, sidecar.logs, sidecar.nvml
+import sidecar.agent, sidecar.client, sidecar.clock, gpushare.logs, sidecar.nvml
 import sidecar.settings, sidecar.signals, sidecar.spool, sidecar.tokens
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in %r or m in %r)
 print(','.join(heavy))

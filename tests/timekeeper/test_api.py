@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from flask.testing import FlaskClient
 from tests.timekeeper.conftest import NOW, MakeApp, minute_report, report_body
 from timekeeper import database, report_endpoint
 from timekeeper.openapi import openapi_document
+from timekeeper.states import rfc3339
 
 BUDGETS = """
 defaults:
@@ -174,11 +176,39 @@ def test_namespace_status_follows_the_budget(make_app: MakeApp) -> None:
         "whenExhausted": "deny",
         "burnRateGpuHoursPerDay": status["burnRateGpuHoursPerDay"],
         "projectedGpuHours": status["projectedGpuHours"],
+        "refillsAt": None,
     }
     assert status["burnRateGpuHoursPerDay"] == pytest.approx(50 / 60 / 20.25, abs=1e-6)
     for index in range(51, 61):
         post(client, minute_report(index, namespace="interns", core=100))
-    assert client.get("/api/v1/namespaces/interns").get_json()["state"] == "exhausted"
+    status = client.get("/api/v1/namespaces/interns").get_json()
+    assert (status["state"], status["refillsAt"]) == ("exhausted", "2026-12-01T00:00:00Z")
+
+
+def test_exhausted_rolling_window_refills_when_enough_use_slides_out(make_app: MakeApp) -> None:
+    budgets = "namespaces:\n  ci: {period: 'rolling:7d', gpuHours: 1, whenExhausted: deny}\n"
+    client = make_app(budgets=budgets).test_client()
+    # Two days ago 40 minutes of a whole GPU (buckets of 15, 15 and 10 minutes), an hour ago
+    # 45 more: 85 minutes of a 60-minute budget. Use slides out a bucket at a time, 7 days
+    # after the bucket began: once the first two older buckets are out, 55 minutes remain.
+    older = NOW - timedelta(days=2)
+    newer = NOW - timedelta(hours=1)
+    for sequence, (start, minutes) in enumerate([(older, 40), (newer, 45)], start=1):
+        body = report_body(
+            namespace="ci",
+            sequence=sequence,
+            vcudaCore=100,
+            start=rfc3339(start),
+            end=rfc3339(start + timedelta(minutes=minutes)),
+        )
+        assert post(client, body)[0] == 200
+    status = client.get("/api/v1/namespaces/ci").get_json()
+    assert status["state"] == "exhausted"
+    assert status["refillsAt"] == rfc3339(older + timedelta(days=7, minutes=15))
+    listed = client.get("/api/v1/namespaces").get_json()["namespaces"]
+    assert [entry["refillsAt"] for entry in listed if entry["namespace"] == "ci"] == [
+        status["refillsAt"]
+    ]
 
 
 def test_reports_before_the_period_do_not_count(make_app: MakeApp) -> None:

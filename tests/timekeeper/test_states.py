@@ -96,6 +96,7 @@ AT = datetime(2026, 11, 11, 0, 0, tzinfo=UTC)  # 10 days into a 30-day month
                 "whenExhausted": "deprioritize",
                 "burnRateGpuHoursPerDay": 10.0,
                 "projectedGpuHours": 300.0,
+                "refillsAt": None,
             },
             id="in-budget-projection-over-the-month",
         ),
@@ -115,6 +116,7 @@ AT = datetime(2026, 11, 11, 0, 0, tzinfo=UTC)  # 10 days into a 30-day month
                 "whenExhausted": "deny",
                 "burnRateGpuHoursPerDay": 1.25,
                 "projectedGpuHours": 37.5,
+                "refillsAt": "2026-12-01T00:00:00Z",
             },
             id="exhausted-remaining-never-negative",
         ),
@@ -134,6 +136,7 @@ AT = datetime(2026, 11, 11, 0, 0, tzinfo=UTC)  # 10 days into a 30-day month
                 "whenExhausted": "deprioritize",
                 "burnRateGpuHoursPerDay": 0.1,
                 "projectedGpuHours": 3.0,
+                "refillsAt": None,
             },
             id="unlimited-nulls",
         ),
@@ -153,6 +156,7 @@ AT = datetime(2026, 11, 11, 0, 0, tzinfo=UTC)  # 10 days into a 30-day month
                 "whenExhausted": "deprioritize",
                 "burnRateGpuHoursPerDay": 5.0,
                 "projectedGpuHours": 35.0,
+                "refillsAt": None,
             },
             id="rolling-rate-is-window-average",
         ),
@@ -172,6 +176,7 @@ AT = datetime(2026, 11, 11, 0, 0, tzinfo=UTC)  # 10 days into a 30-day month
                 "whenExhausted": "deprioritize",
                 "burnRateGpuHoursPerDay": 48.0,
                 "projectedGpuHours": 1440.466667,
+                "refillsAt": None,
             },
             id="first-minute-rate-averaged-over-one-bucket",
         ),
@@ -199,6 +204,22 @@ def test_status_fields() -> None:
         burn_rate_gpu_hours_per_day=10.0,
         projected_gpu_hours=300.0,
     )
+
+
+@pytest.mark.parametrize(
+    ("b", "used", "refills_at"),
+    [
+        pytest.param(budget(10.0), 10.0, datetime(2026, 12, 1, tzinfo=UTC), id="calendar-at-end"),
+        pytest.param(budget(10.0), 9.0, None, id="not-exhausted-none"),
+        pytest.param(budget(0.0), 0.0, None, id="zero-budget-never"),
+        pytest.param(budget(None), 1e6, None, id="unlimited-none"),
+        pytest.param(
+            budget(1.0, period=Period("rolling", 7)), 2.0, None, id="rolling-left-to-caller"
+        ),
+    ],
+)
+def test_refills_at(b: Budget, used: float, refills_at: datetime | None) -> None:
+    assert budget_status("team-a", b, used, AT).refills_at == refills_at
 
 
 def test_fractional_seconds_on_the_wire() -> None:

@@ -86,8 +86,9 @@ def status(
     used: float = 1.0,
     budget: float | None = 10.0,
     period_end: str = "2026-12-01T00:00:00Z",
+    refills_at: str | None = None,
 ) -> BudgetStatus:
-    return BudgetStatus(namespace, state, when_exhausted, used, budget, period_end)
+    return BudgetStatus(namespace, state, when_exhausted, used, budget, period_end, refills_at)
 
 
 @dataclass

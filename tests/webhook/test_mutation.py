@@ -255,6 +255,24 @@ def test_allowed_untouched(
             id="exhausted-deny-with-figures-and-refill",
         ),
         pytest.param(
+            pod(),
+            FakeBudgets(
+                default=status(
+                    "exhausted",
+                    "deny",
+                    used=40.5,
+                    budget=40.0,
+                    period_end="2026-11-21T06:15:00Z",
+                    refills_at="2026-11-23T14:30:00Z",
+                )
+            ),
+            {},
+            'pod rejected: namespace "team-a" has used 40.50 of its 40 GPU-hours budget and'
+            " refuses new GPU pods when it is exhausted; the budget refills at"
+            " 2026-11-23T14:30:00Z",
+            id="exhausted-rolling-deny-refills-when-use-slides-out",
+        ),
+        pytest.param(
             pod(container(limits=gpu(150, 8))),
             FakeBudgets(),
             {},

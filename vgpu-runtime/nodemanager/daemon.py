@@ -8,7 +8,7 @@ import threading
 import time
 from types import FrameType
 
-from nodemanager import logs
+from gpushare import logs
 from nodemanager.inventory import Inventory, SimulatedInventory
 from nodemanager.kube import (
     KubeletPodResources,
@@ -126,7 +126,7 @@ def build_inventory(settings: Settings) -> Inventory:
 
 def run(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; the exit code of the command."""
-    logs.setup(settings.log_level, settings.log_format)
+    logs.configure(log_format=settings.log_format, level=settings.log_level)
     kubernetes = None
     if settings.kubernetes:
         try:
