@@ -215,3 +215,26 @@ def test_every_launch_entry_point_is_measured_through_its_own_variant(tool: Tool
             "recorded": "cuEventRecord_ptsz",
         }
     assert out == expected
+
+
+@pytest.mark.parametrize(
+    ("symbol", "flags", "expected_hook"),
+    [
+        pytest.param("cuMemAlloc", DEFAULT, "cuMemAlloc_v2", id="memalloc"),
+        pytest.param("cuLaunchKernel", DEFAULT, "cuLaunchKernel", id="launch"),
+        pytest.param("cuLaunchKernel", PER_THREAD, "cuLaunchKernel_ptsz", id="launch-ptsz"),
+    ],
+)
+def test_internal_driver_addresses_are_hooked_by_name(
+    tool: ToolRunner, symbol: str, flags: int, expected_hook: str
+) -> None:
+    # A driver may hand out internal addresses that match none of its exported symbols.
+    out = tool("proc", symbol, "12000", str(flags), GPUSHARE_STUB_INTERNAL_ENTRY_POINTS="1").output
+    assert (out["rc"], out["hook"], out["stub"]) == (0, expected_hook, None)
+
+
+def test_internal_driver_addresses_still_enforce_limits(tool: ToolRunner) -> None:
+    out = tool(
+        "call", "proc", "1", GPUSHARE_MEMORY_LIMIT="1Gi", GPUSHARE_STUB_INTERNAL_ENTRY_POINTS="1"
+    ).output
+    assert (out["called"], out["over_limit_rc"]) == ("cuLaunchKernel_ptsz", 2)

@@ -112,6 +112,9 @@ def test_memory_of_a_killed_process_is_reclaimed(
     assert read_json_line(holder) == {"rc": CUDA_SUCCESS}
     held = tool("info", GPUSHARE_MEMORY_LIMIT="1Gi").output
     assert held["free"] == GIB - int(0.8 * GIB)
+    # NVML, asked by another process, agrees with cuMemGetInfo about the container's use
+    for nvml in ("nvml_v1", "nvml_v2"):
+        assert held[nvml] == {"total": GIB, "free": held["free"], "used": int(0.8 * GIB)}
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=10)
     after = start_holder(spawn, int(0.8 * GIB), wait=False)

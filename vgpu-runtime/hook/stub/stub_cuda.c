@@ -1095,6 +1095,29 @@ static const struct proc_entry proc_table[] = {
 };
 #define PROC_COUNT (sizeof proc_table / sizeof proc_table[0])
 
+/* With GPUSHARE_STUB_INTERNAL_ENTRY_POINTS=1, cuGetProcAddress hands out internal addresses for
+ * these (as a driver may), so an interposer cannot recognise them by address. */
+static CUresult internal_mem_alloc(CUdeviceptr *dptr, size_t bytes) { return cuMemAlloc_v2(dptr, bytes); }
+static CUresult internal_launch(LAUNCH_ARGS, void **extra) {
+  return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra);
+}
+static CUresult internal_launch_ptsz(LAUNCH_ARGS, void **extra) {
+  return cuLaunchKernel_ptsz(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra);
+}
+
+static void *internal_entry_point(void *fn) {
+  static int enabled = -1;
+  if (enabled < 0) {
+    const char *text = getenv("GPUSHARE_STUB_INTERNAL_ENTRY_POINTS");
+    enabled = text != NULL && strcmp(text, "1") == 0;
+  }
+  if (!enabled) return fn;
+  if (fn == (void *)cuMemAlloc_v2) return (void *)internal_mem_alloc;
+  if (fn == (void *)cuLaunchKernel) return (void *)internal_launch;
+  if (fn == (void *)cuLaunchKernel_ptsz) return (void *)internal_launch_ptsz;
+  return fn;
+}
+
 STUB_EXPORT void *gpushareStubSymbol(const char *name) {
   for (size_t i = 0; i < PROC_COUNT; i++)
     if (strcmp(proc_table[i].symbol, name) == 0) return proc_table[i].fn;
@@ -1117,7 +1140,7 @@ static CUresult getproc_v2(const char *symbol, void **pfn, int version, cuuint64
     if (e->version > version) continue;
     if (best == NULL || e->version > best->version) best = e;
   }
-  *pfn = best ? best->fn : NULL;
+  *pfn = best ? internal_entry_point(best->fn) : NULL;
   if (status != NULL)
     *status = best ? CU_GET_PROC_ADDRESS_SUCCESS
                    : (found_name ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND);
