@@ -146,6 +146,61 @@ def test_bad_reports_get_400_naming_the_field(
     assert fragment in answer["message"]
 
 
+_VALID = (
+    '"podUid": "u-1", "pod": "p", "namespace": "team-a", "start": "2026-11-21T05:49:00Z", '
+    '"end": "2026-11-21T05:50:00Z", "vcudaCore": 50, "vcudaMemory": 4'
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param(
+            '{"sequence": 1, "sequence": 2, ' + _VALID + "}",
+            "body: sequence: given twice; a report names each field once (plain JSON would "
+            "silently keep the last)",
+            id="duplicate-key",
+        ),
+        pytest.param(
+            '{"sequence": NaN, ' + _VALID + "}",
+            "invalid report: sequence: must be an integer, not a number (got nan)",
+            id="sequence-nan",
+        ),
+        pytest.param(
+            '{"sequence": 1e400, ' + _VALID + "}",
+            "invalid report: sequence: must be an integer, not a number (got inf)",
+            id="sequence-overflowing-float",
+        ),
+        pytest.param(
+            '{"sequence": 9223372036854775808, ' + _VALID + "}",
+            "invalid report: sequence: must be an integer in 1..9223372036854775807 "
+            "(got 9223372036854775808)",
+            id="sequence-beyond-int64",
+        ),
+        pytest.param(
+            '{"sequence": 1, "smUtilization": Infinity, ' + _VALID + "}",
+            "invalid report: smUtilization: must be a number in 0..1 (got inf)",
+            id="utilization-infinity",
+        ),
+        pytest.param(
+            '{"sequence": 1, '
+            + _VALID.replace("2026-11-21T05:49:00Z", "0001-01-01T00:00:00+01:00")
+            + "}",
+            "invalid report: start: must lie between 1970-01-01T00:00:00Z and "
+            "9000-01-01T00:00:00Z (a node clock that was never set, or a typo) "
+            "(got '0001-01-01T00:00:00+01:00')",
+            id="start-before-year-1-in-utc",
+        ),
+    ],
+)
+def test_bad_raw_report_bodies_are_400(client: FlaskClient, raw: str, message: str) -> None:
+    response = client.post("/api/v1/reports", data=raw, content_type="application/json")
+    assert (response.status_code, response.get_json()) == (
+        400,
+        {"error": "invalid", "message": message},
+    )
+
+
 def test_absurdly_nested_json_is_400(client: FlaskClient) -> None:
     nested = "[" * 30_000 + "]" * 30_000
     response = client.post("/api/v1/reports", data=nested, content_type="application/json")
@@ -326,7 +381,28 @@ def test_usage_range_is_clipped(client: FlaskClient) -> None:
             "to: must be after from",
             id="reversed",
         ),
-        pytest.param("timezone=Mars/Olympus", "timezone: must be an IANA time zone", id="zone"),
+        pytest.param("timezone=Mars/Olympus", "timezone: unknown time zone", id="zone"),
+        pytest.param(
+            "timezone=localtime",
+            "timezone: unknown time zone; use an IANA name such as UTC or Europe/Berlin "
+            "(got 'localtime')",
+            id="zone-of-the-host",
+        ),
+        pytest.param(
+            "from=0001-01-01T00:00:00%2B01:00",
+            "from: must lie between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z",
+            id="from-before-year-1-in-utc",
+        ),
+        pytest.param(
+            "from=0001-01-01T00:00:00Z&to=0001-01-02T00:00:00Z&group_by=day",
+            "from: must lie between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z",
+            id="year-1",
+        ),
+        pytest.param(
+            "from=2016-11-21T00:00:00Z&to=2026-11-21T00:00:00Z",
+            "to: the range may span at most 400 days (got 3652 days)",
+            id="ten-years",
+        ),
     ],
 )
 def test_bad_usage_queries_are_400(client: FlaskClient, query: str, fragment: str) -> None:
