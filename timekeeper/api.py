@@ -103,7 +103,11 @@ def create_app(
         clock=clock,
     )
     auth = authenticator if authenticator is not None else build_authenticator(settings)
-    metrics = Metrics(accounting.statuses, multiprocess_dir=settings.metrics_multiprocess_dir)
+    metrics = Metrics(
+        accounting.statuses,
+        multiprocess_dir=settings.metrics_multiprocess_dir,
+        budgets_file=policy_source,
+    )
 
     app = Flask("timekeeper")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

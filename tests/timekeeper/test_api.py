@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -496,6 +498,44 @@ def test_metrics_show_budgets_and_requests(make_app: MakeApp) -> None:
         'gpushare_timekeeper_http_request_duration_seconds_count{method="POST",'
         'route="/api/v1/reports"} 32.0' in text
     )
+
+
+@pytest.mark.parametrize(
+    "bad_content",
+    [
+        pytest.param(b"defaults: {gpuHours: ten}\n", id="invalid-value"),
+        pytest.param(b"\xff\xfe not text", id="not-utf8"),
+        pytest.param(b"defaults: [", id="not-yaml"),
+        pytest.param(None, id="file-removed"),
+    ],
+)
+def test_a_budgets_file_turning_bad_while_serving_keeps_the_last_good_policy(
+    make_app: MakeApp, tmp_path: Path, bad_content: bytes | None
+) -> None:
+    client = make_app(budgets=BUDGETS, budgets_check_seconds=0).test_client()
+    budgets = tmp_path / "budgets-0.yaml"
+    assert post(client, minute_report(1, namespace="interns", core=100))[0] == 200
+
+    def seen() -> tuple[Any, ...]:
+        status = client.get("/api/v1/namespaces/interns").get_json()
+        text = client.get("/metrics").get_data(as_text=True)
+        rejected = re.search(r"^gpushare_timekeeper_budgets_file_rejected (\S+)$", text, re.M)
+        return (
+            status["budgetGpuHours"],
+            status["whenExhausted"],
+            client.get("/readyz").status_code,
+            rejected.group(1) if rejected else None,
+        )
+
+    assert seen() == (1.0, "deny", 200, "0.0")
+    if bad_content is None:
+        budgets.unlink()
+    else:
+        budgets.write_bytes(bad_content)
+    assert seen() == (1.0, "deny", 200, "1.0"), "the last good policy stays, the refusal shows"
+    assert post(client, minute_report(2, namespace="interns", core=100))[0] == 200
+    budgets.write_text(BUDGETS.replace("gpuHours: 1,", "gpuHours: 2,"))
+    assert seen() == (2.0, "deny", 200, "0.0"), "a good file is taken and clears the refusal"
 
 
 def test_openapi_document_is_valid_and_covers_every_route(client: FlaskClient) -> None:
