@@ -226,8 +226,12 @@ def migrate(action: Any, url: str, revision: str) -> str | None:
 
 def usage_command(args: argparse.Namespace) -> int:
     """`gpushare usage [NAMESPACE]`."""
-    from timekeeper.usage_table import UsageClientError, print_usage
+    from timekeeper.usage_table import UsageClientError, check_url, print_usage
 
+    problem = check_url(args.url)
+    if problem is not None:
+        print(f"gpushare usage: --url: {problem} (got {args.url!r})", file=sys.stderr)
+        return 2
     try:
         print_usage(args.url, args.namespace, token=args.token, out=sys.stdout)
     except UsageClientError as err:
