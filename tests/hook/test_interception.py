@@ -238,3 +238,21 @@ def test_internal_driver_addresses_still_enforce_limits(tool: ToolRunner) -> Non
         "call", "proc", "1", GPUSHARE_MEMORY_LIMIT="1Gi", GPUSHARE_STUB_INTERNAL_ENTRY_POINTS="1"
     ).output
     assert (out["called"], out["over_limit_rc"]) == ("cuLaunchKernel_ptsz", 2)
+
+
+@pytest.mark.parametrize(
+    ("symbol", "expected"),
+    [
+        # The hook is the next object after the program (it is preloaded): its function.
+        pytest.param(
+            "cuMemAlloc_v2", {"null": False, "hook": "cuMemAlloc_v2", "stub": None}, id="hooked"
+        ),
+        # The hook does not define cuInit: the driver's, found after the hook.
+        pytest.param("cuInit", {"null": False, "hook": None, "stub": "cuInit"}, id="driver"),
+        pytest.param("cuNoSuchThing", {"null": True, "hook": None, "stub": None}, id="missing"),
+    ],
+)
+def test_dlsym_rtld_next_stays_relative_to_the_caller(
+    tool: ToolRunner, symbol: str, expected: dict[str, object]
+) -> None:
+    assert tool("next", symbol).output == expected

@@ -294,9 +294,9 @@ static int proc(const char *name, int version, unsigned long long flags) {
   return 0;
 }
 
-static int dlsym_identity(const char *name) {
+static int dlsym_identity(const char *name, int next) {
   void *driver = dlopen("libcuda.so.1", RTLD_NOW);
-  void *fn = driver ? dlsym(driver, name) : NULL;
+  void *fn = next ? dlsym(RTLD_NEXT, name) : driver ? dlsym(driver, name) : NULL;
   printf("{\"null\": %s, ", fn == NULL ? "true" : "false");
   print_identity(fn);
   printf("}\n");
@@ -536,7 +536,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   const char *cmd = argv[1];
-  if (strcmp(cmd, "dlsym") == 0 && argc == 3) return dlsym_identity(argv[2]);
+  if (strcmp(cmd, "dlsym") == 0 && argc == 3) return dlsym_identity(argv[2], 0);
+  if (strcmp(cmd, "next") == 0 && argc == 3) return dlsym_identity(argv[2], 1);
   setup();
   if (strcmp(cmd, "info") == 0) return info();
   if (strcmp(cmd, "sweep") == 0) return sweep();
