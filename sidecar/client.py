@@ -82,7 +82,10 @@ class TimekeeperClient:
             "Authorization": f"Bearer {self._tokens.token()}",
             "User-Agent": "gpushare-sidecar",
         }
-        connection = self._connection(timeout_seconds)
+        try:
+            connection = self._connection(timeout_seconds)
+        except OSError as err:  # ssl.SSLError: a CA bundle that stopped loading
+            return Outcome("retry", None, f"no connection: {type(err).__name__}: {err}")
         try:
             connection.request("POST", self._path, body=body, headers=headers)
             response = connection.getresponse()

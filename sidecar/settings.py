@@ -361,6 +361,16 @@ def preflight(settings: Settings) -> list[str]:
         problems.append(
             f"GPUSHARE_TIMEKEEPER_CA_FILE: must be a readable file (got {settings.ca_file!r})"
         )
+    elif settings.ca_file:
+        import ssl  # only a sidecar given a CA bundle pays for it
+
+        try:
+            ssl.create_default_context(cafile=settings.ca_file)
+        except (ssl.SSLError, OSError) as err:
+            problems.append(
+                f"GPUSHARE_TIMEKEEPER_CA_FILE: must be a PEM bundle of CA certificates, "
+                f"{getattr(err, 'reason', None) or err} (got {settings.ca_file!r})"
+            )
     try:
         os.makedirs(settings.spool_dir, exist_ok=True)
     except OSError as err:

@@ -288,3 +288,42 @@ def test_preflight_ignores_the_token_file_when_a_static_token_is_given(tmp_path:
     )
     assert preflight(settings) == []
     assert (tmp_path / "spool").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param(
+            "tokens: []\n",
+            "GPUSHARE_TIMEKEEPER_CA_FILE: must be a PEM bundle of CA certificates, "
+            "NO_CERTIFICATE_OR_CRL_FOUND (got '{path}')",
+            id="not-pem",
+        ),
+        pytest.param(
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+            "GPUSHARE_TIMEKEEPER_CA_FILE: must be a PEM bundle of CA certificates, "
+            "{reason} (got '{path}')",
+            id="damaged-pem",
+        ),
+    ],
+)
+def test_preflight_loads_the_ca_bundle(tmp_path: Path, content: str, problem: str) -> None:
+    # Once found only at the first delivery, where it crashed the sidecar.
+    import ssl
+
+    path = tmp_path / "ca.crt"
+    path.write_text(content)
+    try:
+        ssl.create_default_context(cafile=str(path))
+        reason = "loaded"
+    except ssl.SSLError as err:
+        reason = err.reason or str(err)
+    settings = from_environ(
+        {
+            **REQUIRED,
+            "GPUSHARE_TOKEN": "static",
+            "GPUSHARE_TIMEKEEPER_CA_FILE": str(path),
+            "GPUSHARE_SPOOL_DIR": str(tmp_path / "spool"),
+        }
+    )
+    assert preflight(settings) == [problem.format(path=path, reason=reason)]
