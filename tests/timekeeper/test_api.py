@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from tests.timekeeper.conftest import NOW, MakeApp, minute_report, report_body
 from timekeeper import database, report_endpoint
 from timekeeper.openapi import openapi_document
+from timekeeper.reports import parse_rfc3339
 from timekeeper.states import rfc3339
 
 BUDGETS = """
@@ -266,6 +267,82 @@ def test_exhausted_rolling_window_refills_when_enough_use_slides_out(make_app: M
     assert [entry["refillsAt"] for entry in listed if entry["namespace"] == "ci"] == [
         status["refillsAt"]
     ]
+
+
+@pytest.mark.parametrize(
+    ("budget", "now", "start", "end", "used_gpu_hours", "period_start"),
+    [
+        pytest.param(
+            "{period: day, timezone: Europe/Berlin}",
+            "2026-11-21T06:00:00Z",
+            "2026-11-20T22:50:00Z",
+            "2026-11-20T23:10:00Z",
+            round(10 / 60, 6),
+            "2026-11-20T23:00:00Z",
+            id="day-berlin-10-of-20-minutes-inside",
+        ),
+        pytest.param(
+            "{period: month, timezone: America/New_York}",
+            "2026-11-01T12:00:00Z",  # the day the clocks go back
+            "2026-11-01T03:55:00Z",
+            "2026-11-01T04:05:00Z",
+            round(5 / 60, 6),
+            "2026-11-01T04:00:00Z",
+            id="month-new-york-on-the-dst-change",
+        ),
+        pytest.param(
+            "{period: week, timezone: Asia/Kathmandu}",
+            "2026-11-23T06:00:00Z",  # a Monday
+            "2026-11-22T18:00:00Z",
+            "2026-11-22T18:30:00Z",
+            0.25,
+            "2026-11-22T18:15:00Z",
+            id="week-kathmandu-offset-0545",
+        ),
+        pytest.param(
+            "{period: 'rolling:1d'}",
+            "2026-11-21T06:00:00Z",
+            "2026-11-20T06:00:00Z",
+            "2026-11-20T06:30:00Z",
+            0.25,
+            "2026-11-20T06:15:00Z",
+            id="rolling-day-oldest-bucket-slid-out",
+        ),
+    ],
+)
+def test_a_report_straddling_the_period_start_counts_only_inside(
+    make_app: MakeApp,
+    budget: str,
+    now: str,
+    start: str,
+    end: str,
+    used_gpu_hours: float,
+    period_start: str,
+) -> None:
+    instant = parse_rfc3339(now)
+    client = make_app(
+        budgets=f"defaults: {{gpuHours: 10}}\nnamespaces:\n  team-a: {budget}\n",
+        clock=lambda: instant,
+    ).test_client()
+    status, answer = post(client, report_body(start=start, end=end, vcudaCore=100))
+    assert status == 200, answer
+    state = client.get("/api/v1/namespaces/team-a").get_json()
+    usage = client.get("/api/v1/namespaces/team-a/usage").get_json()
+    assert (state["periodStart"], state["usedGpuHours"], usage["totalGpuHours"]) == (
+        period_start,
+        used_gpu_hours,
+        used_gpu_hours,
+    )
+
+
+def test_a_resend_after_the_policy_changed_gets_the_first_answer(make_app: MakeApp) -> None:
+    first_app = make_app(budgets=BUDGETS).test_client()
+    first = post(first_app, report_body(namespace="interns", vcudaCore=100))
+    assert first[0] == 200
+    second_app = make_app(budgets=BUDGETS.replace("gpuHours: 1,", "gpuHours: 5,")).test_client()
+    assert post(second_app, report_body(namespace="interns", vcudaCore=100)) == first
+    status = second_app.get("/api/v1/namespaces/interns").get_json()
+    assert (status["budgetGpuHours"], status["usedGpuHours"]) == (5.0, round(60 / 3600, 6))
 
 
 def test_reports_before_the_period_do_not_count(make_app: MakeApp) -> None:
