@@ -89,7 +89,7 @@ def run_webhook(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_env(**overrides)
     except SettingsError as err:
-        problems.extend(err.problems)
+        problems.extend(_name_flags(err.problems, overrides))
     for flag, path in (("--cert", args.cert), ("--key", args.key)):
         if not Path(path).is_file():
             problems.append(f"{flag}: no such file (got {path!r})")
@@ -106,10 +106,20 @@ def run_webhook(args: argparse.Namespace) -> int:
 
     import ssl
 
+    from webhook.certs import validity_problem
+
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(args.cert, args.key)
     except (OSError, ssl.SSLError) as err:
-        print(f"gpushare webhook: --cert/--key do not load: {err}", file=sys.stderr)
+        print(
+            f"gpushare webhook: --cert/--key do not load ({err}): both must be PEM files and"
+            f" the key must be the certificate's (got {args.cert!r} and {args.key!r})",
+            file=sys.stderr,
+        )
+        return 2
+    expiry = validity_problem(Path(args.cert))
+    if expiry is not None:
+        print(f"gpushare webhook: --cert: {expiry} (got {args.cert!r})", file=sys.stderr)
         return 2
 
     from webhook.app import create_app
@@ -130,6 +140,23 @@ def run_webhook(args: argparse.Namespace) -> int:
         ),
     )
     return 0
+
+
+def _name_flags(problems: list[str], overrides: dict[str, str]) -> list[str]:
+    """Problems of settings given as flags name the flag first (the variable was not set)."""
+    from webhook.settings import ENV_PREFIX
+
+    flags = {setting: flag for flag, setting in _FLAG_SETTINGS.items()}
+    named = []
+    for problem in problems:
+        for setting in overrides:
+            variable = ENV_PREFIX + setting.upper()
+            if problem.startswith(variable + ":"):
+                flag = "--" + flags[setting].replace("_", "-")
+                problem = f"{flag} ({variable}){problem[len(variable) :]}"
+                break
+        named.append(problem)
+    return named
 
 
 def run_certs_generate(args: argparse.Namespace) -> int:
