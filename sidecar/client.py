@@ -82,7 +82,10 @@ class TimekeeperClient:
             "Authorization": f"Bearer {self._tokens.token()}",
             "User-Agent": "gpushare-sidecar",
         }
-        connection = self._connection(timeout_seconds)
+        try:
+            connection = self._connection(timeout_seconds)
+        except OSError as err:  # ssl.SSLError: a CA bundle that stopped loading
+            return Outcome("retry", None, f"no connection: {type(err).__name__}: {err}")
         try:
             connection.request("POST", self._path, body=body, headers=headers)
             response = connection.getresponse()
@@ -90,6 +93,16 @@ class TimekeeperClient:
             status = response.status
         except (OSError, http.client.HTTPException) as err:
             return Outcome("retry", None, f"no answer: {type(err).__name__}: {err}")
+        except ValueError:
+            # http.client refuses a header value with a line break or beyond Latin-1: a token
+            # file caught mid-write or damaged. Not the interval's fault: read it again, retry.
+            self._tokens.invalidate()
+            return Outcome(
+                "retry",
+                None,
+                "the bearer token cannot be sent in a header (a line break or "
+                "a character beyond Latin-1); reading the token again",
+            )
         finally:
             connection.close()
         if 200 <= status < 300:

@@ -23,7 +23,18 @@ LOG_FORMATS: Final = ("json", "text")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+# Each dot-separated part a DNS label, as the timekeeper checks it ("a..b" and "a.-b" are not).
+_DNS_SUBDOMAIN = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_BEARER = re.compile(r"^[\x21-\x7e]+$")
+"""A bearer token as an HTTP header can carry it: printable ASCII, no spaces or breaks."""
+MAX_VCUDA_CORE: Final = 100_000
+"""The timekeeper's bound on a report's vcudaCore (a thousand whole GPUs)."""
+MAX_VCUDA_MEMORY: Final = 1_000_000
+"""The timekeeper's bound on a report's vcudaMemory."""
+BEARER_RULE: Final = "must be printable ASCII without spaces or line breaks (a bearer token)"
+"""What a token must be; messages describe a bad token (its length), never print it."""
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -179,17 +190,23 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
         "GPUSHARE_VCUDA_CORE",
         default=None,
         parse=int,
-        rule="must be a whole number of vcuda-core units >= 1 (1 = 1 % of a GPU)",
-        check=lambda v: v >= 1,
+        rule=f"must be a whole number of vcuda-core units in 1..{MAX_VCUDA_CORE} "
+        "(1 = 1 % of a GPU)",
+        check=lambda v: 1 <= v <= MAX_VCUDA_CORE,
     )
     memory = env.number(
         "GPUSHARE_VCUDA_MEMORY",
         default=None,
         parse=int,
-        rule="must be a whole number of vcuda-memory units >= 0 (1 = 256 MiB)",
-        check=lambda v: v >= 0,
+        rule=f"must be a whole number of vcuda-memory units in 0..{MAX_VCUDA_MEMORY} (1 = 256 MiB)",
+        check=lambda v: 0 <= v <= MAX_VCUDA_MEMORY,
     )
     token = env.text("GPUSHARE_TOKEN", default="")
+    if token.strip() and not _BEARER.match(token.strip()):
+        # The value is a secret: describe it, never print it.
+        env.problems.append(
+            f"GPUSHARE_TOKEN: {BEARER_RULE} (got a value of {len(token.strip())} characters)"
+        )
     token_file = env.text(
         "GPUSHARE_TOKEN_FILE",
         default=DEFAULT_TOKEN_FILE,
@@ -319,11 +336,22 @@ def preflight(settings: Settings) -> list[str]:
     if not settings.token:
         try:
             with open(settings.token_file, encoding="utf-8") as token_file:
-                if not token_file.read().strip():
-                    problems.append(
-                        f"GPUSHARE_TOKEN_FILE: must hold a token, the file is empty "
-                        f"(got {settings.token_file!r})"
-                    )
+                content = token_file.read().strip()
+            if not content:
+                problems.append(
+                    f"GPUSHARE_TOKEN_FILE: must hold a token, the file is empty "
+                    f"(got {settings.token_file!r})"
+                )
+            elif not _BEARER.match(content):
+                problems.append(
+                    f"GPUSHARE_TOKEN_FILE: the token {BEARER_RULE} (got a token of "
+                    f"{len(content)} characters from {settings.token_file!r})"
+                )
+        except UnicodeDecodeError:
+            problems.append(
+                f"GPUSHARE_TOKEN_FILE: the token {BEARER_RULE} (got a file that is not UTF-8 "
+                f"text: {settings.token_file!r})"
+            )
         except OSError as err:
             problems.append(
                 f"GPUSHARE_TOKEN_FILE: must be a readable file when GPUSHARE_TOKEN is unset, "
@@ -333,6 +361,16 @@ def preflight(settings: Settings) -> list[str]:
         problems.append(
             f"GPUSHARE_TIMEKEEPER_CA_FILE: must be a readable file (got {settings.ca_file!r})"
         )
+    elif settings.ca_file:
+        import ssl  # only a sidecar given a CA bundle pays for it
+
+        try:
+            ssl.create_default_context(cafile=settings.ca_file)
+        except (ssl.SSLError, OSError) as err:
+            problems.append(
+                f"GPUSHARE_TIMEKEEPER_CA_FILE: must be a PEM bundle of CA certificates, "
+                f"{getattr(err, 'reason', None) or err} (got {settings.ca_file!r})"
+            )
     try:
         os.makedirs(settings.spool_dir, exist_ok=True)
     except OSError as err:

@@ -49,9 +49,12 @@ class FileToken:
         if signature != self._signature:
             try:
                 with open(self._path, encoding="utf-8") as handle:
-                    self._value = handle.read().strip()
-            except OSError:
+                    value = handle.read().strip()
+            except (OSError, UnicodeDecodeError):
                 return self._value
+            if not value:
+                return self._value  # caught between truncation and write: read it again
+            self._value = value
             self._signature = signature
         return self._value
 

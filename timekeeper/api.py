@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import Flask, Response, g, jsonify, request
@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from timekeeper.accounting import Accounting, utc_now
 from timekeeper.auth import Authenticator, KeySource, TokenVerifier, load_tokens
+from timekeeper.budgets import parse_timezone
 from timekeeper.database import make_engine
 from timekeeper.errors import (
     Conflict,
@@ -102,7 +103,11 @@ def create_app(
         clock=clock,
     )
     auth = authenticator if authenticator is not None else build_authenticator(settings)
-    metrics = Metrics(accounting.statuses, multiprocess_dir=settings.metrics_multiprocess_dir)
+    metrics = Metrics(
+        accounting.statuses,
+        multiprocess_dir=settings.metrics_multiprocess_dir,
+        budgets_file=policy_source,
+    )
 
     app = Flask("timekeeper")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -195,11 +200,9 @@ def create_app(
             )
         zone_name = request.args.get("timezone", budget.timezone)
         try:
-            zone = ZoneInfo(zone_name)
-        except (ZoneInfoNotFoundError, ValueError) as err:
-            raise InvalidRequest(
-                f"timezone: must be an IANA time zone like Europe/Berlin (got {zone_name!r})"
-            ) from err
+            zone = ZoneInfo(parse_timezone(zone_name))
+        except ValueError as err:
+            raise InvalidRequest(f"timezone: {err} (got {zone_name!r})") from err
         rows = ledger.usage(namespace, start, end, group_by=group_by, day_zone=zone)
         if form == "csv":
             return Response(

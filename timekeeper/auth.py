@@ -10,6 +10,7 @@ name and pod UID come from its `kubernetes.io` claims. Tokens are never logged.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import ssl
@@ -24,7 +25,7 @@ import jwt
 import yaml
 
 from gpushare.annotations import TIMEKEEPER_AUDIENCE
-from timekeeper.errors import ConfigError, Forbidden, Unauthenticated
+from timekeeper.errors import ConfigError, Forbidden, Unauthenticated, Unavailable
 from timekeeper.reports import Report, is_namespace_name
 
 logger = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class KeySource:
         self._lock = threading.Lock()
         self._keys: dict[str, Any] = {}
         self._fetched_at = float("-inf")
+        self._fetch_error: str | None = None
         if jwks_file is not None:
             self._keys = _parse_jwks(_read_json_file(jwks_file), source=str(jwks_file))
             self._fetched_at = float("inf")
@@ -158,6 +160,13 @@ class KeySource:
                 if time.monotonic() - self._fetched_at > JWKS_MIN_REFETCH_SECONDS:
                     self._refresh()
             key = self._pick(kid)
+        if key is None and self._fetch_error is not None:
+            # Not the caller's fault: a 401 would make a sidecar give the interval up, a 503
+            # makes it retry until the keys can be fetched again.
+            raise Unavailable(
+                f"cannot verify the token now: the signing keys cannot be fetched "
+                f"({self._fetch_error}); retry later"
+            )
         if key is None:
             raise Unauthenticated(f"token signed with an unknown key (kid {kid!r})")
         return key
@@ -174,8 +183,11 @@ class KeySource:
         try:
             url = self._jwks_url or self._discover()
             self._keys = _parse_jwks(self._fetch(url), source=url)
-        except (OSError, ValueError, ConfigError) as err:
-            # Keep the keys we had; the caller gets 401 for a key we cannot find.
+            self._fetch_error = None
+        except (OSError, ValueError, ConfigError, http.client.HTTPException) as err:
+            # Keep the keys we had; a token whose key we cannot find gets 503 (retry) while
+            # the keys cannot be fetched, 401 once they can and still lack it.
+            self._fetch_error = str(err)
             logger.error("cannot fetch the ServiceAccount signing keys: %s", err)
 
     def _discover(self) -> str:

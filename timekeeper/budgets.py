@@ -235,7 +235,7 @@ def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Probl
             if key == "period":
                 period = parse_period(string(value, _PERIOD_RULE))
             elif key == "timezone":
-                timezone = _parse_timezone(string(value, "must be an IANA time zone name"))
+                timezone = parse_timezone(string(value, "must be an IANA time zone name"))
             elif key == "gpuHours":
                 gpu_hours = _parse_gpu_hours(value)
             elif key == "warnAtPercent":
@@ -254,7 +254,8 @@ def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Probl
     return Budget(period, timezone, gpu_hours, warn_at_percent, when_exhausted)
 
 
-def _parse_timezone(name: str) -> str:
+def parse_timezone(name: str) -> str:
+    """`name` if it is an IANA zone an admin can mean (not `localtime`), else `ValueError`."""
     if not name or name.startswith("/") or ".." in name.split("/"):
         raise ValueError("must be an IANA time zone name such as UTC or Europe/Berlin")
     known = _known_timezones()

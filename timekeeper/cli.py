@@ -122,7 +122,7 @@ def register(subcommands: argparse._SubParsersAction[Any]) -> None:
         parser.set_defaults(func=db_command, action=action)
 
 
-def _settings_or_exit(raw: dict[str, object]) -> Any:
+def _settings_or_exit(raw: dict[str, object], command: str = "gpushare timekeeper") -> Any:
     from timekeeper.errors import ConfigError
     from timekeeper.settings import parse_settings
 
@@ -130,7 +130,7 @@ def _settings_or_exit(raw: dict[str, object]) -> Any:
         return parse_settings(raw, label=flag)
     except ConfigError as err:
         for problem in err.problems:
-            print(f"gpushare timekeeper: {problem}", file=sys.stderr)
+            print(f"{command}: {problem}", file=sys.stderr)
         return None
 
 
@@ -159,7 +159,10 @@ def serve_command(args: argparse.Namespace) -> int:
 
     logs.configure(log_format=settings.log_format, level=settings.log_level)
     if not args.no_migrate:
-        database.upgrade(settings.database)
+        failure = migrate(database.upgrade, settings.database, "head")
+        if failure is not None:
+            print(f"gpushare timekeeper: {failure}", file=sys.stderr)
+            return 1
     options = ServeOptions(
         host=args.host,
         port=args.port,
@@ -178,7 +181,8 @@ def serve_command(args: argparse.Namespace) -> int:
 def db_command(args: argparse.Namespace) -> int:
     """`gpushare db upgrade|downgrade`."""
     settings = _settings_or_exit(
-        {"database_url": args.database_url, "allow_unauthenticated_reports": True}
+        {"database_url": args.database_url, "allow_unauthenticated_reports": True},
+        f"gpushare db {args.action}",
     )
     if settings is None:
         return 2
@@ -186,13 +190,10 @@ def db_command(args: argparse.Namespace) -> int:
 
     from timekeeper import database
 
-    try:
-        if args.action == "upgrade":
-            database.upgrade(settings.database, args.revision)
-        else:
-            database.downgrade(settings.database, args.revision)
-    except sa.exc.OperationalError as err:
-        print(f"gpushare db {args.action}: cannot reach the database: {err.orig}", file=sys.stderr)
+    action = database.upgrade if args.action == "upgrade" else database.downgrade
+    problem = migrate(action, settings.database, args.revision)
+    if problem is not None:
+        print(f"gpushare db {args.action}: {problem}", file=sys.stderr)
         return 1
     engine = database.make_engine(settings.database)
     with engine.connect() as connection:
@@ -203,10 +204,34 @@ def db_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def migrate(action: Any, url: str, revision: str) -> str | None:
+    """Run `action(url, revision)` (`database.upgrade` or `downgrade`); None when it worked,
+    else one line saying what went wrong (never a traceback)."""
+    import sqlalchemy as sa
+    from alembic.util import CommandError
+
+    shown = sa.make_url(url).render_as_string(hide_password=True)
+    try:
+        action(url, revision)
+    except sa.exc.OperationalError as err:
+        return f"cannot reach the database {shown}: {str(err.orig).strip()}"
+    except sa.exc.DatabaseError as err:
+        return f"{shown} is not a usable database: {str(err.orig).strip()}"
+    except CommandError as err:
+        return f"revision: {err} (got {revision!r})"
+    except OSError as err:
+        return f"cannot create the database {shown}: {err.strerror or err}"
+    return None
+
+
 def usage_command(args: argparse.Namespace) -> int:
     """`gpushare usage [NAMESPACE]`."""
-    from timekeeper.usage_table import UsageClientError, print_usage
+    from timekeeper.usage_table import UsageClientError, check_url, print_usage
 
+    problem = check_url(args.url)
+    if problem is not None:
+        print(f"gpushare usage: --url: {problem} (got {args.url!r})", file=sys.stderr)
+        return 2
     try:
         print_usage(args.url, args.namespace, token=args.token, out=sys.stdout)
     except UsageClientError as err:

@@ -5,7 +5,8 @@ several workers they must be summed over the workers: `PROMETHEUS_MULTIPROC_DIR`
 empty folder shared by the workers (prometheus-client then keeps each worker's values in
 files there) and `/metrics` collects them with `MultiProcessCollector`. The budget gauges
 (budget, used, remaining per namespace) are read from the database at scrape time by
-`BudgetCollector`, so they are right whichever worker answers.
+`BudgetCollector`, so they are right whichever worker answers; `BudgetsFileCollector` says
+whether the budgets file on disk was refused.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from timekeeper.policy_source import PolicySource
 from timekeeper.states import BudgetStatus
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,30 @@ class BudgetCollector(Collector):
         yield from (budget, used, remaining, state)
 
 
+class BudgetsFileCollector(Collector):
+    """Whether the budgets file on disk is in force, read from this worker's policy source
+    when scraped (every worker checks the same file, so they agree within one check)."""
+
+    def __init__(self, source: PolicySource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        self._source.current()  # a scrape checks the file like any other request
+        rejected = GaugeMetricFamily(
+            f"{PREFIX}_budgets_file_rejected",
+            "1 while the budgets file is invalid and the last good policy stays in force",
+        )
+        rejected.add_metric([], 1.0 if self._source.last_error is not None else 0.0)
+        yield rejected
+        loaded = self._source.loaded_at
+        if loaded is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_budgets_loaded_timestamp_seconds",
+                "When the budgets policy in force was loaded (Unix time)",
+                value=loaded.timestamp(),
+            )
+
+
 class Metrics:
     """The metrics of one app, on its own registry."""
 
@@ -75,6 +101,7 @@ class Metrics:
         statuses: Callable[[], list[BudgetStatus]],
         *,
         multiprocess_dir: Path | None = None,
+        budgets_file: PolicySource | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -96,10 +123,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        self._budgets = BudgetCollector(statuses)
+        self._budgets: list[Collector] = [BudgetCollector(statuses)]
+        if budgets_file is not None:
+            self._budgets.append(BudgetsFileCollector(budgets_file))
         self._multiprocess_dir = multiprocess_dir
         if multiprocess_dir is None:
-            self.registry.register(self._budgets)
+            for collector in self._budgets:
+                self.registry.register(collector)
 
     def render(self) -> bytes:
         """The text exposition of every metric (all workers', in multi-process mode)."""
@@ -107,5 +137,6 @@ class Metrics:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self._multiprocess_dir))
-        registry.register(self._budgets)
+        for collector in self._budgets:
+            registry.register(collector)
         return generate_latest(registry)

@@ -66,6 +66,25 @@ def receipt_json(receipt: Receipt) -> dict[str, Any]:
     }
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names the same key twice (`{"sequence": 1, "sequence": 2}`)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return body
+
+
 class ReportEndpoint:
     """WSGI middleware: answers `POST /api/v1/reports`, hands everything else to `app`."""
 
@@ -145,7 +164,12 @@ class ReportEndpoint:
         body = None
         if content_type.split(";")[0].strip().lower() == "application/json":
             try:
-                body = json.loads(raw)
+                body = json.loads(raw, object_pairs_hook=_unique_keys)
+            except DuplicateKey as err:
+                raise InvalidRequest(
+                    f"body: {err.key}: given twice; a report names each field once "
+                    "(plain JSON would silently keep the last)"
+                ) from err
             except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
                 body = None
         if body is None:

@@ -22,6 +22,11 @@ MAX_POD_UID_LENGTH: Final = 128
 MAX_VCUDA_CORE: Final = 100_000
 """A thousand whole GPUs held by one pod: far beyond any node, small enough to catch junk."""
 MAX_VCUDA_MEMORY: Final = 1_000_000
+EARLIEST_INSTANT: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_INSTANT: Final = datetime(9000, 1, 1, tzinfo=UTC)
+"""Timestamps outside [EARLIEST_INSTANT, LATEST_INSTANT) are refused: before the epoch is a
+node clock that was never set, and near the calendar's ends the period and day arithmetic
+would leave the range a datetime can hold."""
 
 _RFC3339_RE: Final = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
@@ -83,6 +88,12 @@ def parse_rfc3339(text: str) -> datetime:
         parsed = datetime.fromisoformat(f"{day}T{clock}{fraction}{zone}")
     except ValueError as err:
         raise ValueError(f"is not a real date and time ({err})") from err
+    # Compare before converting: 0001-01-01T00:00:00+01:00 has no UTC datetime.
+    if not EARLIEST_INSTANT <= parsed < LATEST_INSTANT:
+        raise ValueError(
+            "must lie between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z (a node clock "
+            "that was never set, or a typo)"
+        )
     return parsed.astimezone(UTC)
 
 

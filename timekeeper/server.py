@@ -19,6 +19,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from timekeeper import gunicorn_hooks
+from timekeeper.errors import ConfigError
 from timekeeper.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,18 @@ def serve(settings: Settings, options: ServeOptions) -> int:
         own_metrics_dir = Path(tempfile.mkdtemp(prefix="gpushare-metrics-"))
         settings = _with_metrics_dir(settings, own_metrics_dir)
     if settings.metrics_multiprocess_dir is not None:
-        settings.metrics_multiprocess_dir.mkdir(parents=True, exist_ok=True)
-        for stale in settings.metrics_multiprocess_dir.glob("*.db"):
-            stale.unlink()
+        folder = settings.metrics_multiprocess_dir
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob("*.db"):
+                stale.unlink()
+        except OSError as err:
+            raise ConfigError(
+                [
+                    f"--metrics-dir: must be a folder this process can create and write "
+                    f"({err.strerror or err}) (got {str(folder)!r})"
+                ]
+            ) from err
         # prometheus-client decides at import time whether it runs in multi-process mode.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_multiprocess_dir)
     try:

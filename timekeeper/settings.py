@@ -134,13 +134,26 @@ def _url(value: object) -> str | None:
     return text
 
 
+_DATABASE_SCHEMES: Final = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
+_DATABASE_RULE: Final = "must be a sqlite:///PATH or postgresql+psycopg://USER@HOST/DB URL"
+
+
 def _database_url(value: object) -> str:
     text = _text(value)
-    if text and not text.startswith(("sqlite", "postgresql")):
-        raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
-    if text.startswith("postgresql://"):
+    if not text:
+        return text
+    scheme, separator, rest = text.partition("://")
+    if not separator or scheme not in _DATABASE_SCHEMES:
+        raise ValueError(_DATABASE_RULE)
+    if scheme.startswith("sqlite"):
+        # `sqlite://` alone is an in-memory database (gone with each connection), and
+        # `sqlite://file.db` names a host: both are mistakes for `sqlite:///file.db`.
+        path = rest.removeprefix("/").partition("?")[0]
+        if not rest.startswith("/") or not path or path == ":memory:":
+            raise ValueError(_DATABASE_RULE + " with the path of a file")
+    if scheme == "postgresql":
         # psycopg 3 is the driver we ship; SQLAlchemy's bare default would be psycopg2.
-        text = "postgresql+psycopg://" + text.removeprefix("postgresql://")
+        text = "postgresql+psycopg://" + rest
     return text
 
 

@@ -14,12 +14,12 @@ class UsageClientError(Exception):
 
 
 def fetch_json(url: str, *, token: str | None = None, timeout_seconds: float = 10.0) -> Any:
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
     try:
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
         with urllib.request.urlopen(request, timeout=timeout_seconds) as response:
-            return json.loads(response.read())
+            body = response.read()
     except urllib.error.HTTPError as err:
         try:
             message = json.loads(err.read()).get("message", err.reason)
@@ -28,6 +28,20 @@ def fetch_json(url: str, *, token: str | None = None, timeout_seconds: float = 1
         raise UsageClientError(f"{url}: HTTP {err.code}: {message}") from err
     except (urllib.error.URLError, OSError, ValueError) as err:
         raise UsageClientError(f"{url}: cannot reach the timekeeper ({err})") from err
+    try:
+        return json.loads(body)
+    except ValueError as err:
+        raise UsageClientError(f"{url}: the answer is not JSON; is this the timekeeper?") from err
+
+
+def check_url(url: str) -> str | None:
+    """None when `url` can be a timekeeper's base URL, else the rule it breaks."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host, like http://127.0.0.1:8080"
+    if parts.query or parts.fragment:
+        return "must be the timekeeper's base URL, without a query or fragment"
+    return None
 
 
 def _hours(value: Any) -> str:
@@ -94,6 +108,16 @@ def pods_table(usage: dict[str, Any]) -> str:
 
 def print_usage(base_url: str, namespace: str | None, *, token: str | None, out: TextIO) -> None:
     base = base_url.rstrip("/")
+    try:
+        _print_usage(base, namespace, token=token, out=out)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise UsageClientError(
+            f"{base}: the answer is not the timekeeper's API ({type(err).__name__}: {err}); "
+            "is --url the timekeeper's base URL?"
+        ) from err
+
+
+def _print_usage(base: str, namespace: str | None, *, token: str | None, out: TextIO) -> None:
     if namespace is None:
         listing = fetch_json(f"{base}/api/v1/namespaces", token=token)
         statuses = listing.get("namespaces", [])

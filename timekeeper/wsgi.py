@@ -14,15 +14,15 @@ import sys
 
 from gpushare import logs
 from timekeeper.api import create_app
+from timekeeper.budgets import BudgetsError
 from timekeeper.errors import ConfigError
 from timekeeper.settings import settings_from_environment
 
 try:
     settings = settings_from_environment(os.environ)
-except ConfigError as err:
+    logs.configure(log_format=settings.log_format, level=settings.log_level)
+    app = create_app(settings)  # reads the tokens, JWKS and budgets files
+except (ConfigError, BudgetsError) as err:
     for problem in err.problems:
         print(f"timekeeper: {problem}", file=sys.stderr)
     raise SystemExit(2) from err
-
-logs.configure(log_format=settings.log_format, level=settings.log_level)
-app = create_app(settings)

@@ -90,6 +90,24 @@ def _new_ca(
     return cert, key
 
 
+def validity_problem(cert_file: Path, now: datetime.datetime | None = None) -> str | None:
+    """Why the serving certificate (the first in the file) cannot be served now, or None.
+
+    The API server refuses an expired (or not yet valid) certificate on every call, which
+    with `failurePolicy: Fail` refuses every pod the webhook matches: better to stop at start.
+    """
+    moment = now or datetime.datetime.now(datetime.UTC)
+    try:
+        leaf = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+    except (OSError, ValueError) as err:
+        return f"cannot be read as a PEM certificate: {err}"
+    if leaf.not_valid_after_utc <= moment:
+        return f"the certificate expired at {leaf.not_valid_after_utc.isoformat()}"
+    if leaf.not_valid_before_utc > moment:
+        return f"the certificate is not valid before {leaf.not_valid_before_utc.isoformat()}"
+    return None
+
+
 def generate(
     out_dir: Path,
     dns_names: tuple[str, ...] = DEFAULT_DNS_NAMES,
@@ -102,6 +120,8 @@ def generate(
     """Write `ca.crt`, `tls.crt`, `tls.key` (and `ca.key` for a new CA) into `out_dir`."""
     if not dns_names and not ip_addresses:
         raise ValueError("at least one DNS name or IP address is needed")
+    if days < 1:
+        raise ValueError(f"--days: must be at least 1 (got {days})")
     now = datetime.datetime.now(datetime.UTC)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (ca_cert is None) != (ca_key is None):

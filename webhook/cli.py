@@ -6,6 +6,7 @@ Cheap to import: Flask, gunicorn and cryptography are imported inside the comman
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,10 +90,17 @@ def run_webhook(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_env(**overrides)
     except SettingsError as err:
-        problems.extend(err.problems)
+        problems.extend(_name_flags(err.problems, overrides))
     for flag, path in (("--cert", args.cert), ("--key", args.key)):
         if not Path(path).is_file():
             problems.append(f"{flag}: no such file (got {path!r})")
+    token_file = os.environ.get("GPUSHARE_WEBHOOK_TIMEKEEPER_TOKEN_FILE", "").strip()
+    if token_file and not os.access(token_file, os.R_OK):
+        # Read for every lookup; missing at start it would turn every admission into a
+        # failure-policy decision.
+        problems.append(
+            f"GPUSHARE_WEBHOOK_TIMEKEEPER_TOKEN_FILE: must be a readable file (got {token_file!r})"
+        )
     for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
         if value < 1:
             problems.append(f"{flag}: must be at least 1 (got {value})")
@@ -106,10 +114,20 @@ def run_webhook(args: argparse.Namespace) -> int:
 
     import ssl
 
+    from webhook.certs import validity_problem
+
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(args.cert, args.key)
     except (OSError, ssl.SSLError) as err:
-        print(f"gpushare webhook: --cert/--key do not load: {err}", file=sys.stderr)
+        print(
+            f"gpushare webhook: --cert/--key do not load ({err}): both must be PEM files and"
+            f" the key must be the certificate's (got {args.cert!r} and {args.key!r})",
+            file=sys.stderr,
+        )
+        return 2
+    expiry = validity_problem(Path(args.cert))
+    if expiry is not None:
+        print(f"gpushare webhook: --cert: {expiry} (got {args.cert!r})", file=sys.stderr)
         return 2
 
     from webhook.app import create_app
@@ -130,6 +148,23 @@ def run_webhook(args: argparse.Namespace) -> int:
         ),
     )
     return 0
+
+
+def _name_flags(problems: list[str], overrides: dict[str, str]) -> list[str]:
+    """Problems of settings given as flags name the flag first (the variable was not set)."""
+    from webhook.settings import ENV_PREFIX
+
+    flags = {setting: flag for flag, setting in _FLAG_SETTINGS.items()}
+    named = []
+    for problem in problems:
+        for setting in overrides:
+            variable = ENV_PREFIX + setting.upper()
+            if problem.startswith(variable + ":"):
+                flag = "--" + flags[setting].replace("_", "-")
+                problem = f"{flag} ({variable}){problem[len(variable) :]}"
+                break
+        named.append(problem)
+    return named
 
 
 def run_certs_generate(args: argparse.Namespace) -> int:

@@ -63,7 +63,7 @@ def _args() -> _Args:
         items = nodes.get("items") or []
         if not isinstance(items, list):
             raise _BadArgs("ExtenderArgs.nodes.items must be a list")
-        metadata = [(item.get("metadata") or {}) for item in items]
+        metadata = [_metadata(item, position) for position, item in enumerate(items)]
         return _Args(
             nodes=nodes,
             names=[str(meta.get("name", "")) for meta in metadata],
@@ -73,6 +73,9 @@ def _args() -> _Args:
     names = body.get("nodenames")
     if not isinstance(names, list):
         raise _BadArgs("ExtenderArgs needs nodes (a NodeList) or nodenames (a list)")
+    for position, name in enumerate(names):
+        if not isinstance(name, str):
+            raise _BadArgs(f"ExtenderArgs.nodenames[{position}] must be a string (got {name!r})")
     source: NodeCapacitySource | None = current_app.extensions.get(_SOURCE_KEY)
     if source is None:
         raise _BadArgs(
@@ -86,6 +89,17 @@ def _args() -> _Args:
     return _Args(
         nodes=None, names=[str(name) for name in names], annotations=annotations, demand=demand
     )
+
+
+def _metadata(item: Any, position: int) -> dict[str, Any]:
+    """A Node's metadata; _BadArgs when the item is not shaped like a Node."""
+    where = f"ExtenderArgs.nodes.items[{position}]"
+    if not isinstance(item, dict):
+        raise _BadArgs(f"{where} must be a Node object")
+    metadata = item.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise _BadArgs(f"{where}.metadata must be an object")
+    return metadata
 
 
 @blueprint.post("/filter")

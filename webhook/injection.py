@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpushare import annotations as keys
+from webhook import quantities
 from webhook.settings import Settings
 from webhook.validation import PodGpuTotals
 
@@ -119,7 +120,8 @@ def sidecar_problem(
     """
     field, container = found
     expected_field = "initContainers" if settings.sidecar_mode == "native" else "containers"
-    if field != expected_field or container != sidecar_container(settings, totals):
+    expected = sidecar_container(settings, totals)
+    if field != expected_field or _as_stored(container) != _as_stored(expected):
         return (
             f'container "{SIDECAR_NAME}" is reserved for the gpushare accounting sidecar and'
             " differs from the one gpushare injects"
@@ -130,12 +132,46 @@ def sidecar_problem(
         if isinstance(volume, dict)
     }
     for volume in sidecar_volumes(settings):
-        if volumes.get(volume["name"]) != volume:
+        if _as_stored(volumes.get(volume["name"])) != _as_stored(volume):
             return (
                 f'volume "{volume["name"]}" is reserved for the gpushare accounting sidecar and'
                 " differs from the one gpushare injects"
             )
     return None
+
+
+# Fields the API server fills in with these values when it defaults a pod (it defaults the
+# patched object after every mutating webhook, so a re-invocation sees them).
+_DEFAULTED: dict[str, object] = {"terminationMessagePath": "/dev/termination-log"}
+_DEFAULTED_PROJECTED: dict[str, object] = {"defaultMode": 0o644}
+# Quantities come back in canonical form ("0.1" as "100m").
+_QUANTITY_KEYS = frozenset(("cpu", "memory", "sizeLimit"))
+
+
+def _as_stored(item: Any) -> Any:
+    """The container or volume with the API server's defaults and quantity spelling taken
+    out, so that the injected one compares equal to itself after a round through storage."""
+    if isinstance(item, list):
+        return [_as_stored(value) for value in item]
+    if not isinstance(item, dict):
+        return item
+    result: dict[str, Any] = {}
+    for key, value in item.items():
+        if _DEFAULTED.get(key, _NOTHING) == value:
+            continue
+        if key == "projected" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if _DEFAULTED_PROJECTED.get(k, _NOTHING) != v}
+        if key in _QUANTITY_KEYS and isinstance(value, str | int | float):
+            try:
+                result[key] = quantities.parse(value)
+                continue
+            except quantities.QuantityError:
+                pass
+        result[key] = _as_stored(value)
+    return result
+
+
+_NOTHING = object()
 
 
 def update_problem(old_pod: Mapping[str, Any], pod: Mapping[str, Any]) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from gpushare.annotations import NODE_GPU_CAPACITY, NODE_GPU_CAPACITY_VERSION
 from gpushare.resources import CORE_UNITS_PER_GPU, VCUDA_CORE, VCUDA_MEMORY
+from webhook import quantities
 
 MAX_SCORE = 10
 """MaxExtenderPriority of k8s.io/kube-scheduler/extender/v1."""
@@ -85,11 +86,15 @@ _GPU_FIELDS = ("index", "coreTotal", "coreFree", "memoryTotal", "memoryFree")
 
 def parse_capacity(annotations: Mapping[str, str] | None) -> NodeGpus:
     """Read `gpushare.io/gpu-capacity` from a node's annotations."""
+    if annotations is not None and not isinstance(annotations, Mapping):
+        raise CapacityError(f"node metadata.annotations must be an object (got {annotations!r})")
     text = (annotations or {}).get(NODE_GPU_CAPACITY)
     if text is None:
         raise CapacityError(
             f"node has no {NODE_GPU_CAPACITY} annotation (no gpushare node manager runs there)"
         )
+    if not isinstance(text, str):
+        raise CapacityError(f"{NODE_GPU_CAPACITY} must be a JSON string (got {text!r})")
     return _parse_capacity_text(text)
 
 
@@ -135,26 +140,37 @@ def _parse_capacity_text(text: str) -> NodeGpus:
 def _units(limits: Mapping[str, Any], name: str, container: str) -> int:
     value = limits.get(name, 0)
     try:
-        units = int(str(value))
-    except ValueError as err:
-        raise DemandError(
-            f'container "{container}" asks {name}={value!r}; it must be an integer'
-        ) from err
-    if units < 0:
-        raise DemandError(f'container "{container}" asks {name}={units}; it must be positive')
-    return units
+        # The scheduler sends quantities in canonical form: 1000 arrives as "1k".
+        return quantities.parse_whole(value)
+    except quantities.QuantityError as err:
+        raise DemandError(f'container "{container}" asks {name}={value!r}; {err}') from err
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise DemandError(f"{where} must be an object (got {type(value).__name__})")
+    return value
 
 
 def pod_demand(pod: Mapping[str, Any]) -> PodDemand:
     """The vcuda requests of a pod (Kubernetes JSON), per container."""
-    spec = pod.get("spec") or {}
+    spec = _mapping(pod.get("spec"), "pod.spec")
 
     def demands(key: str) -> tuple[ContainerDemand, ...]:
         found = []
-        for container in spec.get(key) or []:
+        containers = spec.get(key) or []
+        if not isinstance(containers, list):
+            raise DemandError(f"pod.spec.{key} must be a list")
+        for position, container in enumerate(containers):
+            where = f"pod.spec.{key}[{position}]"
+            container = _mapping(container, where)
             name = str(container.get("name", ""))
-            resources = container.get("resources") or {}
-            limits = resources.get("limits") or resources.get("requests") or {}
+            resources = _mapping(container.get("resources"), f"{where}.resources")
+            limits = _mapping(
+                resources.get("limits") or resources.get("requests"), f"{where}.resources.limits"
+            )
             core = _units(limits, VCUDA_CORE, name)
             memory = _units(limits, VCUDA_MEMORY, name)
             if core or memory:

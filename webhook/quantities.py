@@ -30,7 +30,8 @@ _SUFFIXES: dict[str, Decimal] = {
 
 _QUANTITY = re.compile(
     r"^(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
-    r"(?P<suffix>[eE][+-]?\d{1,3}|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]?)$"
+    r"(?P<suffix>[eE][+-]?\d{1,3}|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]?)$",
+    re.ASCII,
 )
 
 # Quantities beyond this are nonsense for a GPU request and would only cost time.
@@ -48,7 +49,7 @@ def parse(value: object) -> Decimal:
     text = str(value).strip() if not isinstance(value, str) else value.strip()
     if len(text) > _MAX_DIGITS:
         raise QuantityError("it is not a valid quantity")
-    match = _QUANTITY.match(text)
+    match = _QUANTITY.fullmatch(text)
     if match is None:
         raise QuantityError("it is not a valid quantity")
     try:
@@ -69,3 +70,8 @@ def parse_whole(value: object) -> int:
     if number != number.to_integral_value():
         raise QuantityError("it must be a whole number")
     return int(number)
+
+
+def has_binary_suffix(value: object) -> bool:
+    """Whether the quantity is written with Ki, Mi, Gi, … (bytes, never a count of units)."""
+    return isinstance(value, str) and value.strip()[-2:] in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei")

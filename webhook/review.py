@@ -67,7 +67,9 @@ def parse_review(body: bytes) -> AdmissionRequest:
     if operation not in OPERATIONS:
         raise BadReview(f"request.operation must be one of {', '.join(OPERATIONS)}")
     kind = request.get("kind")
-    if not isinstance(kind, dict) or (kind.get("group"), kind.get("kind")) != ("", "Pod"):
+    # CONNECT reviews (exec, attach, port-forward) carry the options object, not the Pod.
+    expected_kind = kind.get("kind") if operation == "CONNECT" and isinstance(kind, dict) else "Pod"
+    if not isinstance(kind, dict) or (kind.get("group"), kind.get("kind")) != ("", expected_kind):
         raise BadReview(f"request.kind must be the core Pod kind, got {_brief(kind)}")
     pod = request.get("object")
     if operation in ("CREATE", "UPDATE"):

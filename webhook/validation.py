@@ -21,8 +21,8 @@ from webhook.errors import BadReview
 GPU_RESOURCES = (VCUDA_CORE, VCUDA_MEMORY)
 ContainerKind = Literal["container", "initContainer"]
 
-_FRACTION = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)$")
-_INTEGER = re.compile(r"^\d{1,6}$")
+_FRACTION = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)$", re.ASCII)
+_INTEGER = re.compile(r"^\d{1,6}$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,14 @@ def _check_container(
                 parsed[name] = quantities.parse_whole(limits[name])
             except quantities.QuantityError as err:
                 problems.append(f"{who} asks {name}={_show(limits[name])}; {err}")
+            else:
+                if quantities.has_binary_suffix(limits[name]):
+                    unit = "1 % of a GPU" if name == VCUDA_CORE else "256 MiB"
+                    problems.append(
+                        f"{who} asks {name}={_show(limits[name])}; it is a count of units"
+                        f" ({unit} each), not bytes: write a plain number"
+                    )
+                    del parsed[name]
         if name in requests:
             if name not in limits:
                 problems.append(
@@ -153,7 +161,9 @@ def _same_quantity(left: object, right: object) -> bool:
 
 
 def _show(value: object) -> str:
-    text = value if isinstance(value, str) else repr(value)
+    # Quoted when spaces would hide in the message.
+    plain = isinstance(value, str) and value != "" and not any(c.isspace() for c in value)
+    text = value if plain and isinstance(value, str) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -190,7 +200,7 @@ def _annotation_problems(annotations: Mapping[str, Any], requests: list[GpuReque
     if soft is not None:
         cores = [r for r in requests if r.core_units > 0]
         largest = max(cores, key=lambda r: r.core_units, default=None)
-        if not isinstance(soft, str) or not _INTEGER.match(soft):
+        if not isinstance(soft, str) or not _INTEGER.fullmatch(soft):
             floor = largest.core_units if largest else 1
             problems.append(
                 f"annotation {keys.CORE_SOFT_LIMIT}={_show(soft)}; it must be an integer"
@@ -213,7 +223,7 @@ def _annotation_problems(annotations: Mapping[str, Any], requests: list[GpuReque
         value = annotations.get(key)
         if value is None:
             continue
-        number = Decimal(value) if isinstance(value, str) and _FRACTION.match(value) else None
+        number = Decimal(value) if isinstance(value, str) and _FRACTION.fullmatch(value) else None
         if number is None or not 0 < number <= 1:
             problems.append(
                 f"annotation {key}={_show(value)}; it must be a fraction of GPU time"
@@ -228,7 +238,9 @@ def _annotation_problems(annotations: Mapping[str, Any], requests: list[GpuReque
             " 0 < quota-request <= quota-limit <= 1"
         )
     sm = annotations.get(keys.SM_PARTITION)
-    if sm is not None and not (isinstance(sm, str) and _INTEGER.match(sm) and 1 <= int(sm) <= 100):
+    if sm is not None and not (
+        isinstance(sm, str) and _INTEGER.fullmatch(sm) and 1 <= int(sm) <= 100
+    ):
         problems.append(
             f"annotation {keys.SM_PARTITION}={_show(sm)}; it must be an integer percent"
             " of the GPU's SMs in 1..100"

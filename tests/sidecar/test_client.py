@@ -74,3 +74,22 @@ def test_nobody_listening_is_retried() -> None:
     outcome = client.send(REPORT, timeout_seconds=2)
     assert (outcome.kind, outcome.status) == ("retry", None)
     assert outcome.reason.startswith("no answer: ConnectionRefusedError")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("header.payload\nsignature", id="line-break"),
+        pytest.param("token-\u2603", id="beyond-latin-1"),
+    ],
+)
+def test_a_token_that_cannot_be_sent_is_retried_not_a_crash(
+    fake: FakeTimekeeper, token: str
+) -> None:
+    client = TimekeeperClient(fake.url, tokens=StaticToken(token))
+    assert client.send(REPORT, timeout_seconds=5) == Outcome(
+        "retry",
+        None,
+        "the bearer token cannot be sent in a header (a line break or a character beyond "
+        "Latin-1); reading the token again",
+    )

@@ -193,7 +193,7 @@ def test_an_https_timekeeper_is_verified_against_the_given_ca(tmp_path: Path) ->
         pytest.param(
             {"GPUSHARE_VCUDA_CORE": "half", "GPUSHARE_REPORT_INTERVAL_SECONDS": "0"},
             [
-                "GPUSHARE_VCUDA_CORE: must be a whole number of vcuda-core units >= 1 "
+                "GPUSHARE_VCUDA_CORE: must be a whole number of vcuda-core units in 1..100000 "
                 "(1 = 1 % of a GPU) (got 'half')",
                 "GPUSHARE_REPORT_INTERVAL_SECONDS: must be a number of seconds in (0, 3600] "
                 "(got '0')",

@@ -114,12 +114,74 @@ def test_accepted_values(changes: dict[str, str], field: str, value: object) -> 
         pytest.param(
             {"GPUSHARE_VCUDA_CORE": "0", "GPUSHARE_VCUDA_MEMORY": "-1"},
             [
-                "GPUSHARE_VCUDA_CORE: must be a whole number of vcuda-core units >= 1 "
+                "GPUSHARE_VCUDA_CORE: must be a whole number of vcuda-core units in 1..100000 "
                 "(1 = 1 % of a GPU) (got '0')",
-                "GPUSHARE_VCUDA_MEMORY: must be a whole number of vcuda-memory units >= 0 "
-                "(1 = 256 MiB) (got '-1')",
+                "GPUSHARE_VCUDA_MEMORY: must be a whole number of vcuda-memory units in "
+                "0..1000000 (1 = 256 MiB) (got '-1')",
             ],
             id="core-0-memory-negative",
+        ),
+        pytest.param(
+            # The timekeeper refuses these in every report: every interval would be moved to
+            # rejected/ and the pod's time go uncharged. Refused at start instead.
+            {"GPUSHARE_VCUDA_CORE": "100001", "GPUSHARE_VCUDA_MEMORY": "1000001"},
+            [
+                "GPUSHARE_VCUDA_CORE: must be a whole number of vcuda-core units in 1..100000 "
+                "(1 = 1 % of a GPU) (got '100001')",
+                "GPUSHARE_VCUDA_MEMORY: must be a whole number of vcuda-memory units in "
+                "0..1000000 (1 = 256 MiB) (got '1000001')",
+            ],
+            id="core-memory-beyond-what-the-timekeeper-takes",
+        ),
+        pytest.param(
+            {"GPUSHARE_VCUDA_CORE": "1.5", "GPUSHARE_VCUDA_MEMORY": "1e3"},
+            [
+                "GPUSHARE_VCUDA_CORE: must be a whole number of vcuda-core units in 1..100000 "
+                "(1 = 1 % of a GPU) (got '1.5')",
+                "GPUSHARE_VCUDA_MEMORY: must be a whole number of vcuda-memory units in "
+                "0..1000000 (1 = 256 MiB) (got '1e3')",
+            ],
+            id="core-memory-not-whole",
+        ),
+        pytest.param(
+            {"GPUSHARE_POD_NAME": "train..0"},
+            [
+                "GPUSHARE_POD_NAME: must be a DNS subdomain (lowercase letters, digits, '-', '.'; "
+                "at most 253) (got 'train..0')"
+            ],
+            id="pod-name-empty-label",
+        ),
+        pytest.param(
+            {"GPUSHARE_POD_NAME": "train.-0"},
+            [
+                "GPUSHARE_POD_NAME: must be a DNS subdomain (lowercase letters, digits, '-', '.'; "
+                "at most 253) (got 'train.-0')"
+            ],
+            id="pod-name-label-starting-with-dash",
+        ),
+        pytest.param(
+            {"GPUSHARE_TOKEN": "a-long-random\nstring"},
+            [
+                "GPUSHARE_TOKEN: must be printable ASCII without spaces or line breaks (a bearer "
+                "token) (got a value of 20 characters)"
+            ],
+            id="token-with-a-line-break-not-printed",
+        ),
+        pytest.param(
+            {"GPUSHARE_TOKEN": "a-long random-string"},
+            [
+                "GPUSHARE_TOKEN: must be printable ASCII without spaces or line breaks (a bearer "
+                "token) (got a value of 20 characters)"
+            ],
+            id="token-with-a-space",
+        ),
+        pytest.param(
+            {"GPUSHARE_TOKEN": "a-long-randomé-string"},
+            [
+                "GPUSHARE_TOKEN: must be printable ASCII without spaces or line breaks (a bearer "
+                "token) (got a value of 21 characters)"
+            ],
+            id="token-not-ascii",
         ),
         pytest.param(
             {"GPUSHARE_REPORT_INTERVAL_SECONDS": "nan"},
@@ -186,6 +248,35 @@ def test_preflight_checks_the_token_file_and_the_spool(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param(
+            b"header.payload\nsignature",
+            "GPUSHARE_TOKEN_FILE: the token must be printable ASCII without spaces or line "
+            "breaks (a bearer token) (got a token of 24 characters from '{path}')",
+            id="line-break-inside",
+        ),
+        pytest.param(
+            b"\xff\xfe-not-text",
+            "GPUSHARE_TOKEN_FILE: the token must be printable ASCII without spaces or line "
+            "breaks (a bearer token) (got a file that is not UTF-8 text: '{path}')",
+            id="not-utf8",
+        ),
+        pytest.param(b"  header.payload.signature\n", None, id="surrounding-space-is-fine"),
+    ],
+)
+def test_preflight_checks_the_token_in_the_file(
+    tmp_path: Path, content: bytes, problem: str | None
+) -> None:
+    path = tmp_path / "token"
+    path.write_bytes(content)
+    settings = from_environ(
+        {**REQUIRED, "GPUSHARE_TOKEN_FILE": str(path), "GPUSHARE_SPOOL_DIR": str(tmp_path / "s")}
+    )
+    assert preflight(settings) == ([problem.format(path=path)] if problem else [])
+
+
 def test_preflight_ignores_the_token_file_when_a_static_token_is_given(tmp_path: Path) -> None:
     settings = from_environ(
         {
@@ -197,3 +288,42 @@ def test_preflight_ignores_the_token_file_when_a_static_token_is_given(tmp_path:
     )
     assert preflight(settings) == []
     assert (tmp_path / "spool").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param(
+            "tokens: []\n",
+            "GPUSHARE_TIMEKEEPER_CA_FILE: must be a PEM bundle of CA certificates, "
+            "NO_CERTIFICATE_OR_CRL_FOUND (got '{path}')",
+            id="not-pem",
+        ),
+        pytest.param(
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+            "GPUSHARE_TIMEKEEPER_CA_FILE: must be a PEM bundle of CA certificates, "
+            "{reason} (got '{path}')",
+            id="damaged-pem",
+        ),
+    ],
+)
+def test_preflight_loads_the_ca_bundle(tmp_path: Path, content: str, problem: str) -> None:
+    # Once found only at the first delivery, where it crashed the sidecar.
+    import ssl
+
+    path = tmp_path / "ca.crt"
+    path.write_text(content)
+    try:
+        ssl.create_default_context(cafile=str(path))
+        reason = "loaded"
+    except ssl.SSLError as err:
+        reason = err.reason or str(err)
+    settings = from_environ(
+        {
+            **REQUIRED,
+            "GPUSHARE_TOKEN": "static",
+            "GPUSHARE_TIMEKEEPER_CA_FILE": str(path),
+            "GPUSHARE_SPOOL_DIR": str(tmp_path / "spool"),
+        }
+    )
+    assert preflight(settings) == [problem.format(path=path, reason=reason)]

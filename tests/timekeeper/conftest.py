@@ -113,7 +113,9 @@ def make_app(database_url: str, tmp_path: Path) -> Iterator[MakeApp]:
         return create_app(
             Settings(**values),
             engine=engine,
-            policy_source=PolicySource(budgets_path),
+            policy_source=PolicySource(
+                budgets_path, check_interval_seconds=values.get("budgets_check_seconds", 2.0)
+            ),
             authenticator=authenticator or Authenticator(allow_anonymous_reports=True),
             clock=clock,
         )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from flask.testing import FlaskClient
 from tests.timekeeper.conftest import NOW, MakeApp, minute_report, report_body
 from timekeeper import database, report_endpoint
 from timekeeper.openapi import openapi_document
+from timekeeper.reports import parse_rfc3339
 from timekeeper.states import rfc3339
 
 BUDGETS = """
@@ -146,6 +149,61 @@ def test_bad_reports_get_400_naming_the_field(
     assert fragment in answer["message"]
 
 
+_VALID = (
+    '"podUid": "u-1", "pod": "p", "namespace": "team-a", "start": "2026-11-21T05:49:00Z", '
+    '"end": "2026-11-21T05:50:00Z", "vcudaCore": 50, "vcudaMemory": 4'
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param(
+            '{"sequence": 1, "sequence": 2, ' + _VALID + "}",
+            "body: sequence: given twice; a report names each field once (plain JSON would "
+            "silently keep the last)",
+            id="duplicate-key",
+        ),
+        pytest.param(
+            '{"sequence": NaN, ' + _VALID + "}",
+            "invalid report: sequence: must be an integer, not a number (got nan)",
+            id="sequence-nan",
+        ),
+        pytest.param(
+            '{"sequence": 1e400, ' + _VALID + "}",
+            "invalid report: sequence: must be an integer, not a number (got inf)",
+            id="sequence-overflowing-float",
+        ),
+        pytest.param(
+            '{"sequence": 9223372036854775808, ' + _VALID + "}",
+            "invalid report: sequence: must be an integer in 1..9223372036854775807 "
+            "(got 9223372036854775808)",
+            id="sequence-beyond-int64",
+        ),
+        pytest.param(
+            '{"sequence": 1, "smUtilization": Infinity, ' + _VALID + "}",
+            "invalid report: smUtilization: must be a number in 0..1 (got inf)",
+            id="utilization-infinity",
+        ),
+        pytest.param(
+            '{"sequence": 1, '
+            + _VALID.replace("2026-11-21T05:49:00Z", "0001-01-01T00:00:00+01:00")
+            + "}",
+            "invalid report: start: must lie between 1970-01-01T00:00:00Z and "
+            "9000-01-01T00:00:00Z (a node clock that was never set, or a typo) "
+            "(got '0001-01-01T00:00:00+01:00')",
+            id="start-before-year-1-in-utc",
+        ),
+    ],
+)
+def test_bad_raw_report_bodies_are_400(client: FlaskClient, raw: str, message: str) -> None:
+    response = client.post("/api/v1/reports", data=raw, content_type="application/json")
+    assert (response.status_code, response.get_json()) == (
+        400,
+        {"error": "invalid", "message": message},
+    )
+
+
 def test_absurdly_nested_json_is_400(client: FlaskClient) -> None:
     nested = "[" * 30_000 + "]" * 30_000
     response = client.post("/api/v1/reports", data=nested, content_type="application/json")
@@ -209,6 +267,82 @@ def test_exhausted_rolling_window_refills_when_enough_use_slides_out(make_app: M
     assert [entry["refillsAt"] for entry in listed if entry["namespace"] == "ci"] == [
         status["refillsAt"]
     ]
+
+
+@pytest.mark.parametrize(
+    ("budget", "now", "start", "end", "used_gpu_hours", "period_start"),
+    [
+        pytest.param(
+            "{period: day, timezone: Europe/Berlin}",
+            "2026-11-21T06:00:00Z",
+            "2026-11-20T22:50:00Z",
+            "2026-11-20T23:10:00Z",
+            round(10 / 60, 6),
+            "2026-11-20T23:00:00Z",
+            id="day-berlin-10-of-20-minutes-inside",
+        ),
+        pytest.param(
+            "{period: month, timezone: America/New_York}",
+            "2026-11-01T12:00:00Z",  # the day the clocks go back
+            "2026-11-01T03:55:00Z",
+            "2026-11-01T04:05:00Z",
+            round(5 / 60, 6),
+            "2026-11-01T04:00:00Z",
+            id="month-new-york-on-the-dst-change",
+        ),
+        pytest.param(
+            "{period: week, timezone: Asia/Kathmandu}",
+            "2026-11-23T06:00:00Z",  # a Monday
+            "2026-11-22T18:00:00Z",
+            "2026-11-22T18:30:00Z",
+            0.25,
+            "2026-11-22T18:15:00Z",
+            id="week-kathmandu-offset-0545",
+        ),
+        pytest.param(
+            "{period: 'rolling:1d'}",
+            "2026-11-21T06:00:00Z",
+            "2026-11-20T06:00:00Z",
+            "2026-11-20T06:30:00Z",
+            0.25,
+            "2026-11-20T06:15:00Z",
+            id="rolling-day-oldest-bucket-slid-out",
+        ),
+    ],
+)
+def test_a_report_straddling_the_period_start_counts_only_inside(
+    make_app: MakeApp,
+    budget: str,
+    now: str,
+    start: str,
+    end: str,
+    used_gpu_hours: float,
+    period_start: str,
+) -> None:
+    instant = parse_rfc3339(now)
+    client = make_app(
+        budgets=f"defaults: {{gpuHours: 10}}\nnamespaces:\n  team-a: {budget}\n",
+        clock=lambda: instant,
+    ).test_client()
+    status, answer = post(client, report_body(start=start, end=end, vcudaCore=100))
+    assert status == 200, answer
+    state = client.get("/api/v1/namespaces/team-a").get_json()
+    usage = client.get("/api/v1/namespaces/team-a/usage").get_json()
+    assert (state["periodStart"], state["usedGpuHours"], usage["totalGpuHours"]) == (
+        period_start,
+        used_gpu_hours,
+        used_gpu_hours,
+    )
+
+
+def test_a_resend_after_the_policy_changed_gets_the_first_answer(make_app: MakeApp) -> None:
+    first_app = make_app(budgets=BUDGETS).test_client()
+    first = post(first_app, report_body(namespace="interns", vcudaCore=100))
+    assert first[0] == 200
+    second_app = make_app(budgets=BUDGETS.replace("gpuHours: 1,", "gpuHours: 5,")).test_client()
+    assert post(second_app, report_body(namespace="interns", vcudaCore=100)) == first
+    status = second_app.get("/api/v1/namespaces/interns").get_json()
+    assert (status["budgetGpuHours"], status["usedGpuHours"]) == (5.0, round(60 / 3600, 6))
 
 
 def test_reports_before_the_period_do_not_count(make_app: MakeApp) -> None:
@@ -326,7 +460,28 @@ def test_usage_range_is_clipped(client: FlaskClient) -> None:
             "to: must be after from",
             id="reversed",
         ),
-        pytest.param("timezone=Mars/Olympus", "timezone: must be an IANA time zone", id="zone"),
+        pytest.param("timezone=Mars/Olympus", "timezone: unknown time zone", id="zone"),
+        pytest.param(
+            "timezone=localtime",
+            "timezone: unknown time zone; use an IANA name such as UTC or Europe/Berlin "
+            "(got 'localtime')",
+            id="zone-of-the-host",
+        ),
+        pytest.param(
+            "from=0001-01-01T00:00:00%2B01:00",
+            "from: must lie between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z",
+            id="from-before-year-1-in-utc",
+        ),
+        pytest.param(
+            "from=0001-01-01T00:00:00Z&to=0001-01-02T00:00:00Z&group_by=day",
+            "from: must lie between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z",
+            id="year-1",
+        ),
+        pytest.param(
+            "from=2016-11-21T00:00:00Z&to=2026-11-21T00:00:00Z",
+            "to: the range may span at most 400 days (got 3652 days)",
+            id="ten-years",
+        ),
     ],
 )
 def test_bad_usage_queries_are_400(client: FlaskClient, query: str, fragment: str) -> None:
@@ -420,6 +575,44 @@ def test_metrics_show_budgets_and_requests(make_app: MakeApp) -> None:
         'gpushare_timekeeper_http_request_duration_seconds_count{method="POST",'
         'route="/api/v1/reports"} 32.0' in text
     )
+
+
+@pytest.mark.parametrize(
+    "bad_content",
+    [
+        pytest.param(b"defaults: {gpuHours: ten}\n", id="invalid-value"),
+        pytest.param(b"\xff\xfe not text", id="not-utf8"),
+        pytest.param(b"defaults: [", id="not-yaml"),
+        pytest.param(None, id="file-removed"),
+    ],
+)
+def test_a_budgets_file_turning_bad_while_serving_keeps_the_last_good_policy(
+    make_app: MakeApp, tmp_path: Path, bad_content: bytes | None
+) -> None:
+    client = make_app(budgets=BUDGETS, budgets_check_seconds=0).test_client()
+    budgets = tmp_path / "budgets-0.yaml"
+    assert post(client, minute_report(1, namespace="interns", core=100))[0] == 200
+
+    def seen() -> tuple[Any, ...]:
+        status = client.get("/api/v1/namespaces/interns").get_json()
+        text = client.get("/metrics").get_data(as_text=True)
+        rejected = re.search(r"^gpushare_timekeeper_budgets_file_rejected (\S+)$", text, re.M)
+        return (
+            status["budgetGpuHours"],
+            status["whenExhausted"],
+            client.get("/readyz").status_code,
+            rejected.group(1) if rejected else None,
+        )
+
+    assert seen() == (1.0, "deny", 200, "0.0")
+    if bad_content is None:
+        budgets.unlink()
+    else:
+        budgets.write_bytes(bad_content)
+    assert seen() == (1.0, "deny", 200, "1.0"), "the last good policy stays, the refusal shows"
+    assert post(client, minute_report(2, namespace="interns", core=100))[0] == 200
+    budgets.write_text(BUDGETS.replace("gpuHours: 1,", "gpuHours: 2,"))
+    assert seen() == (2.0, "deny", 200, "0.0"), "a good file is taken and clears the refusal"
 
 
 def test_openapi_document_is_valid_and_covers_every_route(client: FlaskClient) -> None:

@@ -19,7 +19,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from tests.timekeeper.conftest import MakeApp, report_body
 from timekeeper.auth import Authenticator, KeySource, TokenVerifier, load_tokens, parse_tokens
-from timekeeper.errors import ConfigError, Unauthenticated
+from timekeeper.errors import ConfigError, Unauthenticated, Unavailable
 
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 STATIC_A = "static-token-team-a-0123456789"
@@ -269,10 +269,27 @@ def test_a_rotated_key_is_fetched_once_seen(
     assert verifier.verify(sa_token(key=OTHER_KEY, kid="k2")).namespace == "team-a"
 
 
-def test_unreachable_issuer_means_401_not_500() -> None:
+def test_unreachable_issuer_means_503_retry_not_401() -> None:
+    # A 401 would make the sidecar give the interval up (4xx); the keys being unreachable is
+    # not the caller's fault, so the answer is 503 and the sidecar retries.
     verifier = TokenVerifier(KeySource(jwks_url="http://127.0.0.1:1/jwks"))
-    with pytest.raises(Unauthenticated, match="unknown key"):
+    with pytest.raises(Unavailable, match="the signing keys cannot be fetched"):
         verifier.verify(sa_token())
+
+
+def test_keys_fetched_again_after_an_outage_verify_and_unknown_keys_are_401(
+    issuer: tuple[str, type[_IssuerHandler]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, handler = issuer
+    jwks_document = handler.documents.pop("/openid/v1/jwks")
+    verifier = TokenVerifier(KeySource(jwks_url=f"{url}/openid/v1/jwks"))
+    with pytest.raises(Unavailable):
+        verifier.verify(sa_token())
+    handler.documents["/openid/v1/jwks"] = jwks_document
+    monkeypatch.setattr("timekeeper.auth.JWKS_MIN_REFETCH_SECONDS", -1.0)
+    assert verifier.verify(sa_token()).namespace == "team-a"
+    with pytest.raises(Unauthenticated, match="unknown key"):
+        verifier.verify(sa_token(key=OTHER_KEY, kid="k9"))
 
 
 # --- the tokens file ---------------------------------------------------------------------------

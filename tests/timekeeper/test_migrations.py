@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
+from gpushare.cli import main
 from timekeeper import database
 
 TABLES = {"usage_reports", "usage_buckets"}
@@ -105,3 +108,107 @@ def test_db_command_reports_an_unreachable_database() -> None:
     )
     assert done.returncode == 1
     assert "cannot reach the database" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "revision", "status", "message"),
+    [
+        pytest.param(
+            "sqlitefoo:///{tmp}/x.db",
+            None,
+            2,
+            "gpushare db upgrade: --database-url: must be a sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DB URL (got 'sqlitefoo:///{tmp}/x.db')",
+            id="unknown-dialect",
+        ),
+        pytest.param(
+            "postgresql+foo://db/x",
+            None,
+            2,
+            "gpushare db upgrade: --database-url: must be a sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DB URL (got 'postgresql+foo://db/x')",
+            id="unknown-driver",
+        ),
+        pytest.param(
+            "sqlite:///:memory:",
+            None,
+            2,
+            "gpushare db upgrade: --database-url: must be a sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DB URL with the path of a file "
+            "(got 'sqlite:///:memory:')",
+            id="sqlite-in-memory",
+        ),
+        pytest.param(
+            "sqlite://x.db",
+            None,
+            2,
+            "gpushare db upgrade: --database-url: must be a sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DB URL with the path of a file "
+            "(got 'sqlite://x.db')",
+            id="sqlite-two-slashes",
+        ),
+        pytest.param(
+            "sqlite:///{tmp}/not-a-database.db",
+            None,
+            1,
+            "gpushare db upgrade: sqlite:///{tmp}/not-a-database.db is not a usable database: "
+            "file is not a database",
+            id="not-a-database-file",
+        ),
+        pytest.param(
+            "sqlite:///{tmp}/a-folder",
+            None,
+            1,
+            "gpushare db upgrade: cannot reach the database sqlite:///{tmp}/a-folder: "
+            "unable to open database file",
+            id="a-folder",
+        ),
+        pytest.param(
+            "sqlite:///{tmp}/x.db",
+            "nosuchrev",
+            1,
+            "gpushare db upgrade: revision: Can't locate revision identified by 'nosuchrev' "
+            "(got 'nosuchrev')",
+            id="unknown-revision",
+        ),
+    ],
+)
+def test_db_command_refuses_bad_input_without_a_traceback(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    url: str,
+    revision: str | None,
+    status: int,
+    message: str,
+) -> None:
+    (tmp_path / "not-a-database.db").write_text("tokens: []\n" * 100)
+    (tmp_path / "a-folder").mkdir()
+    argv = ["db", "upgrade", "--database-url", url.format(tmp=tmp_path)]
+    assert main([*argv, revision] if revision else argv) == status
+    captured = capsys.readouterr()
+    assert captured.err.strip() == message.format(tmp=tmp_path)
+    assert captured.out == ""
+
+
+def test_db_command_hides_the_password() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpushare",
+            "db",
+            "upgrade",
+            "--database-url",
+            "postgresql://nobody:s3cret@127.0.0.1:1/none?connect_timeout=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        "gpushare db upgrade: cannot reach the database "
+        "postgresql+psycopg://nobody:***@127.0.0.1:1/none?connect_timeout=2: "
+    )
+    assert "s3cret" not in done.stderr

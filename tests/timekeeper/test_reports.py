@@ -196,6 +196,42 @@ def test_rfc3339_rejected(text: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        # These once overflowed on the conversion to UTC (500 instead of 400).
+        pytest.param("0001-01-01T00:00:00+01:00", id="before-year-1-in-utc"),
+        pytest.param("9999-12-31T23:59:59-01:00", id="after-year-9999-in-utc"),
+        pytest.param("0001-01-01T00:00:00Z", id="year-1"),
+        pytest.param("1969-12-31T23:59:59Z", id="before-the-epoch"),
+        pytest.param("1970-01-01T00:30:00+01:00", id="before-the-epoch-by-offset"),
+        pytest.param("9000-01-01T00:00:00Z", id="year-9000"),
+    ],
+)
+def test_rfc3339_outside_the_supported_range(text: str) -> None:
+    with pytest.raises(ValueError) as error:
+        parse_rfc3339(text)
+    assert str(error.value) == (
+        "must lie between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z (a node clock that "
+        "was never set, or a typo)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("1970-01-01T00:00:00Z", datetime(1970, 1, 1, tzinfo=UTC), id="the-epoch"),
+        pytest.param(
+            "8999-12-31T23:59:59.999999Z",
+            datetime(8999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+            id="last-instant",
+        ),
+    ],
+)
+def test_rfc3339_range_edges_accepted(text: str, expected: datetime) -> None:
+    assert parse_rfc3339(text) == expected
+
+
+@pytest.mark.parametrize(
     ("start", "end", "message"),
     [
         pytest.param(NOW - timedelta(minutes=1), NOW, None, id="ends-now"),

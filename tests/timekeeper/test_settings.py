@@ -65,8 +65,8 @@ def test_every_bad_field_is_reported_together() -> None:
             }
         )
     assert error.value.problems == [
-        "GPUSHARE_DATABASE_URL: must be a sqlite:/// or postgresql+psycopg:// URL "
-        "(got 'mysql://x')",
+        "GPUSHARE_DATABASE_URL: must be a sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
+        "URL (got 'mysql://x')",
         "GPUSHARE_TOKENS_FILE: no such file (got '/no/such/tokens.yaml')",
         "GPUSHARE_JWKS_URL: must be an http:// or https:// URL (got 'ftp://keys')",
         "GPUSHARE_READ_REQUIRES_TOKEN: must be true or false (got 'maybe')",
@@ -137,3 +137,49 @@ def test_serve_command_refuses_a_bad_tokens_file(tmp_path: Path) -> None:
         f"gpushare timekeeper: {tokens}: tokens[0].token: must be a string of at least 16 "
         "characters (got a string of 5 characters)" in done.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "message"),
+    [
+        pytest.param(
+            ["--database-url", "sqlite:///{tmp}/tokens.yaml"],
+            1,
+            "gpushare timekeeper: sqlite:///{tmp}/tokens.yaml is not a usable database: "
+            "file is not a database",
+            id="database-is-not-a-database",
+        ),
+        pytest.param(
+            ["--database-url", "sqlite:///{tmp}/tk.db", "--metrics-dir", "/proc/no-such-dir"],
+            2,
+            "gpushare timekeeper: --metrics-dir: must be a folder this process can create and "
+            "write (No such file or directory) (got '/proc/no-such-dir')",
+            id="metrics-dir-cannot-be-created",
+        ),
+    ],
+)
+def test_serve_command_refuses_what_it_cannot_use_without_a_traceback(
+    tmp_path: Path, extra: list[str], status: int, message: str
+) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text('tokens:\n  - {token: "a-long-random-string", namespace: team-a}\n')
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpushare",
+            "timekeeper",
+            "--tokens",
+            str(tokens),
+            "--port",
+            "0",
+            *(arg.format(tmp=tmp_path) for arg in extra),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == status
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == message.format(tmp=tmp_path)

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.timekeeper.servers import ServerProcess
 from tests.timekeeper.test_auth import KEY, jwks, sa_token
 from tests.timekeeper.test_concurrency import odd_report
@@ -34,10 +36,50 @@ def test_wsgi_module_reports_bad_environment(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
-        "timekeeper: GPUSHARE_DATABASE_URL: must be a sqlite:/// or postgresql+psycopg:// URL "
-        "(got 'mysql://nope')",
+        "timekeeper: GPUSHARE_DATABASE_URL: must be a sqlite:///PATH or "
+        "postgresql+psycopg://USER@HOST/DB URL (got 'mysql://nope')",
         "timekeeper: GPUSHARE_CLOCK_SKEW_SECONDS: must be a number of seconds (got 'soon')",
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        pytest.param(
+            "GPUSHARE_TOKENS_FILE",
+            'tokens:\n  - {token: "a-long-random-string", namespace: team-a}\n'
+            '  - {token: "a-long-random-string", namespace: team-b}\n',
+            "timekeeper: {path}: tokens[1].token: the same token is listed twice",
+            id="tokens-listed-twice",
+        ),
+        pytest.param(
+            "GPUSHARE_BUDGETS_FILE",
+            "defaults: {gpuHours: ten}\n",
+            "timekeeper: defaults.gpuHours: must be a number >= 0 or 'unlimited' (got 'ten')",
+            id="budgets-invalid",
+        ),
+    ],
+)
+def test_wsgi_module_reports_bad_files_without_a_traceback(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    path = tmp_path / "file.yaml"
+    path.write_text(content)
+    env = {
+        **os.environ,
+        "GPUSHARE_DATABASE_URL": f"sqlite:///{tmp_path / 'tk.db'}",
+        "GPUSHARE_ALLOW_UNAUTHENTICATED_REPORTS": "true",
+        name: str(path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "import timekeeper.wsgi"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr.splitlines()) == (2, [message.format(path=path)])
 
 
 def test_plain_gunicorn_serves_the_wsgi_app(tmp_path: Path) -> None:

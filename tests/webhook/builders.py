@@ -151,6 +151,7 @@ class _StatusHandler(BaseHTTPRequestHandler):
         self._send(200, found)
 
     def _send(self, code: int, body: Any) -> None:
+        self.server.answered += 1
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -171,6 +172,8 @@ class FakeTimekeeper(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _StatusHandler)
         self.statuses: dict[str, Any] = {}
         self.requests: list[str] = []
+        self.answered = 0
+        """Answers sent (a hanging request is counted once it is answered)."""
         self.hang: threading.Event | None = None
         self.required_token: str | None = None
 

@@ -148,7 +148,8 @@ def test_dead_timekeeper_costs_one_attempt_per_retry_window() -> None:
     for namespace in ("team-a", "team-b", "team-c"):
         with pytest.raises(TimekeeperUnavailable, match=r"\(asked again after 5s\)"):
             client.lookup(namespace)
-    assert time.monotonic() - started < 0.05
+    # None of them waited for an attempt (the metrics below prove no attempt was made).
+    assert time.monotonic() - started < 0.3, "less than one timeout (0.3 s)"
     assert metrics.budget_cache.labels("skipped")._value.get() == 3
     assert metrics.timekeeper_errors.labels("unreachable")._value.get() == 1
     clock.now += 6
@@ -182,7 +183,10 @@ def test_hanging_timekeeper_bounded_by_timeout(timekeeper: FakeTimekeeper) -> No
     # Whichever comes first: the lookup's deadline or the socket's own timeout.
     with pytest.raises(TimekeeperUnavailable, match=r"did not answer within 0\.2s|timed out"):
         client.lookup("team-a")
-    assert time.monotonic() - started < 2.0, "bounded by the timeout, not by the hang (10 s)"
+    # Bounded by the timeout, not by the hang: the server had not answered yet. (No tight
+    # wall-clock figure: a loaded machine may delay any thread by a second or more.)
+    assert timekeeper.answered == 0
+    assert time.monotonic() - started < 5.0, "far less than the hang (10 s)"
     timekeeper.hang.set()
 
 
@@ -197,9 +201,11 @@ def test_whole_lookup_bounded_even_when_each_socket_read_is_quick() -> None:
         dribbling_fetch, timeout_seconds=0.2, ttl_seconds=10, stale_seconds=60, retry_seconds=5
     )
     started = time.monotonic()
+    # The message comes only from the lookup's own deadline; the fetch is still running.
     with pytest.raises(TimekeeperUnavailable, match=r"did not answer within 0\.2s"):
         client.lookup("team-a")
-    assert time.monotonic() - started < 2.0
+    assert not release.is_set()
+    assert time.monotonic() - started < 5.0, "far less than the dribbling fetch (10 s)"
     release.set()
 
 
@@ -245,7 +251,7 @@ def test_waiters_stop_waiting_once_the_timekeeper_is_found_down() -> None:
         return refused(namespace)
 
     client = TimekeeperBudgets(
-        fetch, timeout_seconds=5.0, ttl_seconds=10, stale_seconds=60, retry_seconds=5
+        fetch, timeout_seconds=30.0, ttl_seconds=10, stale_seconds=60, retry_seconds=5
     )
     outcome: list[str] = []
 
@@ -262,11 +268,15 @@ def test_waiters_stop_waiting_once_the_timekeeper_is_found_down() -> None:
     assert stuck.wait(5)
     with pytest.raises(TimekeeperUnavailable, match="timekeeper unreachable"):
         client.lookup("dead")
-    waiter.join(2)
+    waiter.join(20)
+    # The waiter gave up before its own fetch was released and long before its 30 s
+    # timeout, and says why: the outage found by the other lookup, not a timeout.
+    stopped_before_release = not waiter.is_alive()
     release.set()
+    assert stopped_before_release
     assert len(outcome) == 1
     assert outcome[0].startswith("timekeeper unreachable")
-    assert outcome[0].endswith("after 0.1s") or outcome[0].endswith("after 0.0s")
+    assert float(outcome[0].rsplit("after ", 1)[1].rstrip("s")) < 20
 
 
 def test_bearer_token_read_from_file_per_lookup(timekeeper: FakeTimekeeper, tmp_path: Path) -> None:

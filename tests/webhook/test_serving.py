@@ -146,8 +146,8 @@ def test_bad_configuration_exits_with_every_reason(cert_dir: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "gpushare webhook: invalid configuration:",
-        "  GPUSHARE_WEBHOOK_TIMEKEEPER_URL: must be an http:// or https:// URL with a host"
-        " (got 'nope')",
+        "  --timekeeper-url (GPUSHARE_WEBHOOK_TIMEKEEPER_URL): must be an http:// or https://"
+        " URL with a host (got 'nope')",
         "  GPUSHARE_WEBHOOK_FAILURE_POLICY: must be one of fail-open, fail-closed"
         " (got 'sometimes')",
         f"  --cert: no such file (got '{cert_dir / 'missing.crt'}')",

@@ -144,7 +144,14 @@ def run(settings: Settings) -> int:
     try:
         inventory = build_inventory(settings)
         daemon = Daemon(settings, inventory=inventory, kubernetes=kubernetes)
-    except (CheckpointError, InventoryError, OSError) as err:
+    except CheckpointError as err:
+        log.error(
+            "cannot start the node manager: %s; move the file away to start without it"
+            " (allocations still held are adopted from kubelet's PodResources)",
+            err,
+        )
+        return 1
+    except (InventoryError, OSError) as err:
         log.error("cannot start the node manager: %s", err)
         return 1
 

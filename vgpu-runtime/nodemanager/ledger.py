@@ -164,11 +164,16 @@ class Ledger:
         """Read a checkpoint; a missing file is an empty ledger."""
         ledger = cls()
         try:
-            text = path.read_text()
+            data = path.read_bytes()
         except FileNotFoundError:
             return ledger
         try:
-            payload = json.loads(text)
+            payload = json.loads(data)
+            if not isinstance(payload, dict):
+                raise CheckpointError(
+                    f"checkpoint {path} is unreadable: it must be a JSON object "
+                    f"(got {type(payload).__name__})"
+                )
             if payload.get("version") != CHECKPOINT_VERSION:
                 raise CheckpointError(
                     f"checkpoint {path}: version must be {CHECKPOINT_VERSION} "
@@ -176,7 +181,7 @@ class Ledger:
                 )
             for item in payload["allocations"]:
                 ledger.add(Allocation.from_json(item))
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from err
         return ledger
 

@@ -16,6 +16,7 @@ for). The owner is confirmed later through kubelet's PodResources API.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,11 +56,21 @@ class Match:
     ambiguous: bool
 
 
+_DECIMAL_SUFFIXES = {"": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_QUANTITY = re.compile(
+    r"^(?P<digits>[0-9]+)(?:(?P<suffix>[kMGTPE]?)|[eE](?P<exponent>[0-9]{1,2}))$"
+)
+
+
 def _int_quantity(value: Any) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
+    """A whole-number quantity as the API server writes it: canonical form turns 1000 into
+    "1k" and 2000000 into "2M"; anything else (fractions, binary suffixes) counts as 0."""
+    match = _QUANTITY.match(str(value).strip())
+    if match is None:
         return 0
+    exponent = match["exponent"]
+    power = int(exponent) if exponent is not None else _DECIMAL_SUFFIXES[match["suffix"] or ""]
+    return int(match["digits"]) * 10**power
 
 
 def _soft_limit(annotations: Mapping[str, str], core: int) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,9 @@ def parse_settings(args: argparse.Namespace) -> Settings:
             parsed = float(value)
         except ValueError:
             errors.append(f"{flag}: must be a number (got {value!r})")
+            return default
+        if not math.isfinite(parsed):
+            errors.append(f"{flag}: must be a finite number of seconds (got {value!r})")
             return default
         if parsed < minimum:
             errors.append(f"{flag}: must be at least {minimum:g} (got {value!r})")
