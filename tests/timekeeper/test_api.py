@@ -500,6 +500,12 @@ def test_usage_range_is_clipped(client: FlaskClient) -> None:
         pytest.param("format=xml", "format: must be one of json, csv", id="format"),
         pytest.param("from=last-week", "from: must be an RFC 3339", id="from"),
         pytest.param(
+            "from=2026-11-01T00:00:00+01:00",
+            "from: must be an RFC 3339 timestamp with a zone, like 2026-11-21T06:00:00Z (got "
+            "'2026-11-01T00:00:00 01:00'); write the '+' of an offset as %2B in a URL",
+            id="unescaped-plus-of-an-offset",
+        ),
+        pytest.param(
             "from=2026-11-02T00:00:00Z&to=2026-11-01T00:00:00Z",
             "to: must be after from",
             id="reversed",
