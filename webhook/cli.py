@@ -6,6 +6,7 @@ Cheap to import: Flask, gunicorn and cryptography are imported inside the comman
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,13 @@ def run_webhook(args: argparse.Namespace) -> int:
     for flag, path in (("--cert", args.cert), ("--key", args.key)):
         if not Path(path).is_file():
             problems.append(f"{flag}: no such file (got {path!r})")
+    token_file = os.environ.get("GPUSHARE_WEBHOOK_TIMEKEEPER_TOKEN_FILE", "").strip()
+    if token_file and not os.access(token_file, os.R_OK):
+        # Read for every lookup; missing at start it would turn every admission into a
+        # failure-policy decision.
+        problems.append(
+            f"GPUSHARE_WEBHOOK_TIMEKEEPER_TOKEN_FILE: must be a readable file (got {token_file!r})"
+        )
     for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
         if value < 1:
             problems.append(f"{flag}: must be at least 1 (got {value})")

@@ -11,7 +11,7 @@ from nodemanager.api import deviceplugin_pb2 as dp
 
 from tests.nodemanager.conftest import NodeFactory
 from tests.nodemanager.fake_apiserver import make_pod
-from tests.nodemanager.fake_kubelet import CORE, MEMORY
+from tests.nodemanager.fake_kubelet import CORE, MEMORY, wait_until
 
 
 def _status(call: Any) -> tuple[grpc.StatusCode, str]:
@@ -81,6 +81,22 @@ def _preferred(available: list[str], size: int, must: list[str] | None = None) -
         ),
         pytest.param(
             CORE,
+            "Allocate",
+            lambda u0, u1: _allocate(f"{u0}-core-05"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown tencent.com/vcuda-core device ID '{u0}-core-05'",
+            id="allocate-id-with-leading-zero",
+        ),
+        pytest.param(
+            MEMORY,
+            "Allocate",
+            lambda u0, u1: _allocate(f"{u0}-mem-\u0665"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown tencent.com/vcuda-memory device ID '{u0}-mem-\u0665'",
+            id="allocate-id-with-non-ascii-digit",
+        ),
+        pytest.param(
+            CORE,
             "GetPreferredAllocation",
             lambda u0, u1: _preferred([f"{u0}-core-{n}" for n in range(10)], 0),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -123,3 +139,25 @@ def test_hostile_requests_get_grpc_errors_and_the_plugin_keeps_serving(
     pod = make_pod("fine", [("c", 10, 2)])
     node.apiserver.add_pod(pod)
     assert node.kubelet.admit(pod)["c"].envs["GPUSHARE_CORE_LIMIT"] == "10"
+
+
+def test_a_kubelet_that_drops_list_and_watch_again_and_again_starves_nothing(
+    make_node: NodeFactory,
+) -> None:
+    """kubelet vanishing mid-ListAndWatch (more times than the plugin has worker threads):
+    every dropped stream gives its thread back, and Allocate is still answered."""
+    node = make_node()
+    stub = node.kubelet.stub(CORE)
+    for _ in range(12):
+        stream = stub.ListAndWatch(dp.Empty())
+        assert len(next(stream).devices) == 200  # the first list arrives at once
+        stream.cancel()  # the peer goes away while the plugin waits for a change
+    pod = make_pod("after", [("c", 10, 2)])
+    node.apiserver.add_pod(pod)
+    assert node.kubelet.admit(pod)["c"].envs["GPUSHARE_CORE_LIMIT"] == "10"
+    node.inventory.set_healthy(1, False)
+    assert node.manager.check_health()
+    wait_until(
+        lambda: list(node.kubelet.health(CORE).values()).count("Unhealthy") == 100,
+        what="the kubelet's own stream still follows health",
+    )

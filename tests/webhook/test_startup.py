@@ -60,13 +60,13 @@ def test_validity_window_of_the_serving_certificate(
     assert (problem is None) is (expected is None)
 
 
-def _start(*args: str) -> subprocess.CompletedProcess[str]:
+def _start(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gpushare", "webhook", "--port", "0", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": ""},
+        env={"PATH": "", **env},
     )
 
 
@@ -109,6 +109,7 @@ def test_flag_values_are_reported_under_the_flag(tmp_path: Path) -> None:
         *("--cert", str(cert), "--key", str(tmp_path / "tls.key")),
         *("--timekeeper-url", "ftp://timekeeper", "--timekeeper-timeout", "soon"),
         *("--failure-policy", "open", "--sidecar-mode", "sidecar"),
+        GPUSHARE_WEBHOOK_TIMEKEEPER_TOKEN_FILE=str(tmp_path / "no-token"),
     )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
@@ -121,6 +122,8 @@ def test_flag_values_are_reported_under_the_flag(tmp_path: Path) -> None:
         " fail-closed (got 'open')",
         "  --sidecar-mode (GPUSHARE_WEBHOOK_SIDECAR_MODE): must be one of native, classic"
         " (got 'sidecar')",
+        "  GPUSHARE_WEBHOOK_TIMEKEEPER_TOKEN_FILE: must be a readable file"
+        f" (got '{tmp_path / 'no-token'}')",
     ]
 
 
