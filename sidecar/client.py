@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 REPORTS_PATH: Final = "/api/v1/reports"
 RETRYABLE_STATUSES: Final = frozenset({408, 425, 429})
+RETRYABLE_ERRORS: Final = frozenset({"too-early"})
+"""Error codes of 4xx answers that time cures: `too-early` is a report ending past the
+timekeeper's clock-skew allowance (this node's clock is ahead); it is accepted once the
+timekeeper's clock catches up, so giving it up would lose the pod's time."""
 _MAX_REASON_CHARS: Final = 300
 
 
@@ -29,9 +33,19 @@ class Outcome:
     """How a delivery attempt ended."""
 
     kind: Literal["delivered", "retry", "rejected"]
-    """delivered (2xx), retry (5xx, 408/425/429, no answer), rejected (other answers)."""
+    """delivered (2xx with the receipt), retry (5xx, 408/425/429, a `too-early` 400, no
+    answer, a 2xx without the receipt), rejected (other answers)."""
     status: int | None
     reason: str
+
+
+def _error_code(body: bytes) -> str | None:
+    try:
+        error = json.loads(body)
+    except ValueError:
+        return None
+    code = error.get("error") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _reason(status: int, body: bytes) -> str:
@@ -45,6 +59,19 @@ def _reason(status: int, body: bytes) -> str:
         text = body.decode("utf-8", errors="replace")
     text = " ".join(text.split())[:_MAX_REASON_CHARS]
     return f"HTTP {status}: {text}" if text else f"HTTP {status}"
+
+
+def _is_receipt(answer: bytes, report: Report) -> bool:
+    """The timekeeper answers a stored report with its receipt: the same podUid and sequence."""
+    try:
+        receipt = json.loads(answer)
+    except ValueError:
+        return False
+    return (
+        isinstance(receipt, dict)
+        and receipt.get("podUid") == report["podUid"]
+        and receipt.get("sequence") == report["sequence"]
+    )
 
 
 class TimekeeperClient:
@@ -106,10 +133,19 @@ class TimekeeperClient:
         finally:
             connection.close()
         if 200 <= status < 300:
-            return Outcome("delivered", status, f"HTTP {status}")
+            if _is_receipt(answer, report):
+                return Outcome("delivered", status, f"HTTP {status}")
+            # A proxy or another service that answers 2xx to anything must not make the
+            # sidecar drop intervals the timekeeper never stored: keep it, retry.
+            return Outcome(
+                "retry",
+                status,
+                f"HTTP {status} without the timekeeper's receipt for sequence "
+                f"{report['sequence']} (is GPUSHARE_TIMEKEEPER_URL the timekeeper?)",
+            )
         reason = _reason(status, answer)
         if status == 401:
             self._tokens.invalidate()
-        if status >= 500 or status in RETRYABLE_STATUSES:
+        if status >= 500 or status in RETRYABLE_STATUSES or _error_code(answer) in RETRYABLE_ERRORS:
             return Outcome("retry", status, reason)
         return Outcome("rejected", status, reason)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -238,7 +239,11 @@ def _instant(name: str, value: str | None, default: datetime) -> datetime:
     try:
         return parse_rfc3339(value)
     except ValueError as err:
-        raise InvalidRequest(f"{name}: {err} (got {value!r})") from err
+        hint = ""
+        if re.search(r"\d \d{2}:\d{2}$", value):
+            # `?from=2026-11-21T00:00:00+01:00` arrives with a space for the unescaped '+'.
+            hint = "; write the '+' of an offset as %2B in a URL"
+        raise InvalidRequest(f"{name}: {err} (got {value!r}){hint}") from err
 
 
 def _usage_json(row: UsageRow, group_by: str) -> dict[str, Any]:

@@ -29,6 +29,16 @@ class ReportRejected(InvalidRequest):
     code = "rejected"
 
 
+class ReportTooEarly(ReportRejected):
+    """A report ending beyond the clock-skew allowance: a node clock ahead of this one.
+
+    Still a 400, but with its own code: the same report becomes acceptable once this
+    server's clock has caught up, so a sidecar keeps it and retries instead of giving it up.
+    """
+
+    code = "too-early"
+
+
 class Conflict(TimekeeperError):
     """The same (pod UID, sequence) was already recorded with different content."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from timekeeper.errors import InvalidRequest, ReportRejected
+from timekeeper.errors import InvalidRequest, ReportRejected, ReportTooEarly
 
 MAX_SEQUENCE: Final = 2**63 - 1
 MAX_POD_UID_LENGTH: Final = 128
@@ -158,7 +158,7 @@ def check_timing(
     """Rules that depend on the server's clock and settings; `ReportRejected` when broken."""
     latest = now + timedelta(seconds=clock_skew_seconds)
     if report.end > latest:
-        raise ReportRejected(
+        raise ReportTooEarly(
             f"end: lies in the future beyond the {clock_skew_seconds:g} s clock-skew allowance "
             f"(got {_iso(report.end)}, server time {_iso(now)})"
         )

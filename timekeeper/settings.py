@@ -112,7 +112,13 @@ def _bool(value: object) -> bool:
     raise ValueError("must be true or false")
 
 
-def _seconds(minimum: float) -> Callable[[object], float]:
+def _seconds(minimum: float, maximum: float = math.inf) -> Callable[[object], float]:
+    rule = (
+        f"must be a number of seconds >= {minimum:g}"
+        if maximum == math.inf
+        else f"must be a number of seconds in {minimum:g}..{maximum:g}"
+    )
+
     def parse(value: object) -> float:
         if isinstance(value, bool):
             raise ValueError("must be a number of seconds")
@@ -120,8 +126,8 @@ def _seconds(minimum: float) -> Callable[[object], float]:
             number = float(value) if isinstance(value, int | float) else float(_text(value))
         except ValueError as err:
             raise ValueError("must be a number of seconds") from err
-        if not math.isfinite(number) or number < minimum:
-            raise ValueError(f"must be a number of seconds >= {minimum:g}")
+        if not math.isfinite(number) or not minimum <= number <= maximum:
+            raise ValueError(rule)
         return number
 
     return parse
@@ -181,8 +187,10 @@ _PARSERS: Final[dict[str, Callable[[object], Any]]] = {
     "token_issuer": _optional_text,
     "allow_unauthenticated_reports": _bool,
     "read_requires_token": _bool,
-    "clock_skew_seconds": _seconds(0.0),
-    "max_interval_seconds": _seconds(1.0),
+    # More than a day is no clock skew; far beyond, `now + skew` leaves what a datetime holds
+    # and every report would fail. One report covers at most a year.
+    "clock_skew_seconds": _seconds(0.0, 86400.0),
+    "max_interval_seconds": _seconds(1.0, 366 * 86400.0),
     "log_format": _choice(LOG_FORMATS),
     "log_level": _choice(LOG_LEVELS, upper=True),
     "metrics_multiprocess_dir": _path,

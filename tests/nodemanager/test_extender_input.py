@@ -3,6 +3,7 @@ quantities, and bodies of the wrong shape. Never a 5xx; every error names the fi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,9 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from nodemanager import pods
 from nodemanager.devices import Kind
 from nodemanager.inventory import SimulatedInventory
@@ -18,6 +22,7 @@ from nodemanager.manager import NodeManager, Paths
 from gpushare.annotations import NODE_GPU_CAPACITY
 from tests.nodemanager.fake_apiserver import make_pod
 from tests.nodemanager.test_extender import args, capacity, node
+from tests.webhook.test_endpoints import _json, _leaf, _pod
 from webhook import extender, placement
 from webhook.nodecapacity import StaticNodeCapacity
 
@@ -209,3 +214,66 @@ def test_node_manager_reads_canonical_quantities_of_pending_pods(
     pod["spec"]["containers"][0]["resources"]["limits"] = {CORE: core, MEMORY: memory}
     found = [(item.core, item.memory) for item in pods.pending_containers([pod])]
     assert found == ([expected] if expected != (0, 0) else [])
+
+
+_capacity_text = st.one_of(
+    st.builds(
+        lambda gpus, policy: json.dumps({"version": 1, "policy": policy, "gpus": gpus}),
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    name: st.one_of(st.integers(min_value=-5, max_value=200), _json)
+                    for name in ("index", "coreTotal", "coreFree", "memoryTotal", "memoryFree")
+                },
+                optional={"healthy": _leaf},
+            ),
+            max_size=3,
+        ),
+        st.sampled_from(["binpack", "spread", "other"]),
+    ),
+    _leaf,
+)
+_node = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "metadata": st.one_of(
+                st.fixed_dictionaries(
+                    {"name": _leaf},
+                    optional={
+                        "annotations": st.one_of(
+                            st.fixed_dictionaries({NODE_GPU_CAPACITY: _capacity_text}), _json
+                        )
+                    },
+                ),
+                _json,
+            )
+        }
+    ),
+    _json,
+)
+_args = st.one_of(
+    st.fixed_dictionaries(
+        {"pod": st.one_of(_pod, _json)},
+        optional={
+            "nodes": st.one_of(
+                st.fixed_dictionaries({"items": st.one_of(st.lists(_node, max_size=3), _json)}),
+                _json,
+            ),
+            "nodenames": st.one_of(st.lists(st.one_of(st.just("n1"), _leaf), max_size=3), _json),
+        },
+    ),
+    _json,
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(body=_args, verb=st.sampled_from(["filter", "prioritize"]))
+def test_generated_extender_arguments_never_get_5xx(body: Any, verb: str) -> None:
+    app = Flask(__name__)
+    app.register_blueprint(extender.blueprint)
+    extender.install_node_capacity(app, StaticNodeCapacity({"n1": capacity([(10, 2)])}))
+    reply = app.test_client().post(
+        f"/scheduler/{verb}", data=json.dumps(body, allow_nan=True), content_type="application/json"
+    )
+    assert reply.status_code in (200, 400), reply.get_data(as_text=True)
+    assert reply.get_json() is not None

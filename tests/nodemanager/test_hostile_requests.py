@@ -81,6 +81,22 @@ def _preferred(available: list[str], size: int, must: list[str] | None = None) -
         ),
         pytest.param(
             CORE,
+            "Allocate",
+            lambda u0, u1: _allocate(f"{u0}-core-05"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown tencent.com/vcuda-core device ID '{u0}-core-05'",
+            id="allocate-id-with-leading-zero",
+        ),
+        pytest.param(
+            MEMORY,
+            "Allocate",
+            lambda u0, u1: _allocate(f"{u0}-mem-\u0665"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown tencent.com/vcuda-memory device ID '{u0}-mem-\u0665'",
+            id="allocate-id-with-non-ascii-digit",
+        ),
+        pytest.param(
+            CORE,
             "GetPreferredAllocation",
             lambda u0, u1: _preferred([f"{u0}-core-{n}" for n in range(10)], 0),
             grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -92,7 +92,7 @@ class FakeTimekeeper:
             if key in self.reports:
                 if self.reports[key] != report:
                     return self._refuse(409, "conflict", f"sequence {key[1]} holds another report")
-                return 200, {"sequence": key[1]}
+                return 200, {"podUid": key[0], "sequence": key[1]}
             start, end = _time(report["start"]), _time(report["end"])
             if end <= start:
                 return self._refuse(422, "invalid", "end: must be after start")
@@ -100,7 +100,7 @@ class FakeTimekeeper:
                 if uid == key[0] and _time(other["start"]) < end and _time(other["end"]) > start:
                     return self._refuse(422, "rejected", f"overlaps sequence {sequence}")
             self.reports[key] = report
-            return 201, {"sequence": key[1]}
+            return 201, {"podUid": key[0], "sequence": key[1]}
 
     def _refuse(self, status: int, code: str, message: str) -> tuple[int, Any]:
         self.refusals.append((status, message))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -93,3 +96,93 @@ def test_a_token_that_cannot_be_sent_is_retried_not_a_crash(
         "the bearer token cannot be sent in a header (a line break or a character beyond "
         "Latin-1); reading the token again",
     )
+
+
+class _Anything(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with the status and body the test sets."""
+
+    answer: ClassVar[tuple[int, bytes]] = (200, b"")
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        status, body = self.answer
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        pytest.param(200, b"<html>welcome</html>", id="html-page"),
+        pytest.param(204, b"", id="no-content"),
+        pytest.param(200, b'{"ok": true}', id="other-json"),
+        pytest.param(
+            200,
+            b'{"podUid": "0b3c8a4e-6f0d-4d9e-9b1a-2f6c1e8d7a55", "sequence": 2}',
+            id="receipt-of-another-sequence",
+        ),
+        pytest.param(201, b'{"podUid": "another-pod", "sequence": 1}', id="receipt-of-another-pod"),
+    ],
+)
+def test_a_2xx_without_the_receipt_is_retried_not_taken_as_delivered(
+    status: int, body: bytes
+) -> None:
+    # A proxy or a wrong service answering 2xx must not make the sidecar drop the interval.
+    handler = type("Handler", (_Anything,), {"answer": (status, body)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = TimekeeperClient(
+            f"http://127.0.0.1:{server.server_address[1]}", tokens=StaticToken(TOKEN)
+        )
+        assert client.send(REPORT, timeout_seconds=5) == Outcome(
+            "retry",
+            status,
+            f"HTTP {status} without the timekeeper's receipt for sequence 1 (is "
+            "GPUSHARE_TIMEKEEPER_URL the timekeeper?)",
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        pytest.param(
+            400,
+            b'{"error": "too-early", "message": "end: lies in the future beyond the 60 s '
+            b'clock-skew allowance"}',
+            "retry",
+            id="too-early-node-clock-ahead-is-retried",
+        ),
+        pytest.param(
+            400,
+            b'{"error": "rejected", "message": "start/end: overlaps sequence 9"}',
+            "rejected",
+            id="overlap-is-given-up",
+        ),
+        pytest.param(400, b'{"error": 7}', "rejected", id="odd-error-code"),
+        pytest.param(400, b"[]", "rejected", id="not-an-object"),
+    ],
+)
+def test_4xx_answers_that_time_cures_are_retried(status: int, body: bytes, kind: str) -> None:
+    handler = type("Handler", (_Anything,), {"answer": (status, body)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = TimekeeperClient(
+            f"http://127.0.0.1:{server.server_address[1]}", tokens=StaticToken(TOKEN)
+        )
+        outcome = client.send(REPORT, timeout_seconds=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (outcome.kind, outcome.status) == (kind, status)

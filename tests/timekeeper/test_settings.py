@@ -70,7 +70,7 @@ def test_every_bad_field_is_reported_together() -> None:
         "GPUSHARE_TOKENS_FILE: no such file (got '/no/such/tokens.yaml')",
         "GPUSHARE_JWKS_URL: must be an http:// or https:// URL (got 'ftp://keys')",
         "GPUSHARE_READ_REQUIRES_TOKEN: must be true or false (got 'maybe')",
-        "GPUSHARE_CLOCK_SKEW_SECONDS: must be a number of seconds >= 0 (got '-5')",
+        "GPUSHARE_CLOCK_SKEW_SECONDS: must be a number of seconds in 0..86400 (got '-5')",
         "GPUSHARE_MAX_INTERVAL_SECONDS: must be a number of seconds (got 'a day')",
         "GPUSHARE_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR (got 'loud')",
     ]
@@ -183,3 +183,65 @@ def test_serve_command_refuses_what_it_cannot_use_without_a_traceback(
     assert done.returncode == status
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1] == message.format(tmp=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        pytest.param(
+            "clock_skew_seconds",
+            "1e12",
+            "--clock-skew-seconds: must be a number of seconds in 0..86400 (got '1e12')",
+            id="skew-that-overflowed-every-report",
+        ),
+        pytest.param(
+            "clock_skew_seconds",
+            "nan",
+            "--clock-skew-seconds: must be a number of seconds in 0..86400 (got 'nan')",
+            id="skew-nan",
+        ),
+        pytest.param(
+            "max_interval_seconds",
+            "1e400",
+            "--max-interval-seconds: must be a number of seconds in 1..3.16224e+07 (got '1e400')",
+            id="interval-infinite",
+        ),
+        pytest.param(
+            "max_interval_seconds",
+            "0.5",
+            "--max-interval-seconds: must be a number of seconds in 1..3.16224e+07 (got '0.5')",
+            id="interval-below-a-second",
+        ),
+        pytest.param(
+            "budgets_check_seconds",
+            "-1",
+            "--budgets-check-seconds: must be a number of seconds >= 0 (got '-1')",
+            id="check-negative",
+        ),
+    ],
+)
+def test_time_settings_are_bounded(name: str, value: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_settings({name: value, "allow_unauthenticated_reports": True}, label=flag)
+    assert error.value.problems == [problem]
+
+
+def test_the_largest_allowed_time_settings_still_take_reports() -> None:
+    from datetime import UTC, datetime
+
+    from tests.timekeeper.conftest import report_body
+    from timekeeper.reports import check_timing, parse_report
+
+    settings = parse_settings(
+        {
+            "clock_skew_seconds": "86400",
+            "max_interval_seconds": str(366 * 86400),
+            "allow_unauthenticated_reports": True,
+        }
+    )
+    check_timing(
+        parse_report(report_body()),
+        now=datetime(8999, 12, 31, tzinfo=UTC),
+        clock_skew_seconds=settings.clock_skew_seconds,
+        max_interval_seconds=settings.max_interval_seconds,
+    )

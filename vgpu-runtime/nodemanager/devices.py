@@ -52,7 +52,11 @@ def parse_device_id(text: str, kind: Kind, gpus: Sequence[Gpu]) -> DeviceId:
     head, sep, number_text = text.rpartition("-")
     uuid, sep2, kind_text = head.rpartition("-")
     gpu = next((gpu for gpu in gpus if gpu.uuid == uuid), None)
-    if not (sep and sep2 and number_text.isdigit()) or kind_text != kind.value or gpu is None:
+    # Only the exact spelling offered: no leading zeros, signs or non-ASCII digits.
+    canonical = (
+        number_text.isascii() and number_text.isdigit() and str(int(number_text)) == number_text
+    )
+    if not (sep and sep2 and canonical) or kind_text != kind.value or gpu is None:
         raise UnknownDeviceError(
             f"unknown {kind.resource_name} device ID {text!r}: this node offers "
             f"'<GPU UUID>-{kind.value}-<n>' for GPUs {', '.join(g.uuid for g in gpus)}"

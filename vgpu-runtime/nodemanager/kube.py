@@ -240,7 +240,13 @@ class KubeletPodResources:
                 stub = podresources_pb2_grpc.PodResourcesListerStub(channel)
                 reply = stub.List(podresources_pb2.ListPodResourcesRequest(), timeout=self._timeout)
         except grpc.RpcError as err:
-            raise KubernetesError(f"kubelet PodResources List failed: {err}") from err
+            # One line with the status, not the multi-line repr of the gRPC error.
+            code = err.code() if isinstance(err, grpc.Call) else None
+            details = err.details() if isinstance(err, grpc.Call) else str(err)
+            raise KubernetesError(
+                f"kubelet PodResources List on {self._target} failed:"
+                f" {code.name if code is not None else 'error'}: {details}"
+            ) from err
         return [
             ContainerDevices(
                 namespace=pod.namespace,

@@ -1,4 +1,5 @@
-"""A checkpoint file of any content: a named error at start, never a traceback."""
+"""What the node manager finds at start: a checkpoint of any content, an absent kubelet;
+named errors, never a traceback or a wall of text."""
 
 from __future__ import annotations
 
@@ -56,3 +57,14 @@ def test_the_command_refuses_a_corrupt_checkpoint_with_the_reason(tmp_path: Path
     assert "Traceback" not in done.stderr
     assert f"checkpoint {checkpoint} is unreadable: it must be a JSON object" in done.stderr
     assert "move the file away" in done.stderr
+
+
+def test_an_absent_kubelet_is_one_clear_line(tmp_path: Path) -> None:
+    from nodemanager.kube import KubeletPodResources, KubernetesError
+
+    socket = tmp_path / "missing.sock"
+    with pytest.raises(KubernetesError) as info:
+        KubeletPodResources(str(socket), timeout_seconds=2).list_devices()
+    message = str(info.value)
+    assert message.startswith(f"kubelet PodResources List on unix://{socket} failed: UNAVAILABLE: ")
+    assert "\n" not in message
