@@ -3,8 +3,10 @@ against the fake API server, and Allocate answered from it."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nodemanager.daemon import Daemon
@@ -148,6 +150,55 @@ def test_unreadable_event_makes_the_cache_list_again(
     in_sync(watch, apiserver)
     assert pending(watch) == [("a", "c")]
     assert "pod cache of node node-a out of sync" in caplog.text
+
+
+class _StillStream:
+    """A watch on which nothing happens until it is closed."""
+
+    def __init__(self) -> None:
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._closed.wait(10)
+        return iter(())
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class _FailingOnceSource:
+    """A `PodWatchSource` whose first list fails with an error no client should raise."""
+
+    def __init__(self) -> None:
+        self.lists = 0
+
+    def list_node_pods(self, node_name: str) -> tuple[list[dict[str, Any]], str]:
+        self.lists += 1
+        if self.lists == 1:
+            raise RuntimeError("a bug, not the API server")
+        return [make_pod("a", [("c", 30, 4)], node=node_name)], "7"
+
+    def watch_node_pods(
+        self, node_name: str, resource_version: str, timeout_seconds: int
+    ) -> _StillStream:
+        return _StillStream()
+
+
+def test_unexpected_failure_leaves_the_cache_out_of_sync_and_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = _FailingOnceSource()
+    watch = PodWatch(source, NODE, retry_seconds=0.05).start()
+    try:
+        wait_until(lambda: watch.synced, what="a list after the failure")
+        assert pending(watch) == [("a", "c")]
+        assert watch.resource_version == "7"
+        assert source.lists == 2
+        assert "failed unexpectedly" in caplog.text
+    finally:
+        watch.stop()
+    assert not watch.running
+    assert watch.pending_containers() is None  # stopped: Allocate asks the API server
 
 
 def test_allocate_is_answered_from_the_cache(make_node: NodeFactory) -> None:

@@ -186,11 +186,13 @@ class _JsonLines:
     def __init__(self, response: Any, what: str) -> None:
         self._response = response
         self._what = what
+        self._reading = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from urllib3.exceptions import HTTPError
 
         buffer = b""
+        self._reading = True
         try:
             for chunk in self._response.stream(amt=None, decode_content=True):
                 buffer += chunk
@@ -198,17 +200,23 @@ class _JsonLines:
                 for line in lines:
                     if line.strip():
                         yield _event(line, self._what)
-        except (HTTPError, OSError) as err:
+        except (HTTPError, OSError, ValueError) as err:
             raise KubernetesError(f"{self._what} broke off: {err}") from err
         finally:
-            self.close()
+            self._reading = False
+            self._release()
         if buffer.strip():
             yield _event(buffer, self._what)
 
     def close(self) -> None:
-        """End the stream, also from another thread (a blocked read then sees its end)."""
+        """End the stream, also from another thread: a read blocked on it sees its end (the
+        reading thread then releases the connection)."""
         with contextlib.suppress(ValueError, RuntimeError, OSError):
             self._response.shutdown()  # fails when already closed or released
+        if not self._reading:
+            self._release()
+
+    def _release(self) -> None:
         self._response.close()
         self._response.release_conn()
 

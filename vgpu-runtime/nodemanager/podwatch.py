@@ -128,9 +128,11 @@ class PodWatch:
             except GoneError as err:
                 log.info("pod cache of node %s: %s; listing again", self._node, err)
                 self._unsync()
-            except KubernetesError as err:
+            except Exception as err:  # whatever failed, the cache must not claim to be in sync
                 if self._stop.is_set():
                     break
+                if not isinstance(err, KubernetesError):
+                    log.exception("pod cache of node %s failed unexpectedly", self._node)
                 log.warning(
                     "pod cache of node %s out of sync, Allocate asks the API server meanwhile: "
                     "%s (retrying in %.0f s)",
@@ -141,6 +143,7 @@ class PodWatch:
                 self._unsync()
                 self._stop.wait(delay)
                 delay = min(delay * 2, self._max_retry)
+        self._unsync()  # stopped: callers ask the API server
 
     def _unsync(self) -> None:
         with self._lock:
