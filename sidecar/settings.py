@@ -29,6 +29,8 @@ _DNS_SUBDOMAIN = re.compile(
 )
 _BEARER = re.compile(r"^[\x21-\x7e]+$")
 """A bearer token as an HTTP header can carry it: printable ASCII, no spaces or breaks."""
+MIN_REPORT_INTERVAL_SECONDS: Final = 0.05
+"""The shortest reporting period (tests and the footprint benchmark use it)."""
 MAX_VCUDA_CORE: Final = 100_000
 """The timekeeper's bound on a report's vcudaCore (a thousand whole GPUs)."""
 MAX_VCUDA_MEMORY: Final = 1_000_000
@@ -159,6 +161,13 @@ def _is_url(raw: str) -> bool:
     )
 
 
+def _whole(text: str) -> int:
+    """A whole number in ASCII digits (`int` alone also takes '٥٠' and '1_000')."""
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise ValueError(text)
+    return int(text)
+
+
 def _finite(value: float) -> bool:
     return value == value and value not in (float("inf"), float("-inf"))
 
@@ -189,7 +198,7 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
     core = env.number(
         "GPUSHARE_VCUDA_CORE",
         default=None,
-        parse=int,
+        parse=_whole,
         rule=f"must be a whole number of vcuda-core units in 1..{MAX_VCUDA_CORE} "
         "(1 = 1 % of a GPU)",
         check=lambda v: 1 <= v <= MAX_VCUDA_CORE,
@@ -197,7 +206,7 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
     memory = env.number(
         "GPUSHARE_VCUDA_MEMORY",
         default=None,
-        parse=int,
+        parse=_whole,
         rule=f"must be a whole number of vcuda-memory units in 0..{MAX_VCUDA_MEMORY} (1 = 256 MiB)",
         check=lambda v: 0 <= v <= MAX_VCUDA_MEMORY,
     )
@@ -217,8 +226,9 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
         "GPUSHARE_REPORT_INTERVAL_SECONDS",
         default=15.0,
         parse=float,
-        rule="must be a number of seconds in (0, 3600]",
-        check=lambda v: _finite(v) and 0 < v <= 3600,
+        # Below a twentieth of a second the loop would only spin writing spool files.
+        rule=f"must be a number of seconds in [{MIN_REPORT_INTERVAL_SECONDS:g}, 3600]",
+        check=lambda v: _finite(v) and MIN_REPORT_INTERVAL_SECONDS <= v <= 3600,
     )
     spool_dir = env.text(
         "GPUSHARE_SPOOL_DIR",
@@ -229,7 +239,7 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
     spool_max = env.number(
         "GPUSHARE_SPOOL_MAX_INTERVALS",
         default=2048,
-        parse=int,
+        parse=_whole,
         rule="must be a whole number >= 2",
         check=lambda v: v >= 2,
     )
@@ -264,7 +274,7 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
     rejected_attempts = env.number(
         "GPUSHARE_REJECTED_ATTEMPTS",
         default=3,
-        parse=int,
+        parse=_whole,
         rule="must be a whole number >= 1",
         check=lambda v: v >= 1,
     )

@@ -75,6 +75,11 @@ def parse_tokens(document: Any, *, source: str = "tokens file") -> dict[str, str
     entries = document["tokens"]
     if not isinstance(entries, list):
         raise ConfigError([f"{source}: tokens: must be a list (got {_shape(entries)})"])
+    if not entries:
+        # With no token every report is refused: a mistake, never a set-up.
+        raise ConfigError(
+            [f"{source}: tokens: must list at least one {{token, namespace}} (got an empty list)"]
+        )
     for index, entry in enumerate(entries):
         where = f"{source}: tokens[{index}]"
         if not isinstance(entry, dict):

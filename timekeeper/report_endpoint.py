@@ -161,6 +161,15 @@ class ReportEndpoint:
         if length > MAX_BODY_BYTES:
             raise TooLarge(f"body: at most {MAX_BODY_BYTES} bytes (got {length} bytes)")
         raw = environ["wsgi.input"].read(length) if length > 0 else b""
+        if (
+            not environ.get("CONTENT_LENGTH")
+            and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        ):
+            # No length up front: read one byte past the limit to know whether it is passed.
+            raw = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+            length = len(raw)
+            if length > MAX_BODY_BYTES:
+                raise TooLarge(f"body: at most {MAX_BODY_BYTES} bytes (got more, chunked)")
         body = None
         if content_type.split(";")[0].strip().lower() == "application/json":
             try:

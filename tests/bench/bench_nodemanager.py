@@ -2,7 +2,9 @@
 
 - Allocate round trip: GetPreferredAllocation + Allocate over gRPC on a unix socket, as
   kubelet calls them, for one container (vcuda-core then vcuda-memory), on a node with 100
-  running GPU containers; the pod lookup goes over HTTP to an in-process API server.
+  running GPU containers; the node manager keeps the node's pods in memory by a list-then-watch
+  of an in-process API server over HTTP (as the daemon does), and each pod is admitted once
+  that watch has delivered it, as kubelet admits a pod once its own watch delivered it.
   Baseline side by side: an empty gRPC call (GetDevicePluginOptions) on the same channel.
 - Extender filter: `POST /scheduler/filter` for 500 nodes through Flask's test client, in both
   modes of kube-scheduler: node names only (`nodeCacheCapable: true`, capacity from the
@@ -27,6 +29,7 @@ from nodemanager.inventory import SimulatedInventory
 from nodemanager.kube import KubeletPodResources, KubernetesApi
 from nodemanager.manager import NodeManager, Paths
 from nodemanager.plugin import PluginRunner
+from nodemanager.podwatch import PodWatch
 
 from gpushare.annotations import NODE_GPU_CAPACITY
 from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod
@@ -65,11 +68,13 @@ def bench_allocate() -> None:
     apiserver = FakeApiServer().start()
     kubelet = FakeKubelet(root / "dp", root / "pr.sock").start()
     kubernetes = KubernetesApi.for_url(apiserver.url)
+    watch = PodWatch(kubernetes, "node-a").start()
     manager = NodeManager(
         node_name="node-a",
         inventory=SimulatedInventory(8, 80 << 30),
         paths=Paths(root / "lib", root / "state", root / "checkpoint.json"),
         pod_source=kubernetes,
+        pod_cache=watch,
         pod_resources=KubeletPodResources(str(root / "pr.sock")),
         publisher=kubernetes,
     )
@@ -86,10 +91,12 @@ def bench_allocate() -> None:
         samples: list[float] = []
         baseline: list[float] = []
         kubelet.rpc_seconds.clear()
+        listed_before = manager.pod_lists
         for number in range(ROUNDS):
             name = f"new{number}"
             pod = make_pod(name, [("c", 30, 16)], created=f"2026-01-02T00:{number:04d}Z")
             apiserver.add_pod(pod)
+            wait_until(lambda: watch.resource_version == apiserver.resource_version)
             baseline.append(timed(lambda: stub.GetDevicePluginOptions(dp.Empty(), timeout=5)))
             samples.append(timed(lambda pod=pod: kubelet.admit(pod)))
             apiserver.set_phase(name, "Running")
@@ -105,6 +112,8 @@ def bench_allocate() -> None:
             "empty gRPC call",
             baseline,
         )
+        listed = manager.pod_lists - listed_before
+        print(f"  pending pods listed from the API server by Allocate: {listed} times")
         report(
             "whole container admission in the harness (both resources, kubelet side included)",
             samples,
@@ -113,6 +122,7 @@ def bench_allocate() -> None:
         )
     finally:
         runner.stop()
+        watch.stop()
         kubelet.stop()
         apiserver.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -14,6 +14,7 @@ from nodemanager.kube import KubeletPodResources, KubernetesApi
 from nodemanager.manager import NodeManager, Paths
 from nodemanager.placement import Policy
 from nodemanager.plugin import PluginRunner
+from nodemanager.podwatch import PodWatch
 
 from tests.nodemanager.fake_apiserver import FakeApiServer
 from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet, wait_until
@@ -47,6 +48,16 @@ class Node:
     runner: PluginRunner
     kubelet: FakeKubelet
     apiserver: FakeApiServer
+    watch: PodWatch | None = None
+
+    def sync(self) -> None:
+        """Wait until the pod cache has applied every change the API server made so far."""
+        watch = self.watch
+        assert watch is not None
+        wait_until(
+            lambda: watch.synced and watch.resource_version == self.apiserver.resource_version,
+            what="pod cache in sync",
+        )
 
     @property
     def paths(self) -> Paths:
@@ -65,12 +76,19 @@ def make_node(short_dir: Path, apiserver: FakeApiServer) -> Iterator[NodeFactory
     started: list[Node] = []
 
     def make(
-        gpus: int = 2, memory_gib: int = 16, policy: Policy = Policy.BINPACK, grace: float = 60
+        gpus: int = 2,
+        memory_gib: int = 16,
+        policy: Policy = Policy.BINPACK,
+        grace: float = 60,
+        pod_watch: bool = False,
     ) -> Node:
         plugin_dir = short_dir / "dp"
         kubelet = FakeKubelet(plugin_dir, short_dir / "pr.sock").start()
         inventory = SimulatedInventory(gpus, memory_gib * GIB)
         kubernetes = KubernetesApi.for_url(apiserver.url)
+        watch = None
+        if pod_watch:
+            watch = PodWatch(kubernetes, NODE, retry_seconds=0.05, max_retry_seconds=0.2).start()
         manager = NodeManager(
             node_name=NODE,
             inventory=inventory,
@@ -81,13 +99,14 @@ def make_node(short_dir: Path, apiserver: FakeApiServer) -> Iterator[NodeFactory
             ),
             policy=policy,
             pod_source=kubernetes,
+            pod_cache=watch,
             pod_resources=KubeletPodResources(str(short_dir / "pr.sock")),
             publisher=kubernetes,
             release_grace_seconds=grace,
         )
         runner = PluginRunner(manager, plugin_dir, watch_interval_seconds=0.02)
         runner.start()
-        node = Node(short_dir, inventory, manager, runner, kubelet, apiserver)
+        node = Node(short_dir, inventory, manager, runner, kubelet, apiserver, watch)
         started.append(node)
         wait_until(
             lambda: kubelet.registered(CORE) > 0 and kubelet.registered(MEMORY) > 0,
@@ -103,3 +122,5 @@ def make_node(short_dir: Path, apiserver: FakeApiServer) -> Iterator[NodeFactory
     for node in started:
         node.runner.stop()
         node.kubelet.stop()
+        if node.watch is not None:
+            node.watch.stop()

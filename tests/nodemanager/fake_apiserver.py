@@ -1,14 +1,18 @@
 """A small in-process Kubernetes API server over HTTP: just what the node manager uses.
 
-GET /api/v1/pods (fieldSelector spec.nodeName and status.phase), GET/PATCH /api/v1/nodes/NAME
-(JSON merge patch). The real `kubernetes` client talks to it; nothing is patched.
+GET /api/v1/pods (fieldSelector spec.nodeName and status.phase; `watch=true` streams events
+from a resourceVersion, with 410 Gone for versions older than the last `compact()`),
+GET/PATCH /api/v1/nodes/NAME (JSON merge patch). The real `kubernetes` client talks to it;
+nothing is patched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -32,6 +36,17 @@ class FakeApiServer:
         self.fail_with: int | None = None
         self._lock = threading.Lock()
         self._changed = threading.Event()
+        self._pod_events = threading.Condition(self._lock)
+        self._version = 1
+        self._events: list[tuple[int, dict[str, Any] | None, dict[str, Any] | None, bytes]] = []
+        self._compacted = 0
+        self._watch_generation = 0
+        self._gone_generation = 0
+        self._stopping = False
+        self.open_watches = 0
+        self.watch_gate = threading.Event()
+        """Cleared: new pod watches wait (up to 10 s) before they are answered."""
+        self.watch_gate.set()
         handler = self._handler()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -46,18 +61,74 @@ class FakeApiServer:
         return self
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._pod_events.notify_all()
+        self.watch_gate.set()
         self._server.shutdown()
         self._server.server_close()
+
+    @property
+    def resource_version(self) -> str:
+        with self._lock:
+            return str(self._version)
+
+    def _record(self, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """Called with the lock held: a pod changed; watchers see the event."""
+        self._version += 1
+        if new is not None:
+            new["metadata"]["resourceVersion"] = str(self._version)
+            new = copy.deepcopy(new)
+        elif old is not None:
+            old["metadata"]["resourceVersion"] = str(self._version)  # the deletion's version
+        self._events.append((self._version, old, new, b""))
+        self._pod_events.notify_all()
+
+    def send_raw_watch_line(self, line: bytes) -> None:
+        """Send `line` as it is to every pod watch (a malformed event)."""
+        with self._lock:
+            self._version += 1
+            self._events.append((self._version, None, None, line + b"\n"))
+            self._pod_events.notify_all()
 
     def add_pod(self, pod: dict[str, Any]) -> None:
         with self._lock:
             self.pods.append(pod)
+            self._record(None, pod)
 
     def set_phase(self, name: str, phase: str) -> None:
         with self._lock:
             for pod in self.pods:
                 if pod["metadata"]["name"] == name:
+                    old = copy.deepcopy(pod)
                     pod.setdefault("status", {})["phase"] = phase
+                    self._record(old, pod)
+
+    def delete_pod(self, name: str) -> None:
+        with self._lock:
+            for pod in [pod for pod in self.pods if pod["metadata"]["name"] == name]:
+                self.pods.remove(pod)
+                self._record(copy.deepcopy(pod), None)
+
+    def compact(self) -> None:
+        """Forget the event history: watches from an older resourceVersion get 410 Gone."""
+        with self._lock:
+            self._compacted = self._version
+            self._events.clear()
+
+    def close_watches(self) -> None:
+        """End every open pod watch, as a server timeout or a dropped connection does."""
+        with self._lock:
+            self._watch_generation += 1
+            self._pod_events.notify_all()
+
+    def expire_watches(self) -> None:
+        """Compact, and end every open pod watch with an ERROR event 410 Gone."""
+        with self._lock:
+            self._compacted = self._version
+            self._events.clear()
+            self._gone_generation += 1
+            self._pod_events.notify_all()
 
     def node_annotations(self, name: str) -> dict[str, str]:
         with self._lock:
@@ -65,21 +136,77 @@ class FakeApiServer:
             return dict(node.get("metadata", {}).get("annotations", {}))
 
     def _list_pods(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        selectors = {}
-        for clause in ",".join(query.get("fieldSelector", [])).split(","):
-            if "=" in clause:
-                key, value = clause.split("=", 1)
-                selectors[key] = value
-        items = []
+        selectors = _selectors(query)
         with self._lock:
-            for pod in self.pods:
-                fields = {
-                    "spec.nodeName": pod.get("spec", {}).get("nodeName", ""),
-                    "status.phase": pod.get("status", {}).get("phase", ""),
-                }
-                if all(fields.get(key) == value for key, value in selectors.items()):
-                    items.append(copy.deepcopy(pod))
-        return {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
+            items = [copy.deepcopy(pod) for pod in self.pods if _selected(pod, selectors)]
+            version = str(self._version)
+        return {
+            "kind": "PodList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": version},
+            "items": items,
+        }
+
+    def _watch_pods(self, handler: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> None:
+        """Stream the pod events after `resourceVersion` as JSON lines in HTTP/1.1 chunks, as
+        the API server does, until timeoutSeconds or `close_watches()`."""
+        selectors = _selectors(query)
+        since = int((query.get("resourceVersion") or ["0"])[0] or 0)
+        deadline = time.monotonic() + float((query.get("timeoutSeconds") or ["30"])[0])
+        self.watch_gate.wait(10)
+        handler.protocol_version = "HTTP/1.1"
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+
+        def send(data: bytes) -> None:
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            handler.wfile.flush()
+
+        with self._lock:
+            generation, gone = self._watch_generation, self._gone_generation
+            too_old = since < self._compacted
+            self.open_watches += 1
+        try:
+            if too_old:
+                send(_gone_event(since))
+                return
+            cursor = since
+            gone_line = b""
+            while True:
+                with self._lock:
+                    self._pod_events.wait_for(
+                        lambda cursor=cursor: (
+                            self._version > cursor
+                            or self._stopping
+                            or (self._watch_generation, self._gone_generation) != (generation, gone)
+                        ),
+                        timeout=max(0.0, deadline - time.monotonic()),
+                    )
+                    if self._gone_generation != gone:
+                        gone_line = _gone_event(cursor)
+                        break
+                    if self._stopping or self._watch_generation != generation:
+                        return
+                    events = [event for event in self._events if event[0] > cursor]
+                    cursor = max(cursor, self._version)
+                if not events and time.monotonic() >= deadline:
+                    return
+                lines = [raw or _watch_event(old, new, selectors) for _, old, new, raw in events]
+                data = b"".join(line for line in lines if line is not None)
+                if data:
+                    send(data)
+            if gone_line:
+                send(gone_line)
+        except OSError:
+            pass  # the client went away
+        finally:
+            with self._lock:
+                self.open_watches -= 1
+            with contextlib.suppress(OSError):  # the last chunk; the client may be gone
+                handler.wfile.write(b"0\r\n\r\n")
 
     def _patch_node(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -116,7 +243,9 @@ class FakeApiServer:
                 if self._failing():
                     return
                 query = parse_qs(url.query)
-                if url.path == "/api/v1/pods":
+                if url.path == "/api/v1/pods" and query.get("watch") == ["true"]:
+                    fake._watch_pods(self, query)
+                elif url.path == "/api/v1/pods":
                     self._reply(200, fake._list_pods(query))
                 elif url.path == "/api/v1/nodes" and query.get("watch") == ["true"]:
                     # a watch that sees no events and ends soon: the client lists again
@@ -161,6 +290,52 @@ class FakeApiServer:
                 self._reply(200, fake._patch_node(url.path.rsplit("/", 1)[1], patch))
 
         return Handler
+
+
+def _selectors(query: dict[str, list[str]]) -> dict[str, str]:
+    selectors = {}
+    for clause in ",".join(query.get("fieldSelector", [])).split(","):
+        if "=" in clause:
+            key, value = clause.split("=", 1)
+            selectors[key] = value
+    return selectors
+
+
+def _selected(pod: dict[str, Any] | None, selectors: dict[str, str]) -> bool:
+    if pod is None:
+        return False
+    fields = {
+        "spec.nodeName": pod.get("spec", {}).get("nodeName", ""),
+        "status.phase": pod.get("status", {}).get("phase", ""),
+    }
+    return all(fields.get(key) == value for key, value in selectors.items())
+
+
+def _watch_event(
+    old: dict[str, Any] | None, new: dict[str, Any] | None, selectors: dict[str, str]
+) -> bytes | None:
+    """The event a watch with `selectors` sees, as the API server sends it: a pod that stops
+    matching the selector is DELETED for that watch, one that starts matching is ADDED."""
+    was, now = _selected(old, selectors), _selected(new, selectors)
+    if now:
+        kind, item = ("MODIFIED" if was else "ADDED"), new
+    elif was:
+        kind, item = "DELETED", new or old
+    else:
+        return None
+    return json.dumps({"type": kind, "object": item}).encode() + b"\n"
+
+
+def _gone_event(version: int) -> bytes:
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": f"too old resource version: {version}",
+        "reason": "Expired",
+        "code": 410,
+    }
+    return json.dumps({"type": "ERROR", "object": status}).encode() + b"\n"
 
 
 def make_pod(

@@ -195,7 +195,7 @@ def test_an_https_timekeeper_is_verified_against_the_given_ca(tmp_path: Path) ->
             [
                 "GPUSHARE_VCUDA_CORE: must be a whole number of vcuda-core units in 1..100000 "
                 "(1 = 1 % of a GPU) (got 'half')",
-                "GPUSHARE_REPORT_INTERVAL_SECONDS: must be a number of seconds in (0, 3600] "
+                "GPUSHARE_REPORT_INTERVAL_SECONDS: must be a number of seconds in [0.05, 3600] "
                 "(got '0')",
             ],
             id="malformed-core-and-period",

@@ -144,6 +144,23 @@ def test_accepted_values(changes: dict[str, str], field: str, value: object) -> 
             id="core-memory-not-whole",
         ),
         pytest.param(
+            {"GPUSHARE_REPORT_INTERVAL_SECONDS": "1e-300"},
+            [
+                "GPUSHARE_REPORT_INTERVAL_SECONDS: must be a number of seconds in [0.05, 3600] "
+                "(got '1e-300')"
+            ],
+            id="period-so-short-the-loop-spins",
+        ),
+        pytest.param(
+            {"GPUSHARE_VCUDA_CORE": "\u0665\u0660", "GPUSHARE_SPOOL_MAX_INTERVALS": "2_048"},
+            [
+                "GPUSHARE_VCUDA_CORE: must be a whole number of vcuda-core units in 1..100000 "
+                "(1 = 1 % of a GPU) (got '\u0665\u0660')",
+                "GPUSHARE_SPOOL_MAX_INTERVALS: must be a whole number >= 2 (got '2_048')",
+            ],
+            id="whole-numbers-in-ascii-digits-only",
+        ),
+        pytest.param(
             {"GPUSHARE_POD_NAME": "train..0"},
             [
                 "GPUSHARE_POD_NAME: must be a DNS subdomain (lowercase letters, digits, '-', '.'; "
@@ -186,7 +203,7 @@ def test_accepted_values(changes: dict[str, str], field: str, value: object) -> 
         pytest.param(
             {"GPUSHARE_REPORT_INTERVAL_SECONDS": "nan"},
             [
-                "GPUSHARE_REPORT_INTERVAL_SECONDS: must be a number of seconds in (0, 3600] "
+                "GPUSHARE_REPORT_INTERVAL_SECONDS: must be a number of seconds in [0.05, 3600] "
                 "(got 'nan')"
             ],
             id="period-nan",

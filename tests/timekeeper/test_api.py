@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -204,6 +205,35 @@ def test_bad_raw_report_bodies_are_400(client: FlaskClient, raw: str, message: s
         400,
         {"error": "invalid", "message": message},
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        pytest.param(json.dumps(report_body()).encode(), 200, None, id="chunked-report"),
+        pytest.param(b"{" + b" " * 70_000 + b"}", 413, "request-entity-too-large", id="too-big"),
+    ],
+)
+def test_a_chunked_body_is_read(
+    client: FlaskClient, body: bytes, status: int, error: str | None
+) -> None:
+    # gunicorn hands a chunked body over without CONTENT_LENGTH; it was taken as empty.
+    from werkzeug.test import EnvironBuilder
+
+    environ = EnvironBuilder(
+        path="/api/v1/reports",
+        method="POST",
+        data=body,
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    ).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input"] = io.BytesIO(body)
+    answers: list[str] = []
+    payload = b"".join(
+        client.application.wsgi_app(environ, lambda line, headers: answers.append(line))
+    )
+    assert int(answers[0].split()[0]) == status
+    assert json.loads(payload).get("error") == error
 
 
 def test_absurdly_nested_json_is_400(client: FlaskClient) -> None:

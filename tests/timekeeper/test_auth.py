@@ -305,6 +305,11 @@ def test_keys_fetched_again_after_an_outage_verify_and_unknown_keys_are_401(
             {"tokens": {"a": 1}}, ["f: tokens: must be a list (got a dict)"], id="tokens-not-a-list"
         ),
         pytest.param(
+            {"tokens": []},
+            ["f: tokens: must list at least one {token, namespace} (got an empty list)"],
+            id="no-token-at-all",
+        ),
+        pytest.param(
             {"tokens": ["x"]},
             ["f: tokens[0]: must be a mapping {token, namespace} (got a string of 1 characters)"],
             id="entry-not-a-mapping",

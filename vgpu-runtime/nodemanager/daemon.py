@@ -22,6 +22,7 @@ from nodemanager.manager import NodeManager, Paths
 from nodemanager.metrics import ProcEnvironAttribution, registry_for
 from nodemanager.nvml import InventoryError, NvmlInventory
 from nodemanager.plugin import PluginRunner
+from nodemanager.podwatch import PodWatch
 from nodemanager.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Daemon:
         self.settings = settings
         pod_source: PodSource | None = kubernetes
         publisher: NodePublisher | None = kubernetes
+        self.pod_watch = None if kubernetes is None else PodWatch(kubernetes, settings.node_name)
         self.manager = NodeManager(
             node_name=settings.node_name,
             inventory=inventory,
@@ -50,6 +52,7 @@ class Daemon:
             ),
             policy=settings.policy,
             pod_source=pod_source,
+            pod_cache=self.pod_watch,
             pod_resources=KubeletPodResources(str(settings.pod_resources_socket)),
             publisher=publisher,
             release_grace_seconds=settings.release_grace_seconds,
@@ -68,6 +71,8 @@ class Daemon:
         )
         self._metrics_server = server
         self.metrics_port = server.server_port
+        if self.pod_watch is not None:
+            self.pod_watch.start()
         self.manager.check_health()
         self.manager.reconcile()
         self.runner.start()
@@ -105,6 +110,8 @@ class Daemon:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.runner.stop()
+        if self.pod_watch is not None:
+            self.pod_watch.stop()
         self.manager.flush_checkpoint()
         self._metrics_server.shutdown()
         self.manager.inventory.close()

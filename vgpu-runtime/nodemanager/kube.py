@@ -8,8 +8,9 @@ kubelet; `KubeletPodResources` implements it over gRPC on kubelet's unix socket.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,6 +23,31 @@ class PodSource(Protocol):
     def pending_pods(self, node_name: str) -> list[dict[str, Any]]:
         """Pods bound to `node_name` whose phase is Pending (Kubernetes JSON)."""
         ...
+
+
+class PodWatchSource(Protocol):
+    """What the node's pod cache needs: a list, then a watch from the list's version."""
+
+    def list_node_pods(self, node_name: str) -> tuple[list[dict[str, Any]], str]:
+        """Every pod bound to `node_name` (Kubernetes JSON) and the list's resourceVersion."""
+        ...
+
+    def watch_node_pods(
+        self, node_name: str, resource_version: str, timeout_seconds: int
+    ) -> WatchStream:
+        """Watch events (`{"type": ..., "object": ...}`) of the pods bound to `node_name`
+        after `resource_version`, until the server ends the watch or `close()` is called."""
+        ...
+
+
+class WatchStream(Protocol):
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+class GoneError(KubernetesError):
+    """The API server no longer has the requested resourceVersion (HTTP 410): list again."""
 
 
 class NodePublisher(Protocol):
@@ -94,6 +120,50 @@ class KubernetesApi:
             raise KubernetesError(f"cannot list pending pods of node {node_name}: {err}") from err
         return items
 
+    def list_node_pods(self, node_name: str) -> tuple[list[dict[str, Any]], str]:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            response: Any = self._core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={node_name}",
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+            document = json.loads(response.data)
+            items: list[dict[str, Any]] = document["items"] or []
+            version = str((document.get("metadata") or {}).get("resourceVersion") or "")
+        except (ApiException, HTTPError, ValueError, KeyError, AttributeError) as err:
+            raise KubernetesError(f"cannot list the pods of node {node_name}: {err}") from err
+        if not version:
+            raise KubernetesError(f"the pod list of node {node_name} has no resourceVersion")
+        return items, version
+
+    def watch_node_pods(
+        self, node_name: str, resource_version: str, timeout_seconds: int
+    ) -> WatchStream:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            response: Any = self._core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={node_name}",
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout_seconds,
+                watch=True,
+                _preload_content=False,
+                # a silent connection is noticed within a minute of the server's own timeout
+                _request_timeout=(self._timeout, timeout_seconds + 60),
+            )
+        except ApiException as err:
+            if err.status == 410:
+                raise GoneError(f"watch of the pods of node {node_name}: {err.reason}") from err
+            raise KubernetesError(f"cannot watch the pods of node {node_name}: {err}") from err
+        except HTTPError as err:
+            raise KubernetesError(f"cannot watch the pods of node {node_name}: {err}") from err
+        return _JsonLines(response, f"watch of the pods of node {node_name}")
+
     def annotate_node(self, node_name: str, annotations: Mapping[str, str]) -> None:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
@@ -108,6 +178,49 @@ class KubernetesApi:
             )
         except (ApiException, HTTPError) as err:
             raise KubernetesError(f"cannot annotate node {node_name}: {err}") from err
+
+
+class _JsonLines:
+    """The events of a watch response: one JSON object per line, decoded as they arrive."""
+
+    def __init__(self, response: Any, what: str) -> None:
+        self._response = response
+        self._what = what
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from urllib3.exceptions import HTTPError
+
+        buffer = b""
+        try:
+            for chunk in self._response.stream(amt=None, decode_content=True):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield _event(line, self._what)
+        except (HTTPError, OSError) as err:
+            raise KubernetesError(f"{self._what} broke off: {err}") from err
+        finally:
+            self.close()
+        if buffer.strip():
+            yield _event(buffer, self._what)
+
+    def close(self) -> None:
+        """End the stream, also from another thread (a blocked read then sees its end)."""
+        with contextlib.suppress(ValueError, RuntimeError, OSError):
+            self._response.shutdown()  # fails when already closed or released
+        self._response.close()
+        self._response.release_conn()
+
+
+def _event(line: bytes, what: str) -> dict[str, Any]:
+    try:
+        event = json.loads(line)
+    except ValueError as err:
+        raise KubernetesError(f"{what}: an event is not JSON: {err}") from err
+    if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+        raise KubernetesError(f"{what}: an event without an object: {line[:200]!r}")
+    return event
 
 
 class KubeletPodResources:

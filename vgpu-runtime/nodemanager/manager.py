@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from gpushare.annotations import (
     NODE_GPU_CAPACITY,
@@ -77,6 +78,14 @@ class Grant:
     mounts: tuple[MountSpec, ...]
 
 
+class PendingPods(Protocol):
+    """An in-memory view of this node's pending pods (`podwatch.PodWatch`)."""
+
+    def pending_containers(self) -> list[pods.ContainerRequest] | None:
+        """The pending containers in admission order; None while the view is not in sync."""
+        ...
+
+
 class RequestError(Exception):
     """A request kubelet should never send: unknown devices, devices split across GPUs."""
 
@@ -100,6 +109,7 @@ class NodeManager:
         paths: Paths,
         policy: Policy = Policy.BINPACK,
         pod_source: PodSource | None = None,
+        pod_cache: PendingPods | None = None,
         pod_resources: PodResourcesSource | None = None,
         publisher: NodePublisher | None = None,
         release_grace_seconds: float = 60.0,
@@ -110,6 +120,9 @@ class NodeManager:
         self.paths = paths
         self.policy = policy
         self._pod_source = pod_source
+        self._pod_cache_view = pod_cache
+        self.pod_lists = 0
+        """How many times Allocate listed pending pods from the API server (not the cache)."""
         self._pod_resources = pod_resources
         self._publisher = publisher
         self._grace = release_grace_seconds
@@ -199,10 +212,18 @@ class NodeManager:
 
     # --- pods ----------------------------------------------------------------------------
     def _find(self, kind: Kind, size: int) -> pods.Match:
-        """Match an allocation to a pending container. A pod list younger than
-        POD_CACHE_SECONDS is reused when it has a match (kubelet calls GetPreferredAllocation
-        and Allocate back to back); otherwise the API server is asked again."""
+        """Match an allocation to a pending container. The watched pods of this node
+        (`pod_cache`) answer when in sync and holding a match. Otherwise a pod list younger
+        than POD_CACHE_SECONDS is reused when it has a match (kubelet calls
+        GetPreferredAllocation and Allocate back to back); otherwise the API server is asked."""
         core_limit = _core_limit(kind, size)
+        if self._pod_cache_view is not None:
+            watched = self._pod_cache_view.pending_containers()
+            if watched is not None:
+                with self._lock:
+                    found = pods.match(watched, kind, size, self._served(), core_limit)
+                if found.candidate is not None:
+                    return found
         cached = self._pod_cache
         if cached is not None and self._clock() - cached[0] < POD_CACHE_SECONDS:
             with self._lock:
@@ -212,6 +233,7 @@ class NodeManager:
         candidates: list[pods.ContainerRequest] = []
         if self._pod_source is not None:
             try:
+                self.pod_lists += 1
                 listed = self._pod_source.pending_pods(self.node_name)
                 candidates = pods.pending_containers(listed)
                 self._pod_cache = (self._clock(), candidates)
@@ -622,10 +644,14 @@ def _pick(
     for device in required:
         left[device.gpu_uuid] = left.get(device.gpu_uuid, 0) - 1
     taken = set(chosen)
-    for device in sorted(available, key=lambda item: (item.gpu_uuid, item.number)):
-        if left.get(device.gpu_uuid, 0) > 0 and str(device) not in taken:
-            chosen.append(str(device))
-            left[device.gpu_uuid] -= 1
+    # only the wanted GPUs' devices are sorted (a node offers thousands of memory devices)
+    candidates = [device for device in available if left.get(device.gpu_uuid, 0) > 0]
+    for device in sorted(candidates, key=lambda item: (item.gpu_uuid, item.number)):
+        if left[device.gpu_uuid] > 0:
+            text = str(device)
+            if text not in taken:
+                chosen.append(text)
+                left[device.gpu_uuid] -= 1
     if len(chosen) != size:
         raise DoesNotFitError(
             f"{kind.resource_name}: {size} devices asked, but the chosen GPU(s) have only "
