@@ -181,13 +181,25 @@ def test_soft_limit_comes_from_the_pod_annotation(
         pytest.param(30, {"gpushare.io/sm-partition": "100"}, "30", None, id="all-sms-no-env"),
     ],
 )
+@pytest.mark.parametrize(
+    "pod_watch", [pytest.param(False, id="listed"), pytest.param(True, id="from-pod-cache")]
+)
 def test_quota_annotations_reach_the_container(
-    make_node: NodeFactory, core: int, annotations: dict[str, str], soft: str, sm: str | None
+    make_node: NodeFactory,
+    pod_watch: bool,
+    core: int,
+    annotations: dict[str, str],
+    soft: str,
+    sm: str | None,
 ) -> None:
-    node = make_node()
+    node = make_node(pod_watch=pod_watch)
     pod = make_pod("p1", [("c", core, 4)], annotations=annotations)
     node.apiserver.add_pod(pod)
+    if pod_watch:
+        node.sync()
     granted = node.kubelet.admit(pod)["c"]
+    if pod_watch:
+        assert node.manager.pod_lists == 0  # answered from the watched pods
     assert granted.envs["GPUSHARE_CORE_LIMIT"] == str(min(core, 100))
     assert granted.envs["GPUSHARE_CORE_SOFT_LIMIT"] == soft
     assert granted.envs.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE") == sm
