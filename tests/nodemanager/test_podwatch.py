@@ -4,14 +4,18 @@ against the fake API server, and Allocate answered from it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from nodemanager.daemon import Daemon
+from nodemanager.inventory import SimulatedInventory
 from nodemanager.kube import KubernetesApi
 from nodemanager.podwatch import PodWatch
+from nodemanager.settings import Settings
 
 from tests.nodemanager.conftest import NODE, NodeFactory
 from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod
-from tests.nodemanager.fake_kubelet import wait_until
+from tests.nodemanager.fake_kubelet import MEMORY, FakeKubelet, wait_until
 
 LIMIT = "tencent.com/vcuda-core-limit"
 MIB256 = 256 << 20
@@ -194,3 +198,42 @@ def test_cache_out_of_sync_falls_back_to_listing(make_node: NodeFactory) -> None
     assert got.envs["GPUSHARE_CORE_LIMIT"] == "25"
     assert got.envs["GPUSHARE_CORE_SOFT_LIMIT"] == "25"
     assert node.manager.pod_lists >= 1
+
+
+def test_daemon_keeps_a_pod_cache_and_allocates_from_it(
+    short_dir: Path, apiserver: FakeApiServer
+) -> None:
+    kubelet = FakeKubelet(short_dir / "dp", short_dir / "pr.sock").start()
+    settings = Settings(
+        node_name=NODE,
+        device_plugin_dir=short_dir / "dp",
+        pod_resources_socket=short_dir / "pr.sock",
+        simulate_gpus=(2, 16 << 30),
+        host="127.0.0.1",
+        port=0,
+        hook_library_dir=short_dir / "lib",
+        state_dir=short_dir / "state",
+        checkpoint=short_dir / "checkpoint.json",
+        health_interval_seconds=3600,
+        reconcile_interval_seconds=3600,
+    )
+    daemon = Daemon(
+        settings,
+        inventory=SimulatedInventory(2, 16 << 30),
+        kubernetes=KubernetesApi.for_url(apiserver.url),
+    )
+    daemon.start()
+    try:
+        watch = daemon.pod_watch
+        assert watch is not None and watch.running
+        wait_until(lambda: len(kubelet.health(MEMORY)) == 128, what="devices listed")
+        pod = make_pod("p", [("c", 30, 4)], annotations={LIMIT: "80"})
+        apiserver.add_pod(pod)
+        in_sync(watch, apiserver)
+        got = kubelet.admit(pod)["c"]
+        assert got.envs["GPUSHARE_CORE_SOFT_LIMIT"] == "80"
+        assert daemon.manager.pod_lists == 0
+    finally:
+        daemon.stop()
+        kubelet.stop()
+    assert not watch.running  # stop() ended the watch, blocked as it was on the stream

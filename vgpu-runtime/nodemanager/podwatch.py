@@ -88,6 +88,11 @@ class PodWatch:
         with self._lock:
             return self._version
 
+    @property
+    def running(self) -> bool:
+        """Whether the list-and-watch thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
     def pod_names(self) -> set[PodKey]:
         with self._lock:
             return set(self._pods)
