@@ -6,6 +6,7 @@ Kept cheap to import: heavy modules are imported inside the command functions.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -231,6 +232,15 @@ def usage_command(args: argparse.Namespace) -> int:
     problem = check_url(args.url)
     if problem is not None:
         print(f"gpushare usage: --url: {problem} (got {args.url!r})", file=sys.stderr)
+        return 2
+    token = args.token
+    if token is not None and not re.fullmatch(r"[\x21-\x7e]+", token):
+        # Never print the token itself: describe it.
+        print(
+            "gpushare usage: --token: must be printable ASCII without spaces (a bearer token) "
+            f"(got a value of {len(args.token)} characters)",
+            file=sys.stderr,
+        )
         return 2
     try:
         print_usage(args.url, args.namespace, token=args.token, out=sys.stdout)

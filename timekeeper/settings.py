@@ -8,6 +8,7 @@ each as `NAME: reason (got 'value')`, where NAME is the flag or variable the val
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -96,8 +97,14 @@ def _path(value: object) -> Path | None:
 
 def _readable_file(value: object) -> Path | None:
     path = _path(value)
-    if path is not None and not path.is_file():
+    if path is None:
+        return None
+    if not path.exists():
         raise ValueError("no such file")
+    if not path.is_file():
+        raise ValueError("must be a file, not a folder or a device")
+    if not os.access(path, os.R_OK):
+        raise ValueError("cannot be read by this process (permission denied)")
     return path
 
 

@@ -7,6 +7,7 @@ resource, the value and the rule.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -237,6 +238,7 @@ def _annotation_problems(annotations: Mapping[str, Any], requests: list[GpuReque
             f" {keys.QUOTA_LIMIT}={annotations[keys.QUOTA_LIMIT]}; it must be"
             " 0 < quota-request <= quota-limit <= 1"
         )
+    problems.extend(_quota_against_core(annotations, fractions, requests))
     sm = annotations.get(keys.SM_PARTITION)
     if sm is not None and not (
         isinstance(sm, str) and _INTEGER.fullmatch(sm) and 1 <= int(sm) <= 100
@@ -246,6 +248,55 @@ def _annotation_problems(annotations: Mapping[str, Any], requests: list[GpuReque
             " of the GPU's SMs in 1..100"
         )
     return problems
+
+
+def _quota_against_core(
+    annotations: Mapping[str, Any], fractions: Mapping[str, Decimal], requests: list[GpuRequest]
+) -> list[str]:
+    """Quotas the runtime cannot keep: the hard limit of each container is its vcuda-core
+    share of one GPU, so a guaranteed quota-request above it, or a quota-limit ceiling below
+    it, would be a promise nobody enforces."""
+    cores = [r for r in requests if r.core_units > 0]
+    if not cores:
+        return []
+    problems: list[str] = []
+    request = fractions.get(keys.QUOTA_REQUEST)
+    smallest = min(cores, key=lambda r: r.core_units)
+    if request is not None and request * CORE_UNITS_PER_GPU > smallest.core_units:
+        needed = math.ceil(request * CORE_UNITS_PER_GPU)
+        problems.append(
+            f"annotation {keys.QUOTA_REQUEST}={annotations[keys.QUOTA_REQUEST]} cannot be"
+            f" guaranteed: {smallest.container.describe()} asks"
+            f" {VCUDA_CORE}={smallest.core_units} ({_held(smallest.core_units)}), and"
+            f" the guaranteed share is that allocation; lower {keys.QUOTA_REQUEST} to at most"
+            f" {_share(smallest.core_units)} or raise {VCUDA_CORE} to at least {needed}"
+        )
+    limit = fractions.get(keys.QUOTA_LIMIT)
+    largest = max(cores, key=lambda r: r.core_units)
+    if limit is not None and limit * CORE_UNITS_PER_GPU < min(
+        largest.core_units, CORE_UNITS_PER_GPU
+    ):
+        problems.append(
+            f"annotation {keys.QUOTA_LIMIT}={annotations[keys.QUOTA_LIMIT]} is below what"
+            f" {largest.container.describe()} is allocated ({VCUDA_CORE}={largest.core_units},"
+            f" {_held(largest.core_units)}), which it may always use; raise"
+            f" {keys.QUOTA_LIMIT} to at least {_share(largest.core_units)}"
+        )
+    return problems
+
+
+def _share(core_units: int) -> str:
+    """The fraction of one GPU's time a core request holds on each of its GPUs."""
+    share = Decimal(min(core_units, CORE_UNITS_PER_GPU)) / CORE_UNITS_PER_GPU
+    return str(share.normalize())
+
+
+def _held(core_units: int) -> str:
+    if core_units > CORE_UNITS_PER_GPU:
+        return "whole GPUs"
+    if core_units == CORE_UNITS_PER_GPU:
+        return "a whole GPU"
+    return f"{_share(core_units)} of a GPU"
 
 
 def pod_annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:

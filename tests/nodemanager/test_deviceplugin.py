@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import pytest
 from nodemanager.api import deviceplugin_pb2 as dp
+from nodemanager.devices import Kind
 from nodemanager.placement import Policy
 
 from tests.nodemanager.conftest import NodeFactory
@@ -154,6 +155,56 @@ def test_soft_limit_comes_from_the_pod_annotation(
     node.apiserver.add_pod(pod)
     granted = node.kubelet.admit(pod)["c"]
     assert granted.envs["GPUSHARE_CORE_SOFT_LIMIT"] == expected
+
+
+@pytest.mark.parametrize(
+    ("core", "annotations", "soft", "sm"),
+    [
+        pytest.param(
+            30,
+            {"gpushare.io/quota-request": "0.3", "gpushare.io/quota-limit": "0.75"},
+            "75",
+            None,
+            id="quota-limit-is-the-burst",
+        ),
+        pytest.param(
+            30,
+            {"tencent.com/vcuda-core-limit": "90", "gpushare.io/quota-limit": "0.456"},
+            "45",
+            None,
+            id="smaller-ceiling-rounded-down",
+        ),
+        pytest.param(30, {"gpushare.io/sm-partition": "40"}, "30", "40", id="sm-partition-for-mps"),
+        pytest.param(
+            100, {"gpushare.io/sm-partition": "25"}, "100", "25", id="sm-partition-whole-gpu"
+        ),
+        pytest.param(30, {"gpushare.io/sm-partition": "100"}, "30", None, id="all-sms-no-env"),
+    ],
+)
+@pytest.mark.parametrize(
+    "pod_watch", [pytest.param(False, id="listed"), pytest.param(True, id="from-pod-cache")]
+)
+def test_quota_annotations_reach_the_container(
+    make_node: NodeFactory,
+    pod_watch: bool,
+    core: int,
+    annotations: dict[str, str],
+    soft: str,
+    sm: str | None,
+) -> None:
+    node = make_node(pod_watch=pod_watch)
+    pod = make_pod("p1", [("c", core, 4)], annotations=annotations)
+    node.apiserver.add_pod(pod)
+    if pod_watch:
+        node.sync()
+    granted = node.kubelet.admit(pod)["c"]
+    if pod_watch:
+        assert node.manager.pod_lists == 0  # answered from the watched pods
+    assert granted.envs["GPUSHARE_CORE_LIMIT"] == str(min(core, 100))
+    assert granted.envs["GPUSHARE_CORE_SOFT_LIMIT"] == soft
+    assert granted.envs.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE") == sm
+    (allocation,) = [a for a in node.manager.allocations() if a.kind is Kind.CORE]
+    assert allocation.sm_partition == int(sm or 0)
 
 
 def test_identical_requests_get_right_limits_and_own_state(make_node: NodeFactory) -> None:

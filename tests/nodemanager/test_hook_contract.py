@@ -45,6 +45,18 @@ class _Pods:
             id="shared-with-burst",
         ),
         pytest.param(
+            30,
+            8,
+            {
+                "tencent.com/vcuda-core-limit": "90",
+                "gpushare.io/quota-request": "0.25",
+                "gpushare.io/quota-limit": "0.659",
+                "gpushare.io/sm-partition": "50",
+            },
+            [f"devices: memory {8 * MIB256} bytes, core 30%, soft 65%"],
+            id="quota-limit-the-smaller-ceiling",
+        ),
+        pytest.param(
             1, 1, {}, [f"devices: memory {MIB256} bytes, core 1%, soft 1%"], id="smallest-share"
         ),
         pytest.param(

@@ -96,3 +96,86 @@ def test_match(
     assert got == expected
     assert found.soft_limit == soft
     assert found.ambiguous is ambiguous
+
+
+QREQ = "gpushare.io/quota-request"
+QLIM = "gpushare.io/quota-limit"
+SM = "gpushare.io/sm-partition"
+
+
+@pytest.mark.parametrize(
+    ("core", "annotations", "soft", "sm"),
+    [
+        pytest.param(30, {}, 30, None, id="nothing-asked"),
+        pytest.param(30, {LIMIT: "80"}, 80, None, id="core-limit-only"),
+        pytest.param(30, {QLIM: "0.6"}, 60, None, id="quota-limit-only"),
+        pytest.param(30, {QLIM: "0.655"}, 65, None, id="quota-limit-rounded-down"),
+        pytest.param(30, {QLIM: "0.999"}, 99, None, id="quota-limit-just-below-one"),
+        pytest.param(30, {QLIM: "1"}, 100, None, id="quota-limit-one"),
+        pytest.param(30, {QLIM: ".5"}, 50, None, id="quota-limit-leading-dot"),
+        pytest.param(30, {LIMIT: "80", QLIM: "0.5"}, 50, None, id="both-quota-limit-smaller"),
+        pytest.param(30, {LIMIT: "40", QLIM: "0.9"}, 40, None, id="both-core-limit-smaller"),
+        pytest.param(30, {QLIM: "0.2"}, 30, None, id="quota-limit-below-core-raised-to-core"),
+        pytest.param(30, {QLIM: "0.305"}, 30, None, id="quota-limit-rounds-down-to-core"),
+        pytest.param(
+            30, {LIMIT: "80", QLIM: "0.1"}, 30, None, id="smaller-ceiling-below-core-wins"
+        ),
+        pytest.param(30, {LIMIT: "20", QLIM: "0.7"}, 30, None, id="core-limit-below-core-wins"),
+        pytest.param(30, {QLIM: "1.5"}, 30, None, id="quota-limit-above-one-ignored"),
+        pytest.param(30, {QLIM: "0"}, 30, None, id="quota-limit-zero-ignored"),
+        pytest.param(30, {QLIM: "half"}, 30, None, id="quota-limit-garbage-ignored"),
+        pytest.param(30, {QLIM: "0.5\n"}, 30, None, id="quota-limit-trailing-newline-ignored"),
+        pytest.param(30, {LIMIT: "80", QLIM: "x"}, 80, None, id="garbage-quota-keeps-core-limit"),
+        pytest.param(30, {LIMIT: "x", QLIM: "0.7"}, 70, None, id="garbage-core-limit-keeps-quota"),
+        pytest.param(30, {LIMIT: "\uff18\uff10"}, 30, None, id="non-ascii-digits-ignored"),
+        pytest.param(30, {LIMIT: "150"}, 30, None, id="core-limit-above-100-ignored"),
+        pytest.param(100, {QLIM: "0.5"}, 100, None, id="whole-gpu-no-ceiling"),
+        pytest.param(30, {QREQ: "0.2"}, 30, None, id="quota-request-is-the-allocation"),
+        pytest.param(30, {QREQ: "0.2", QLIM: "0.7"}, 70, None, id="quota-request-and-limit"),
+        pytest.param(30, {SM: "40"}, 30, 40, id="sm-partition"),
+        pytest.param(30, {SM: "1"}, 30, 1, id="sm-partition-smallest"),
+        pytest.param(30, {SM: "100"}, 30, None, id="sm-partition-all-sets-nothing"),
+        pytest.param(30, {SM: "0"}, 30, None, id="sm-partition-zero-ignored"),
+        pytest.param(30, {SM: "101"}, 30, None, id="sm-partition-above-100-ignored"),
+        pytest.param(30, {SM: "4O"}, 30, None, id="sm-partition-garbage-ignored"),
+        pytest.param(200, {SM: "50"}, 100, 50, id="sm-partition-on-whole-gpus"),
+        pytest.param(30, {QREQ: "0.3", QLIM: "0.6", SM: "50"}, 60, 50, id="all-three-annotations"),
+    ],
+)
+def test_annotations_resolve_to_burst_and_sm_partition(
+    core: int, annotations: dict[str, str], soft: int, sm: int | None
+) -> None:
+    candidates = pods.pending_containers([make_pod("a", [("c", core, 4)], annotations=annotations)])
+    core_limit = min(core, 100)
+    found = pods.match(candidates, Kind.CORE, core, set(), core_limit)
+    assert found.candidate is not None
+    assert (found.soft_limit, found.sm_partition) == (soft, sm)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "soft", "sm"),
+    [
+        pytest.param({QLIM: "0.9"}, {LIMIT: "60"}, 60, None, id="quota-vs-core-limit-smallest"),
+        pytest.param({SM: "30"}, {SM: "60"}, 30, 30, id="sm-partitions-smallest"),
+        pytest.param({SM: "30"}, {}, 30, 30, id="sm-partition-vs-none-smallest"),
+    ],
+)
+def test_identical_requests_disagreeing_on_quota_get_the_smallest(
+    first: dict[str, str], second: dict[str, str], soft: int, sm: int | None
+) -> None:
+    candidates = pods.pending_containers(
+        [
+            make_pod("a", [("c", 30, 4)], annotations=first),
+            make_pod("b", [("c", 30, 4)], annotations=second),
+        ]
+    )
+    found = pods.match(candidates, Kind.CORE, 30, set(), 30)
+    assert found.candidate is not None and found.candidate.pod == "a"
+    assert (found.soft_limit, found.sm_partition, found.ambiguous) == (soft, sm, True)
+
+
+def test_memory_allocation_carries_no_sm_partition() -> None:
+    candidates = pods.pending_containers([make_pod("a", [("c", 30, 4)], annotations={SM: "40"})])
+    found = pods.match(candidates, Kind.MEMORY, 4, set(), 0)
+    assert found.candidate is not None
+    assert found.sm_partition is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,47 @@ def test_a_failing_usage_reader_never_stops_the_accounting(
     assert [seconds(r) for r in sender.delivered] == [(0, 15), (15, 30), (30, 31)]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["reading measured use failed (GPU is lost); intervals go on without it"]
+
+
+class _SpoolGoneWaiter(FakeWaiter):
+    """Between two monotonic times the spool folder is replaced by a plain file, so every
+    write fails (as on a full or broken disk); afterwards the folder is back."""
+
+    def __init__(self, clock: FakeClock, folder: Path, *, gone: tuple[float, float]) -> None:
+        super().__init__(clock, stop_at=clock.monotonic() + 70.0)
+        self.folder = folder
+        self.aside = folder.with_name("aside")
+        self.gone = (clock.monotonic() + gone[0], clock.monotonic() + gone[1])
+
+    def wait(self, seconds: float) -> None:
+        super().wait(seconds)
+        now = self.clock.monotonic()
+        if self.gone[0] <= now < self.gone[1] and not self.aside.exists():
+            self.folder.rename(self.aside)
+            self.folder.write_text("not a folder")
+        elif now >= self.gone[1] and self.aside.exists():
+            self.folder.unlink()
+            self.aside.rename(self.folder)
+
+
+def test_an_unwritable_spool_grows_the_open_interval_and_loses_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "spool"
+    clock = FakeClock(T0)
+    sender = FakeSender(clock)
+    agent = Agent(
+        CONFIG,
+        pod=POD,
+        spool=Spool(str(folder), max_intervals=100, pod_uid=UID),
+        sender=sender,
+        reader=AllocationOnly(),
+        clock=clock,
+        waiter=_SpoolGoneWaiter(clock, folder, gone=(20.0, 50.0)),
+        draw=lambda: 1.0,
+    )
+    assert agent.run() == 0
+    spans = [seconds(report) for report in sender.delivered]
+    sequences = [report["sequence"] for report in sender.delivered]
+    assert spans[0][0] == 0 and spans[-1][1] == 70, spans
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans)), spans
+    assert len(set(sequences)) == len(sequences)
+    assert any(end - start > 15 for start, end in spans), "the writes did fail meanwhile"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -245,3 +246,24 @@ def test_the_largest_allowed_time_settings_still_take_reports() -> None:
         clock_skew_seconds=settings.clock_skew_seconds,
         max_interval_seconds=settings.max_interval_seconds,
     )
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        pytest.param(lambda path: None, "--tokens: no such file (got '{path}')", id="missing"),
+        pytest.param(
+            lambda path: path.mkdir(),
+            "--tokens: must be a file, not a folder or a device (got '{path}')",
+            id="a-folder",
+        ),
+    ],
+)
+def test_file_settings_say_what_is_wrong_with_the_path(
+    tmp_path: Path, make: Any, problem: str
+) -> None:
+    path = tmp_path / "tokens.yaml"
+    make(path)
+    with pytest.raises(ConfigError) as error:
+        parse_settings({"tokens_path": str(path)}, label=flag)
+    assert error.value.problems == [problem.format(path=path)]

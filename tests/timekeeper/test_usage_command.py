@@ -81,6 +81,14 @@ def _closed_port() -> int:
             id="query",
         ),
         pytest.param(
+            "token",
+            None,
+            2,
+            "gpushare usage: --token: must be printable ASCII without spaces (a bearer token) "
+            "(got a value of 12 characters)",
+            id="token-with-a-line-break-never-printed",
+        ),
+        pytest.param(
             "{server}/html",
             None,
             1,
@@ -141,6 +149,8 @@ def test_usage_command_refuses_what_is_not_a_timekeeper(
     closed = _closed_port()
     filled = url.format(server=answers_url, closed=closed)
     argv = ["usage", "--url", filled, *([namespace] if namespace else [])]
+    if url == "token":
+        argv = ["usage", "--url", answers_url, "--token", "secret\nvalue"]
     assert main(argv) == status
     captured = capsys.readouterr()
     assert captured.err.strip() == message.format(server=answers_url, closed=closed)

@@ -195,7 +195,7 @@ SM = "gpushare.io/sm-partition"
             id="quota-and-sm-valid",
         ),
         pytest.param(
-            pod(container(limits=gpu(30, 8)), annotations={QREQ: "1", QLIM: "1", SM: "100"}),
+            pod(container(limits={CORE: "100"}), annotations={QREQ: "1", QLIM: "1", SM: "100"}),
             [],
             id="quota-and-sm-at-upper-bounds",
         ),
@@ -203,9 +203,102 @@ SM = "gpushare.io/sm-partition"
             pod(container(limits=gpu(30, 8)), annotations={QREQ: "0.6", QLIM: "0.5"}),
             [
                 "annotation gpushare.io/quota-request=0.6 is above gpushare.io/quota-limit=0.5;"
-                " it must be 0 < quota-request <= quota-limit <= 1"
+                " it must be 0 < quota-request <= quota-limit <= 1",
+                "annotation gpushare.io/quota-request=0.6 cannot be guaranteed: container"
+                ' "train" asks tencent.com/vcuda-core=30 (0.3 of a GPU), and the guaranteed'
+                " share is that allocation; lower gpushare.io/quota-request to at most 0.3 or"
+                " raise tencent.com/vcuda-core to at least 60",
             ],
             id="quota-request-above-limit",
+        ),
+        pytest.param(
+            pod(container(limits=gpu(30, 8)), annotations={QREQ: "0.30", QLIM: "0.3"}),
+            [],
+            id="quota-request-and-limit-equal-core",
+        ),
+        pytest.param(
+            pod(container(limits=gpu(30, 8)), annotations={QREQ: "0.05"}),
+            [],
+            id="quota-request-below-core-honoured-by-allocation",
+        ),
+        pytest.param(
+            pod(container(limits=gpu(50, 8)), annotations={QREQ: "0.6", QLIM: "0.8"}),
+            [
+                "annotation gpushare.io/quota-request=0.6 cannot be guaranteed: container"
+                ' "train" asks tencent.com/vcuda-core=50 (0.5 of a GPU), and the guaranteed'
+                " share is that allocation; lower gpushare.io/quota-request to at most 0.5 or"
+                " raise tencent.com/vcuda-core to at least 60"
+            ],
+            id="quota-request-above-core-refused",
+        ),
+        pytest.param(
+            pod(container(limits=gpu(30, 8)), annotations={QREQ: "0.305"}),
+            [
+                "annotation gpushare.io/quota-request=0.305 cannot be guaranteed: container"
+                ' "train" asks tencent.com/vcuda-core=30 (0.3 of a GPU), and the guaranteed'
+                " share is that allocation; lower gpushare.io/quota-request to at most 0.3 or"
+                " raise tencent.com/vcuda-core to at least 31"
+            ],
+            id="quota-request-a-fraction-of-a-percent-above-core",
+        ),
+        pytest.param(
+            pod(
+                container("big", limits=gpu(60, 8)),
+                container("small", limits=gpu(20, 4)),
+                annotations={QREQ: "0.4"},
+            ),
+            [
+                "annotation gpushare.io/quota-request=0.4 cannot be guaranteed: container"
+                ' "small" asks tencent.com/vcuda-core=20 (0.2 of a GPU), and the guaranteed'
+                " share is that allocation; lower gpushare.io/quota-request to at most 0.2 or"
+                " raise tencent.com/vcuda-core to at least 40"
+            ],
+            id="quota-request-checked-against-smallest-container",
+        ),
+        pytest.param(
+            pod(container(limits={CORE: "200"}), annotations={QREQ: "1"}),
+            [],
+            id="quota-request-whole-on-two-gpus",
+        ),
+        pytest.param(
+            pod(container(limits=gpu(30, 8)), annotations={QLIM: "0.2"}),
+            [
+                'annotation gpushare.io/quota-limit=0.2 is below what container "train" is'
+                " allocated (tencent.com/vcuda-core=30, 0.3 of a GPU), which it may always use;"
+                " raise gpushare.io/quota-limit to at least 0.3"
+            ],
+            id="quota-limit-below-core-refused",
+        ),
+        pytest.param(
+            pod(
+                container("big", limits=gpu(60, 8)),
+                container("small", limits=gpu(20, 4)),
+                annotations={QLIM: "0.5"},
+            ),
+            [
+                'annotation gpushare.io/quota-limit=0.5 is below what container "big" is'
+                " allocated (tencent.com/vcuda-core=60, 0.6 of a GPU), which it may always use;"
+                " raise gpushare.io/quota-limit to at least 0.6"
+            ],
+            id="quota-limit-checked-against-largest-container",
+        ),
+        pytest.param(
+            pod(container(limits={CORE: "100"}), annotations={QLIM: "0.5"}),
+            [
+                'annotation gpushare.io/quota-limit=0.5 is below what container "train" is'
+                " allocated (tencent.com/vcuda-core=100, a whole GPU), which it may always use;"
+                " raise gpushare.io/quota-limit to at least 1"
+            ],
+            id="quota-limit-on-a-whole-gpu-refused",
+        ),
+        pytest.param(
+            pod(container(limits={CORE: "200"}), annotations={QLIM: "0.9"}),
+            [
+                'annotation gpushare.io/quota-limit=0.9 is below what container "train" is'
+                " allocated (tencent.com/vcuda-core=200, whole GPUs), which it may always use;"
+                " raise gpushare.io/quota-limit to at least 1"
+            ],
+            id="quota-limit-on-two-gpus-refused",
         ),
         pytest.param(
             pod(container(limits=gpu(30, 8)), annotations={QREQ: "0"}),

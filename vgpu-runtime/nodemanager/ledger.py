@@ -52,6 +52,8 @@ class Allocation:
     state_dir: str = ""
     core_limit: int = 0
     core_soft_limit: int = 0
+    sm_partition: int = 0
+    """Percent of SMs handed out as CUDA_MPS_ACTIVE_THREAD_PERCENTAGE; 0 = none (all SMs)."""
 
     def to_json(self) -> dict[str, Any]:
         owner = self.owner
@@ -73,6 +75,7 @@ class Allocation:
             "state_dir": self.state_dir,
             "core_limit": self.core_limit,
             "core_soft_limit": self.core_soft_limit,
+            "sm_partition": self.sm_partition,
         }
 
     @classmethod
@@ -88,6 +91,7 @@ class Allocation:
             state_dir=str(data.get("state_dir", "")),
             core_limit=int(data.get("core_limit", 0)),
             core_soft_limit=int(data.get("core_soft_limit", 0)),
+            sm_partition=int(data.get("sm_partition", 0)),
         )
 
 

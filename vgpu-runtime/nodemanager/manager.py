@@ -386,6 +386,7 @@ class NodeManager:
                 state_dir=state_dir,
                 core_limit=core_limit if kind is Kind.CORE else 0,
                 core_soft_limit=found.soft_limit if kind is Kind.CORE else 0,
+                sm_partition=(found.sm_partition or 0) if kind is Kind.CORE else 0,
             )
             for old in self._ledger.add(allocation):
                 log.info("allocation %s released: kubelet reused its devices", old.id)
@@ -446,6 +447,9 @@ class NodeManager:
             envs["GPUSHARE_CORE_SOFT_LIMIT"] = str(allocation.core_soft_limit)
             envs["GPUSHARE_STATE_DIR"] = self.paths.container_state_dir
             envs["GPUSHARE_ALLOCATION_ID"] = allocation.id
+            if allocation.sm_partition:
+                # honoured by the CUDA driver only in a client of an MPS server
+                envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(allocation.sm_partition)
             mounts.append(
                 MountSpec(self.paths.container_state_dir, allocation.state_dir, read_only=False)
             )

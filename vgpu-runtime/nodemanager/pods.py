@@ -8,10 +8,17 @@ and takes the first one whose request for the resource equals the number of devi
 has not been served for that resource yet.
 
 The limits handed to the container never depend on this match: the core and memory limits
-are the device counts kubelet sends. Only the burst limit (pod annotation
-`tencent.com/vcuda-core-limit`) comes from the pod; when the pending candidates with the
-same request disagree on it, the smallest one is used (never more than any of them asked
-for). The owner is confirmed later through kubelet's PodResources API.
+are the device counts kubelet sends. Only the burst limit and the SM partition come from the
+pod; when the pending candidates with the same request disagree on one, the smallest is used
+(never more than any of them asked for). The owner is confirmed later through kubelet's
+PodResources API.
+
+The burst limit is the smaller of the pod's two ceilings, `tencent.com/vcuda-core-limit`
+(percent) and `gpushare.io/quota-limit` (a fraction, rounded down to whole percent), raised to
+the container's core request. `gpushare.io/quota-request` is not read here: the webhook admits
+it only when the core request (the hard limit) already guarantees it. The SM partition
+(`gpushare.io/sm-partition`) becomes CUDA_MPS_ACTIVE_THREAD_PERCENTAGE. Annotations are read
+as the webhook accepts them (ASCII digits); anything else is ignored.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
-from gpushare.annotations import CORE_SOFT_LIMIT
+from gpushare.annotations import CORE_SOFT_LIMIT, QUOTA_LIMIT, SM_PARTITION
 from gpushare.resources import CORE_UNITS_PER_GPU, VCUDA_CORE, VCUDA_MEMORY
 from nodemanager.devices import Kind
 
@@ -38,6 +46,7 @@ class ContainerRequest:
     core: int
     memory: int
     soft_limit: int | None
+    sm_partition: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -49,11 +58,13 @@ class ContainerRequest:
 
 @dataclass(frozen=True)
 class Match:
-    """The chosen candidate (None when nothing matched) and the burst limit to hand out."""
+    """The chosen candidate (None when nothing matched), the burst limit and the SM partition
+    (percent, None for all SMs) to hand out."""
 
     candidate: ContainerRequest | None
     soft_limit: int
     ambiguous: bool
+    sm_partition: int | None = None
 
 
 _DECIMAL_SUFFIXES = {"": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
@@ -73,16 +84,51 @@ def _int_quantity(value: Any) -> int:
     return int(match["digits"]) * 10**power
 
 
+ALL_SMS = 100
+"""`gpushare.io/sm-partition` of a container that may use every SM (nothing to hand out)."""
+
+_PERCENT = re.compile(r"[0-9]{1,3}")
+_FRACTION = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
+def _percent(text: object) -> int | None:
+    """An integer percent 0..100 written in ASCII digits, else None."""
+    if not isinstance(text, str) or not _PERCENT.fullmatch(text) or int(text) > 100:
+        return None
+    return int(text)
+
+
+def _fraction_percent(text: object) -> int | None:
+    """A fraction 0 < f <= 1 as whole percent, rounded down (a ceiling never grows), else None."""
+    if not isinstance(text, str) or not _FRACTION.fullmatch(text):
+        return None
+    value = Decimal(text)
+    if not 0 < value <= 1:
+        return None
+    return int(value * 100)
+
+
 def _soft_limit(annotations: Mapping[str, str], core: int) -> int | None:
-    """The pod's burst limit when valid for this core request, else None."""
-    text = annotations.get(CORE_SOFT_LIMIT)
-    if text is None or core <= 0 or core >= CORE_UNITS_PER_GPU:
+    """The pod's burst limit for this core request: the smaller of its ceilings
+    (`tencent.com/vcuda-core-limit`, `gpushare.io/quota-limit`) never below `core`; None for
+    whole GPUs and when the pod gives no valid ceiling."""
+    if core <= 0 or core >= CORE_UNITS_PER_GPU:
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        return None
-    return value if core <= value <= CORE_UNITS_PER_GPU else None
+    ceilings = [
+        value
+        for value in (
+            _percent(annotations.get(CORE_SOFT_LIMIT)),
+            _fraction_percent(annotations.get(QUOTA_LIMIT)),
+        )
+        if value is not None
+    ]
+    return max(core, min(ceilings)) if ceilings else None
+
+
+def _sm_partition(annotations: Mapping[str, str]) -> int | None:
+    """The pod's percent of SMs (1..99); None for all SMs (absent, 100 or invalid)."""
+    value = _percent(annotations.get(SM_PARTITION))
+    return value if value is not None and 1 <= value < ALL_SMS else None
 
 
 def pending_containers(pods: Iterable[Mapping[str, Any]]) -> list[ContainerRequest]:
@@ -118,6 +164,7 @@ def pending_containers(pods: Iterable[Mapping[str, Any]]) -> list[ContainerReque
                     core=core,
                     memory=memory,
                     soft_limit=_soft_limit(annotations, core),
+                    sm_partition=_sm_partition(annotations),
                 )
             )
     found.sort(key=lambda request: request.order)
@@ -149,5 +196,12 @@ def match(
     if kind is not Kind.CORE:
         return Match(candidate=chosen, soft_limit=core_limit, ambiguous=len(same) > 1)
     limits = {item.soft_limit or core_limit for item in same}
+    partitions = {item.sm_partition or ALL_SMS for item in same}
     soft_limit = max(core_limit, min(limits))
-    return Match(candidate=chosen, soft_limit=soft_limit, ambiguous=len(limits) > 1)
+    sm_partition = min(partitions)
+    return Match(
+        candidate=chosen,
+        soft_limit=soft_limit,
+        ambiguous=len(limits) > 1 or len(partitions) > 1,
+        sm_partition=sm_partition if sm_partition < ALL_SMS else None,
+    )
