@@ -176,7 +176,7 @@ def test_daemon_publishes_capacity_as_soon_as_it_changes(
         pod = make_pod("p", [("c", 30, 4)])
         apiserver.add_pod(pod)
         kubelet.admit(pod)
-        wait_until(lambda: core_free() == [70, 100], timeout=5, what="capacity after Allocate")
+        wait_until(lambda: core_free() == [70, 100], what="capacity after Allocate")
     finally:
         daemon.stop()
         kubelet.stop()
