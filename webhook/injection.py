@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpushare import annotations as keys
-from webhook import quantities
+from gpushare import quantities
 from webhook.settings import Settings
 from webhook.validation import PodGpuTotals
 

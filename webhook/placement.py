@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gpushare import quantities
 from gpushare.annotations import NODE_GPU_CAPACITY, NODE_GPU_CAPACITY_VERSION
 from gpushare.resources import CORE_UNITS_PER_GPU, VCUDA_CORE, VCUDA_MEMORY
-from webhook import quantities
 
 MAX_SCORE = 10
 """MaxExtenderPriority of k8s.io/kube-scheduler/extender/v1."""

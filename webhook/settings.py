@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from gpushare import __version__
-from webhook import quantities
+from gpushare import __version__, quantities
 from webhook.errors import SettingsError
 
 ENV_PREFIX = "GPUSHARE_WEBHOOK_"

@@ -15,8 +15,8 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from gpushare import annotations as keys
+from gpushare import quantities
 from gpushare.resources import CORE_UNITS_PER_GPU, VCUDA_CORE, VCUDA_MEMORY, is_valid_core_units
-from webhook import quantities
 from webhook.errors import BadReview
 
 GPU_RESOURCES = (VCUDA_CORE, VCUDA_MEMORY)

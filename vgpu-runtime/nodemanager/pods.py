@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from gpushare import quantities
 from gpushare.annotations import CORE_SOFT_LIMIT, QUOTA_LIMIT, SM_PARTITION
 from gpushare.resources import CORE_UNITS_PER_GPU, VCUDA_CORE, VCUDA_MEMORY
 from nodemanager.devices import Kind
@@ -67,21 +68,15 @@ class Match:
     sm_partition: int | None = None
 
 
-_DECIMAL_SUFFIXES = {"": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-_QUANTITY = re.compile(
-    r"^(?P<digits>[0-9]+)(?:(?P<suffix>[kMGTPE]?)|[eE](?P<exponent>[0-9]{1,2}))$"
-)
-
-
 def _int_quantity(value: Any) -> int:
-    """A whole-number quantity as the API server writes it: canonical form turns 1000 into
-    "1k" and 2000000 into "2M"; anything else (fractions, binary suffixes) counts as 0."""
-    match = _QUANTITY.match(str(value).strip())
-    if match is None:
+    """A whole-number quantity as the API server writes it (canonical form turns 1000 into
+    "1k"); anything that is no count of units (fractions, binary suffixes) counts as 0."""
+    if quantities.has_binary_suffix(value):
         return 0
-    exponent = match["exponent"]
-    power = int(exponent) if exponent is not None else _DECIMAL_SUFFIXES[match["suffix"] or ""]
-    return int(match["digits"]) * 10**power
+    try:
+        return quantities.parse_whole(value)
+    except quantities.QuantityError:
+        return 0
 
 
 ALL_SMS = 100
