@@ -58,6 +58,7 @@ class AgentConfig:
     http_timeout_seconds: float
     backoff: Backoff
     rejected_attempts: int
+    auth_grace_seconds: float
     resume_window_seconds: float
 
 
@@ -89,6 +90,7 @@ class Agent:
         self.open_mono = clock.monotonic()
         self.failures = 0
         self.rejections = 0
+        self.unauthorized_since: float | None = None
         self.retry_at = 0.0
         self.sampling_failed = False
 
@@ -189,29 +191,28 @@ class Agent:
                 log.info("timekeeper answers again: interval %d delivered", sequence)
             self.failures = 0
             self.rejections = 0
+            self.unauthorized_since = None
             self.retry_at = now
             try:
                 self.spool.delivered(sequence)
             except SpoolError as err:
                 log.error("%s", err)
             return True
-        if outcome.kind == "rejected":
-            self.rejections += 1
-            if self.rejections >= self.config.rejected_attempts:
-                log.error(
-                    "timekeeper refused interval %d %d time(s) (%s): moving it to rejected/",
-                    sequence,
-                    self.rejections,
-                    outcome.reason,
-                )
-                self.rejections = 0
-                self.failures = 0
-                self.retry_at = now
-                try:
-                    self.spool.reject(sequence, outcome.reason)
-                except SpoolError as err:
-                    log.error("%s", err)
-                return False
+        if self._gives_up(outcome.kind, now):
+            log.error(
+                "timekeeper refused interval %d (%s): moving it to rejected/",
+                sequence,
+                outcome.reason,
+            )
+            self.rejections = 0
+            self.unauthorized_since = None
+            self.failures = 0
+            self.retry_at = now
+            try:
+                self.spool.reject(sequence, outcome.reason)
+            except SpoolError as err:
+                log.error("%s", err)
+            return False
         self.failures += 1
         delay = self.config.backoff.delay_seconds(self.failures, self.draw())
         self.retry_at = now + delay
@@ -223,6 +224,19 @@ class Agent:
             delay,
             self.spool.pending_count,
         )
+        return False
+
+    def _gives_up(self, kind: str, now: float) -> bool:
+        """Whether the head interval is to be dead-lettered after this answer: a refusal
+        `rejected_attempts` times in a row, or 401/403 answers for longer than the grace
+        period (a token being rotated or the timekeeper's keys being fixed cure those)."""
+        if kind == "rejected":
+            self.rejections += 1
+            return self.rejections >= self.config.rejected_attempts
+        if kind == "unauthorized":
+            if self.unauthorized_since is None:
+                self.unauthorized_since = now
+            return now - self.unauthorized_since >= self.config.auth_grace_seconds
         return False
 
     # -- the loop ---------------------------------------------------------------------------

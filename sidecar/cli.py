@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             http_timeout_seconds=config.http_timeout_seconds,
             backoff=Backoff(config.backoff_initial_seconds, config.backoff_max_seconds),
             rejected_attempts=config.rejected_attempts,
+            auth_grace_seconds=config.auth_grace_seconds,
             resume_window_seconds=config.resume_window_seconds,
         ),
         pod=pod,

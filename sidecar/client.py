@@ -32,9 +32,10 @@ _MAX_REASON_CHARS: Final = 300
 class Outcome:
     """How a delivery attempt ended."""
 
-    kind: Literal["delivered", "retry", "rejected"]
+    kind: Literal["delivered", "retry", "unauthorized", "rejected"]
     """delivered (2xx with the receipt), retry (5xx, 408/425/429, a `too-early` 400, no
-    answer, a 2xx without the receipt), rejected (other answers)."""
+    answer, a 2xx without the receipt), unauthorized (401/403: retried for a grace period,
+    since a rotated token or fixed keys cure it), rejected (other answers)."""
     status: int | None
     reason: str
 
@@ -148,4 +149,6 @@ class TimekeeperClient:
             self._tokens.invalidate()
         if status >= 500 or status in RETRYABLE_STATUSES or _error_code(answer) in RETRYABLE_ERRORS:
             return Outcome("retry", status, reason)
+        if status in (401, 403):
+            return Outcome("unauthorized", status, reason)
         return Outcome("rejected", status, reason)

@@ -76,6 +76,9 @@ class Settings:
     """GPUSHARE_BACKOFF_MAX_SECONDS: cap of the (jittered, doubling) retry delay."""
     rejected_attempts: int = 3
     """GPUSHARE_REJECTED_ATTEMPTS: 4xx answers to one interval before it is dead-lettered."""
+    auth_grace_seconds: float = 3600.0
+    """GPUSHARE_AUTH_GRACE_SECONDS: how long 401/403 answers are retried before the interval
+    is dead-lettered (a token being rotated or the timekeeper's keys being fixed)."""
     resume_window_seconds: float = 600.0
     """GPUSHARE_RESUME_WINDOW_SECONDS: a restart this soon continues the interval it lost."""
     nvml: str = "auto"
@@ -278,6 +281,13 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
         rule="must be a whole number >= 1",
         check=lambda v: v >= 1,
     )
+    auth_grace = env.number(
+        "GPUSHARE_AUTH_GRACE_SECONDS",
+        default=3600.0,
+        parse=float,
+        rule="must be a number of seconds in [0, 604800]",
+        check=lambda v: _finite(v) and 0 <= v <= 604800,
+    )
     resume_window = env.number(
         "GPUSHARE_RESUME_WINDOW_SECONDS",
         default=600.0,
@@ -331,6 +341,7 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
         backoff_initial_seconds=backoff_initial,
         backoff_max_seconds=backoff_max,
         rejected_attempts=rejected_attempts,
+        auth_grace_seconds=auth_grace,
         resume_window_seconds=resume_window,
         nvml=nvml,
         proc_root=proc_root,

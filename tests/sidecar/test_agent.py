@@ -25,6 +25,7 @@ CONFIG = AgentConfig(
     http_timeout_seconds=5.0,
     backoff=Backoff(1.0, 60.0),
     rejected_attempts=3,
+    auth_grace_seconds=120.0,
     resume_window_seconds=600.0,
 )
 
@@ -110,6 +111,33 @@ def test_refused_intervals_go_to_rejected_after_the_allowed_attempts(tmp_path: P
     assert [s for _, s, kind in sender.attempts if kind == "rejected"] == [2, 2, 2]
     assert [r["sequence"] for r in sender.delivered] == [1, 3, 4]
     assert (tmp_path / "rejected" / "000000000002.json").exists()
+    assert spool.pending_count == 0
+
+
+def test_unauthorized_is_retried_for_the_grace_period_then_dead_lettered(tmp_path: Path) -> None:
+    def answer(now: float, report: Report) -> Outcome:
+        if report["sequence"] == 2:
+            return Outcome("unauthorized", 401, "HTTP 401: unauthenticated: token expired")
+        return Outcome("delivered", 201, "")
+
+    _, sender, spool = run_agent(tmp_path, stop_after=400.0, sender_answer=answer)
+    refused_at = [at - 1000 for at, s, kind in sender.attempts if kind == "unauthorized"]
+    # First refusal at 30 s, then backoff 1, 2, 4, … s (capped at 60) until 120 s have passed.
+    assert refused_at == [30, 31, 33, 37, 45, 61, 93, 153]
+    assert (tmp_path / "rejected" / "000000000002.json").exists()
+    assert 3 in [r["sequence"] for r in sender.delivered]
+    assert spool.pending_count == 0
+
+
+def test_unauthorized_then_accepted_loses_nothing(tmp_path: Path) -> None:
+    def answer(now: float, report: Report) -> Outcome:
+        if now < 1100.0:  # e.g. the token file is rotated 100 s in
+            return Outcome("unauthorized", 401, "HTTP 401: unauthenticated: token expired")
+        return Outcome("delivered", 201, "")
+
+    _, sender, spool = run_agent(tmp_path, stop_after=200.0, sender_answer=answer)
+    assert not (tmp_path / "rejected").exists() or not any((tmp_path / "rejected").iterdir())
+    assert [r["sequence"] for r in sender.delivered][:3] == [1, 2, 3]
     assert spool.pending_count == 0
 
 

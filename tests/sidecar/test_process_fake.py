@@ -83,7 +83,7 @@ def test_5xx_answers_are_retried_in_order_until_accepted(
 def test_a_refused_interval_is_dead_lettered_and_the_next_ones_go_on(
     tmp_path: Path, fake: FakeTimekeeper
 ) -> None:
-    pod = Pod(tmp_path, fake.url, TOKEN, extra_env={"GPUSHARE_REJECTED_ATTEMPTS": "2"})
+    pod = Pod(tmp_path, fake.url, TOKEN, extra_env={"GPUSHARE_AUTH_GRACE_SECONDS": "0.5"})
     with SidecarProcess(pod) as sidecar:
         wait_until(lambda: len(fake.held(pod.uid)) >= 1, timeout=10, what="a first interval")
         fake.tokens = {}  # every report now gets 401

@@ -42,6 +42,7 @@ def test_the_webhook_environment_alone_gives_the_documented_defaults() -> None:
         backoff_initial_seconds=1.0,
         backoff_max_seconds=60.0,
         rejected_attempts=3,
+        auth_grace_seconds=3600.0,
         resume_window_seconds=600.0,
         nvml="auto",
         proc_root="/proc",
@@ -220,6 +221,16 @@ def test_accepted_values(changes: dict[str, str], field: str, value: object) -> 
                 "GPUSHARE_BACKOFF_INITIAL_SECONDS (got '5')"
             ],
             id="backoff-cap-below-initial",
+        ),
+        pytest.param(
+            {"GPUSHARE_AUTH_GRACE_SECONDS": "-1"},
+            ["GPUSHARE_AUTH_GRACE_SECONDS: must be a number of seconds in [0, 604800] (got '-1')"],
+            id="auth-grace-negative",
+        ),
+        pytest.param(
+            {"GPUSHARE_AUTH_GRACE_SECONDS": "nan"},
+            ["GPUSHARE_AUTH_GRACE_SECONDS: must be a number of seconds in [0, 604800] (got 'nan')"],
+            id="auth-grace-nan",
         ),
         pytest.param(
             {"GPUSHARE_SPOOL_DIR": "spool", "GPUSHARE_TOKEN_FILE": "token"},
