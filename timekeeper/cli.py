@@ -6,8 +6,10 @@ Kept cheap to import: heavy modules are imported inside the command functions.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,8 +67,9 @@ def register(subcommands: argparse._SubParsersAction[Any]) -> None:
     serve = subcommands.add_parser(
         "timekeeper",
         help="serve the timekeeper (gunicorn)",
-        description="Serve the timekeeper's REST API with gunicorn. Every setting can also "
-        "come from the environment when run as timekeeper.wsgi:app under any WSGI server.",
+        description="Serve the timekeeper's REST API with gunicorn. A setting not given as "
+        "a flag comes from the environment variable in brackets (flags win); the same "
+        "variables configure timekeeper.wsgi:app under any WSGI server.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
@@ -112,7 +115,8 @@ def register(subcommands: argparse._SubParsersAction[Any]) -> None:
         parser = actions.add_parser(action, help=f"{text} (default: to the newest / by one)")
         parser.add_argument(
             "--database-url",
-            help="SQLAlchemy URL; default: the timekeeper's SQLite file",
+            help="SQLAlchemy URL; default: $GPUSHARE_DATABASE_URL, else the timekeeper's "
+            "SQLite file",
         )
         parser.add_argument(
             "revision",
@@ -123,12 +127,29 @@ def register(subcommands: argparse._SubParsersAction[Any]) -> None:
         parser.set_defaults(func=db_command, action=action)
 
 
-def _settings_or_exit(raw: dict[str, object], command: str = "gpushare timekeeper") -> Any:
+def _settings_or_exit(
+    flags: dict[str, object],
+    command: str = "gpushare timekeeper",
+    *,
+    from_environment: Iterable[str] = FIELD_NAMES,
+) -> Any:
+    """Settings from the flags given and, for the fields in `from_environment` that no flag
+    sets, from their `GPUSHARE_*` variables (so that secrets such as a database password
+    need not be on the command line); None after printing every problem."""
     from timekeeper.errors import ConfigError
     from timekeeper.settings import parse_settings
 
+    raw: dict[str, object] = {
+        name: os.environ[ENV_NAMES[name]]
+        for name in from_environment
+        if flags.get(name) is None and ENV_NAMES[name] in os.environ
+    }
+    from_env = set(raw)
+    raw.update((name, value) for name, value in flags.items() if value is not None)
     try:
-        return parse_settings(raw, label=flag)
+        return parse_settings(
+            raw, label=lambda name: ENV_NAMES[name] if name in from_env else flag(name)
+        )
     except ConfigError as err:
         for problem in err.problems:
             print(f"{command}: {problem}", file=sys.stderr)
@@ -184,6 +205,7 @@ def db_command(args: argparse.Namespace) -> int:
     settings = _settings_or_exit(
         {"database_url": args.database_url, "allow_unauthenticated_reports": True},
         f"gpushare db {args.action}",
+        from_environment=("database_url",),
     )
     if settings is None:
         return 2

@@ -224,7 +224,8 @@ ENV_NAMES: Final[dict[str, str]] = {
     "log_level": "GPUSHARE_LOG_LEVEL",
     "metrics_multiprocess_dir": "PROMETHEUS_MULTIPROC_DIR",
 }
-"""The environment variable of each field (read only by `timekeeper.wsgi`)."""
+"""The environment variable of each field (read by `timekeeper.wsgi`, and by the command
+line for the fields no flag sets)."""
 
 FLAGS: Final[dict[str, str]] = {
     "budgets_path": "--budgets",

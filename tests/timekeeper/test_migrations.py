@@ -212,3 +212,42 @@ def test_db_command_hides_the_password() -> None:
         "postgresql+psycopg://nobody:***@127.0.0.1:1/none?connect_timeout=2: "
     )
     assert "s3cret" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("environment", "flag", "migrated", "status", "error"),
+    [
+        pytest.param("env.db", None, "env.db", 0, "", id="url-from-the-environment"),
+        pytest.param("env.db", "flag.db", "flag.db", 0, "", id="flag-wins"),
+        pytest.param(
+            "sqlite://",
+            None,
+            None,
+            2,
+            "gpushare db upgrade: GPUSHARE_DATABASE_URL: ",
+            id="bad-url-named-by-its-variable",
+        ),
+    ],
+)
+def test_db_command_reads_the_database_url_from_the_environment(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    environment: str,
+    flag: str | None,
+    migrated: str | None,
+    status: int,
+    error: str,
+) -> None:
+    def url(name: str) -> str:
+        return name if "://" in name else f"sqlite:///{tmp_path / name}"
+
+    monkeypatch.setenv("GPUSHARE_DATABASE_URL", url(environment))
+    argv = ["db", "upgrade"] + (["--database-url", url(flag)] if flag else [])
+    assert main(argv) == status
+    captured = capsys.readouterr()
+    assert captured.err.startswith(error)
+    created = sorted(path.name for path in tmp_path.glob("*.db"))
+    assert created == ([migrated] if migrated else [])
+    if migrated:
+        assert tables(url(migrated)) == TABLES
