@@ -33,7 +33,8 @@ from nodemanager.podwatch import PodWatch
 
 from gpushare.annotations import NODE_GPU_CAPACITY
 from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod
-from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet, wait_until
+from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet
+from tests.polling import wait_until
 from webhook import extender
 from webhook.nodecapacity import StaticNodeCapacity
 

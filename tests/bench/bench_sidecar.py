@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.polling import wait_until
 from tests.sidecar.fake_timekeeper import FakeTimekeeper
-from tests.sidecar.harness import Pod, SidecarProcess, wait_until
+from tests.sidecar.harness import Pod, SidecarProcess
 
 STEADY_SECONDS = 31.0
 FAST_PERIOD_SECONDS = 0.05

@@ -17,7 +17,8 @@ from nodemanager.plugin import PluginRunner
 from nodemanager.podwatch import PodWatch
 
 from tests.nodemanager.fake_apiserver import FakeApiServer
-from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet, wait_until
+from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet
+from tests.polling import wait_until
 
 GIB = 1 << 30
 NODE = "node-a"

@@ -21,7 +21,8 @@ from gpushare import cli
 from gpushare.annotations import NODE_GPU_CAPACITY
 from gpushare.logs import JsonFormatter
 from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod
-from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet, wait_until
+from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet
+from tests.polling import wait_until
 
 
 def parse(argv: list[str]) -> Settings:

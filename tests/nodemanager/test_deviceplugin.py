@@ -13,7 +13,8 @@ from nodemanager.placement import Policy
 
 from tests.nodemanager.conftest import NodeFactory
 from tests.nodemanager.fake_apiserver import make_pod
-from tests.nodemanager.fake_kubelet import CORE, MEMORY, wait_until
+from tests.nodemanager.fake_kubelet import CORE, MEMORY
+from tests.polling import wait_until
 
 MIB256 = 256 << 20
 HOOK = "/usr/local/gpushare/lib/libgpushare-vgpu.so"

@@ -16,7 +16,7 @@ from nodemanager.placement import Policy
 
 from gpushare.annotations import NODE_GPU_CAPACITY
 from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod
-from tests.nodemanager.fake_kubelet import wait_until
+from tests.polling import wait_until
 from webhook import extender, placement
 from webhook.nodecapacity import KubernetesNodeCapacity, StaticNodeCapacity
 

@@ -11,7 +11,8 @@ from nodemanager.api import deviceplugin_pb2 as dp
 
 from tests.nodemanager.conftest import NodeFactory
 from tests.nodemanager.fake_apiserver import make_pod
-from tests.nodemanager.fake_kubelet import CORE, MEMORY, wait_until
+from tests.nodemanager.fake_kubelet import CORE, MEMORY
+from tests.polling import wait_until
 
 
 def _status(call: Any) -> tuple[grpc.StatusCode, str]:

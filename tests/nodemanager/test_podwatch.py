@@ -17,7 +17,8 @@ from nodemanager.settings import Settings
 
 from tests.nodemanager.conftest import NODE, NodeFactory
 from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod
-from tests.nodemanager.fake_kubelet import MEMORY, FakeKubelet, wait_until
+from tests.nodemanager.fake_kubelet import MEMORY, FakeKubelet
+from tests.polling import wait_until
 
 LIMIT = "tencent.com/vcuda-core-limit"
 MIB256 = 256 << 20

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.intervals import parse_time
+from tests.polling import wait_until
 from tests.sidecar.fake_timekeeper import FakeTimekeeper
 from tests.sidecar.harness import (
     Held,
@@ -23,7 +24,6 @@ from tests.sidecar.harness import (
     assert_covers,
     now_utc,
     spooled,
-    wait_until,
 )
 
 TOKEN = "token-team-a"

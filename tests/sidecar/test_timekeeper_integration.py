@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_until
 from tests.sidecar.harness import (
     Held,
     Pod,
@@ -21,7 +22,6 @@ from tests.sidecar.harness import (
     assert_covers,
     now_utc,
     spooled,
-    wait_until,
 )
 from tests.sidecar.timekeeper_process import TimekeeperProcess
 

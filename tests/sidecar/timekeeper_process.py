@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.intervals import format_time
-from tests.sidecar.harness import Held, wait_until
+from tests.polling import wait_until
+from tests.sidecar.harness import Held
 
 
 def free_port() -> int:

@@ -11,8 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,11 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from tests.polling import wait_until
+
+NOT_YET = (OSError, ssl.SSLError, http.client.HTTPException)
+"""What a server that is still starting answers with."""
 
 
 def generate_certs(out: Path, *extra: str) -> str:
@@ -88,19 +92,6 @@ class Served:
         return self.log_file.read_text(errors="replace")
 
 
-def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if condition():
-                return
-        except (OSError, ssl.SSLError, http.client.HTTPException):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not ready within {seconds}s")
-        time.sleep(0.02)
-
-
 @contextmanager
 def serve_webhook(
     cert_dir: Path, timekeeper_url: str, *args: str, env: dict[str, str] | None = None
@@ -149,7 +140,7 @@ def serve_webhook(
             finally:
                 connection.close()
 
-        wait_until(healthy, 30, "webhook /healthz")
+        wait_until(healthy, timeout=30, what="webhook /healthz", ignoring=NOT_YET)
         yield served
     finally:
         process.send_signal(signal.SIGTERM)
@@ -238,7 +229,7 @@ def serve_timekeeper(
 
     timekeeper: Timekeeper | None = None
     try:
-        wait_until(listening, 60, "timekeeper listening")
+        wait_until(listening, timeout=60, what="timekeeper listening", ignoring=NOT_YET)
         timekeeper = Timekeeper(process, found[0], log_file)
         yield timekeeper
     finally:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_until
 from tests.webhook.builders import FakeTimekeeper, fake_timekeeper, wire_status
 from webhook.budget import BudgetStatus
 from webhook.budget_client import TimekeeperBudgets, http_fetcher
@@ -44,13 +45,6 @@ def make_client(
         clock=clock,
         metrics=metrics,
     )
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.005)
 
 
 @pytest.mark.parametrize(

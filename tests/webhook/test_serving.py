@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_until
 from tests.webhook.builders import (
     FakeTimekeeper,
     apply_and_check,
@@ -22,7 +23,7 @@ from tests.webhook.builders import (
     review,
     wire_status,
 )
-from tests.webhook.serving import Served, generate_certs, leaf_der, serve_webhook, wait_until
+from tests.webhook.serving import Served, generate_certs, leaf_der, serve_webhook
 
 pytestmark = pytest.mark.slow
 
@@ -187,15 +188,15 @@ def test_rotated_certificate_is_served_without_dropping_requests(
         workers = [threading.Thread(target=hammer) for _ in range(3)]
         for worker in workers:
             worker.start()
-        wait_until(lambda: counts[0] >= 20, 30, "requests before rotation")
+        wait_until(lambda: counts[0] >= 20, timeout=30, what="requests before rotation")
         generate_certs(
             cert_dir, "--ca-cert", str(cert_dir / "ca.crt"), "--ca-key", str(cert_dir / "ca.key")
         )
         new = leaf_der(cert_dir / "tls.crt")
         assert new != old
-        wait_until(lambda: new in served_certs, 30, "rotated certificate served")
+        wait_until(lambda: new in served_certs, timeout=30, what="rotated certificate served")
         before = counts[0]
-        wait_until(lambda: counts[0] >= before + 20, 30, "requests after rotation")
+        wait_until(lambda: counts[0] >= before + 20, timeout=30, what="requests after rotation")
         stop.set()
         for worker in workers:
             worker.join(10)

@@ -170,14 +170,14 @@ def test_timekeeper_killed_mid_run(
         admitter = threading.Thread(target=keep_admitting)
         admitter.start()
         try:
-            wait_until(lambda: len(answers) >= 10, 30, "admissions before the kill")
+            wait_until(lambda: len(answers) >= 10, timeout=30, what="admissions before the kill")
             timekeeper.kill()
             killed_at, kill_time = len(answers), time.monotonic()
             # Long enough for cache entries to expire (TTL 0.2 s) and refreshes to fail.
             wait_until(
                 lambda: len(answers) >= killed_at + 50 and time.monotonic() > kill_time + 1.0,
-                60,
-                "admissions after the kill",
+                timeout=60,
+                what="admissions after the kill",
             )
         finally:
             stop.set()
