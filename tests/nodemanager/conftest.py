@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from nodemanager.daemon import Daemon
 from nodemanager.inventory import SimulatedInventory
 from nodemanager.kube import KubeletPodResources, KubernetesApi
 from nodemanager.manager import NodeManager, Paths
 from nodemanager.placement import Policy
 from nodemanager.plugin import PluginRunner
 from nodemanager.podwatch import PodWatch
+from nodemanager.settings import Settings
 
 from tests.nodemanager.fake_apiserver import FakeApiServer
 from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet
@@ -125,3 +127,27 @@ def make_node(short_dir: Path, apiserver: FakeApiServer) -> Iterator[NodeFactory
         node.kubelet.stop()
         if node.watch is not None:
             node.watch.stop()
+
+
+def simulated_daemon(short_dir: Path, apiserver: FakeApiServer) -> Daemon:
+    """A node manager daemon of node `NODE` with two simulated 16 GiB GPUs, its kubelet
+    sockets under `short_dir`, talking to `apiserver`; not started. Health checks and
+    reconciliation are hourly, so the test decides what happens."""
+    settings = Settings(
+        node_name=NODE,
+        device_plugin_dir=short_dir / "dp",
+        pod_resources_socket=short_dir / "pr.sock",
+        simulate_gpus=(2, 16 * GIB),
+        host="127.0.0.1",
+        port=0,
+        hook_library_dir=short_dir / "lib",
+        state_dir=short_dir / "state",
+        checkpoint=short_dir / "checkpoint.json",
+        health_interval_seconds=3600,
+        reconcile_interval_seconds=3600,
+    )
+    return Daemon(
+        settings,
+        inventory=SimulatedInventory(2, 16 * GIB),
+        kubernetes=KubernetesApi.for_url(apiserver.url),
+    )

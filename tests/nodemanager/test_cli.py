@@ -11,15 +11,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from nodemanager.daemon import Daemon
-from nodemanager.inventory import SimulatedInventory
-from nodemanager.kube import KubernetesApi
 from nodemanager.placement import Policy
 from nodemanager.settings import Settings, SettingsError, parse_settings
 
 from gpushare import cli
 from gpushare.annotations import NODE_GPU_CAPACITY
 from gpushare.logs import JsonFormatter
+from tests.nodemanager.conftest import simulated_daemon
 from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod
 from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet
 from tests.polling import wait_until
@@ -147,24 +145,7 @@ def test_daemon_publishes_capacity_as_soon_as_it_changes(
     short_dir: Path, apiserver: FakeApiServer
 ) -> None:
     kubelet = FakeKubelet(short_dir / "dp", short_dir / "pr.sock").start()
-    settings = Settings(
-        node_name="node-a",
-        device_plugin_dir=short_dir / "dp",
-        pod_resources_socket=short_dir / "pr.sock",
-        simulate_gpus=(2, 16 << 30),
-        host="127.0.0.1",
-        port=0,
-        hook_library_dir=short_dir / "lib",
-        state_dir=short_dir / "state",
-        checkpoint=short_dir / "checkpoint.json",
-        health_interval_seconds=3600,
-        reconcile_interval_seconds=3600,
-    )
-    daemon = Daemon(
-        settings,
-        inventory=SimulatedInventory(2, 16 << 30),
-        kubernetes=KubernetesApi.for_url(apiserver.url),
-    )
+    daemon = simulated_daemon(short_dir, apiserver)
     daemon.start()
     try:
         wait_until(lambda: len(kubelet.health(MEMORY)) == 128, what="devices listed")

@@ -9,13 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodemanager.daemon import Daemon
-from nodemanager.inventory import SimulatedInventory
 from nodemanager.kube import KubernetesApi
 from nodemanager.podwatch import PodWatch
-from nodemanager.settings import Settings
 
-from tests.nodemanager.conftest import NODE, NodeFactory
+from tests.nodemanager.conftest import NODE, NodeFactory, simulated_daemon
 from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod
 from tests.nodemanager.fake_kubelet import MEMORY, FakeKubelet
 from tests.polling import wait_until
@@ -256,24 +253,7 @@ def test_daemon_keeps_a_pod_cache_and_allocates_from_it(
     short_dir: Path, apiserver: FakeApiServer
 ) -> None:
     kubelet = FakeKubelet(short_dir / "dp", short_dir / "pr.sock").start()
-    settings = Settings(
-        node_name=NODE,
-        device_plugin_dir=short_dir / "dp",
-        pod_resources_socket=short_dir / "pr.sock",
-        simulate_gpus=(2, 16 << 30),
-        host="127.0.0.1",
-        port=0,
-        hook_library_dir=short_dir / "lib",
-        state_dir=short_dir / "state",
-        checkpoint=short_dir / "checkpoint.json",
-        health_interval_seconds=3600,
-        reconcile_interval_seconds=3600,
-    )
-    daemon = Daemon(
-        settings,
-        inventory=SimulatedInventory(2, 16 << 30),
-        kubernetes=KubernetesApi.for_url(apiserver.url),
-    )
+    daemon = simulated_daemon(short_dir, apiserver)
     daemon.start()
     try:
         watch = daemon.pod_watch
