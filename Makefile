@@ -43,7 +43,7 @@ $(PROTO_OUT)/%_pb2.py: $(PROTO_SRC)/%.proto $(STAMP)
 lint: build
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy gpushare timekeeper webhook sidecar vgpu-runtime/nodemanager migrations
+	$(BIN)/mypy gpushare timekeeper webhook extender sidecar vgpu-runtime/nodemanager migrations
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -55,6 +55,7 @@ class Daemon:
             pod_cache=self.pod_watch,
             pod_resources=KubeletPodResources(str(settings.pod_resources_socket)),
             publisher=publisher,
+            annotator=kubernetes,
             release_grace_seconds=settings.release_grace_seconds,
         )
         self.runner = PluginRunner(self.manager, settings.device_plugin_dir)
