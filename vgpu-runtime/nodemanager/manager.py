@@ -342,9 +342,9 @@ class NodeManager:
             assert request is not None
             if by_gpu != wanted:
                 raise RequestError(
-                    f"{kind.resource_name}: devices on GPU {self._describe_split(by_gpu)}, but "
+                    f"{kind.resource_name}: devices on {self._describe_split(by_gpu)}, but "
                     f"pod {request.namespace}/{request.pod} container {request.container!r} is "
-                    f"assigned GPU {self._describe_split(wanted)}"
+                    f"assigned {self._describe_split(wanted)}"
                 )
             owner = Owner(request.namespace, request.pod, request.container, request.uid)
             allocation_id = uuid.uuid4().hex[:16]

@@ -15,7 +15,8 @@ has to recognise the pod, and it never guesses by creation order:
   that the calls could confuse unless they got the same GPUs (`ambiguous` tells when they
   did not, which is logged).
 
-The burst limit and the SM partition come from the matched pod's annotations. The burst
+The burst limit and the SM partition come from the pod's annotations (when several waiting
+pods match a call, the smallest of theirs: never more than any of them asked). The burst
 limit is the smaller of `tencent.com/vcuda-core-limit` (percent) and `gpushare.io/quota-limit`
 (a fraction, rounded down to whole percent), raised to the container's core request;
 `gpushare.io/sm-partition` becomes CUDA_MPS_ACTIVE_THREAD_PERCENTAGE. Annotations are read as
@@ -258,11 +259,14 @@ def match(
     last = left[chosen.uid] == 1
     if kind is not Kind.CORE:
         return Match(candidate=chosen, soft_limit=core_limit, ambiguous=ambiguous, last=last)
-    soft_limit = max(core_limit, chosen.soft_limit or core_limit)
+    # candidates the call cannot tell apart may disagree on the burst limit or the SM
+    # partition: the smallest is handed out, never more than any of them asked
+    soft_limit = max(core_limit, min(item.soft_limit or core_limit for item in same))
+    partitions = [item.sm_partition or ALL_SMS for item in same]
     return Match(
         candidate=chosen,
         soft_limit=soft_limit,
         ambiguous=ambiguous,
-        sm_partition=chosen.sm_partition,
+        sm_partition=min(partitions) if min(partitions) < ALL_SMS else None,
         last=last,
     )
