@@ -7,18 +7,29 @@
   ServiceAccount; deleted (its pods at once) after the test.
 - `make_node(name, capacity, labels=None)`: creates a Node API object; deleted after the test.
 - `scheduler`: a kube-scheduler with the default configuration, stopped after the test.
+- `helm` (session): runs the real helm with no cluster (`helm template`, `helm lint`); needs
+  only the helm binary, not the control plane.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cluster.controlplane import ControlPlane, Scheduler, Unavailable, find_assets
+from tests.cluster.controlplane import (
+    ControlPlane,
+    Scheduler,
+    Unavailable,
+    find_assets,
+    find_tool,
+    run_tool,
+)
 
 NAMESPACE_LABEL = "gpushare-test"
 
@@ -99,3 +110,21 @@ def scheduler(control_plane: ControlPlane) -> Iterator[Scheduler]:
         yield handle
     finally:
         handle.stop()
+
+
+@pytest.fixture(scope="session")
+def helm(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    try:
+        find_tool("helm")
+    except Unavailable as err:
+        _unavailable(str(err))
+    home: Path = tmp_path_factory.mktemp("helm-home")
+
+    def run(
+        *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return run_tool("helm", args, home=home, input=input, check=check, timeout=timeout)
+
+    return run

@@ -84,6 +84,45 @@ def find_tool(name: str) -> str:
     return found
 
 
+def run_tool(
+    name: str,
+    args: Sequence[str],
+    *,
+    home: Path,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 120,
+    kubeconfig: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `helm` or `kubectl` with its own HOME (no user's config or cache leaks in).
+
+    Without `kubeconfig` it points at no cluster (`helm template`, `helm lint`). With `check`,
+    a non-zero exit fails with the command's output.
+    """
+    environ = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "KUBECONFIG": str(kubeconfig or home / "no-cluster.kubeconfig"),
+        "HELM_CACHE_HOME": str(home / "helm-cache"),
+        "HELM_CONFIG_HOME": str(home / "helm-config"),
+        "HELM_DATA_HOME": str(home / "helm-data"),
+    }
+    result = subprocess.run(
+        [find_tool(name), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{name} {' '.join(args)} exited {result.returncode}:\n{result.stderr}\n{result.stdout}"
+        )
+    return result
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -417,30 +456,15 @@ class ControlPlane:
     def _tool(
         self, name: str, args: Sequence[str], input: str | None, check: bool, timeout: float
     ) -> subprocess.CompletedProcess[str]:
-        home = self.workdir / "home"
-        environ = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(home),
-            "KUBECONFIG": str(self.kubeconfig),
-            "HELM_CACHE_HOME": str(home / "helm-cache"),
-            "HELM_CONFIG_HOME": str(home / "helm-config"),
-            "HELM_DATA_HOME": str(home / "helm-data"),
-        }
-        result = subprocess.run(
-            [find_tool(name), *args],
+        return run_tool(
+            name,
+            args,
             input=input,
-            capture_output=True,
-            text=True,
-            env=environ,
+            check=check,
             timeout=timeout,
-            check=False,
+            home=self.workdir / "home",
+            kubeconfig=self.kubeconfig,
         )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"{name} {' '.join(args)} exited {result.returncode}:\n"
-                f"{result.stderr}\n{result.stdout}"
-            )
-        return result
 
     # -- schedulers and nodes ---------------------------------------------------------------
 
