@@ -41,7 +41,7 @@ from tests.polling import wait_until
 from webhook import certs
 
 ASSETS_VARIABLE = "KUBEBUILDER_ASSETS"
-REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager")
+REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 START_TIMEOUT = 90.0
 LOG_TAIL_LINES = 40
 START_ATTEMPTS = 3  # free ports are picked before use: another process may take one meanwhile
@@ -64,7 +64,7 @@ def find_assets(environ: Mapping[str, str] = os.environ) -> Path:
     if not folder:
         raise Unavailable(
             f"{ASSETS_VARIABLE} is not set: it must name a folder holding "
-            f"{', '.join(REQUIRED)} and kube-scheduler (see docs/testing.md)"
+            f"{', '.join(REQUIRED)} (see docs/testing.md)"
         )
     path = Path(folder)
     missing = [name for name in REQUIRED if not os.access(path / name, os.X_OK)]

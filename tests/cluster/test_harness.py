@@ -40,6 +40,7 @@ def test_failed_start_reports_the_logs_and_leaves_nothing_behind(
     _script(tmp_path, "etcd", f'echo $$ >> "{pids}"; exec sleep 600')
     _script(tmp_path, "kube-apiserver", 'echo "E0101 bad flag --etcd-servers: boom"; exit 3')
     _script(tmp_path, "kube-controller-manager", "exit 1")
+    _script(tmp_path, "kube-scheduler", "exit 1")
     made: list[Path] = []
     real_mkdtemp = tempfile.mkdtemp
 
