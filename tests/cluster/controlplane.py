@@ -67,6 +67,8 @@ def find_assets(environ: Mapping[str, str] = os.environ) -> Path:
             f"{', '.join(REQUIRED)} (see docs/testing.md)"
         )
     path = Path(folder)
+    if not path.is_dir():
+        raise Unavailable(f"{ASSETS_VARIABLE}={folder} is not a folder (see docs/testing.md)")
     missing = [name for name in REQUIRED if not os.access(path / name, os.X_OK)]
     if missing:
         raise Unavailable(

@@ -23,6 +23,11 @@ def test_assets_unset_names_the_variable() -> None:
         find_assets({})
 
 
+def test_assets_folder_that_is_not_there_says_so(tmp_path: Path) -> None:
+    with pytest.raises(Unavailable, match="is not a folder"):
+        find_assets({"KUBEBUILDER_ASSETS": str(tmp_path / "nowhere")})
+
+
 def test_assets_folder_without_binaries_names_the_missing_ones(tmp_path: Path) -> None:
     _script(tmp_path, "kube-apiserver", "exit 0")
     with pytest.raises(Unavailable) as caught:
