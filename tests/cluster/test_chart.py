@@ -285,7 +285,8 @@ def test_unknown_sidecar_mode_and_too_old_kubernetes_are_refused(helm: Helm) -> 
         check=False,
     )
     assert old.returncode != 0
-    assert "kubeVersion" in old.stderr or "1.28" in old.stderr, old.stderr
+    assert "requires kubeVersion: >=1.28" in old.stderr, old.stderr
+    assert "v1.27.4" in old.stderr
 
 
 @pytest.fixture
