@@ -273,6 +273,8 @@ class ControlPlane:
                     f"--- {p.name} ({p.log.name}) ---\n{tail(p.log)}" for p in plane.processes
                 )
                 plane.stop()
+                if not isinstance(err, Exception):
+                    raise  # interrupted: nothing to report
                 if attempt < START_ATTEMPTS and "address already in use" in logs:
                     continue
                 raise RuntimeError(f"the control plane did not start: {err}\n{logs}") from err
