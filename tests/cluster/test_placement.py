@@ -1,0 +1,307 @@
+"""GPU placement through the real kube-scheduler: the extender chooses every GPU at bind and
+records it on the pod; node managers hand kubelet exactly those GPUs.
+
+Two hand-made Nodes, each with a node manager on two simulated 16 GiB GPUs and a kubelet
+stand-in that calls GetPreferredAllocation and Allocate over real gRPC, admitting the pods
+bound to its node in the reverse of their creation order. The extender runs as the real
+`gpushare extender` command on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nodemanager.inventory import SimulatedInventory
+from nodemanager.kube import KubernetesApi
+from nodemanager.manager import NodeManager, Paths
+from nodemanager.plugin import PluginRunner
+from nodemanager.podwatch import PodWatch
+
+from gpushare.assignment import POD_GPU_ASSIGNMENT, parse_assignment
+from tests.cluster.controlplane import ControlPlane, free_port
+from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet
+from tests.polling import wait_until
+
+GIB = 1 << 30
+MEMORY_UNITS_PER_GPU = 64  # 16 GiB in 256 MiB units
+
+
+@dataclass
+class KubeletNode:
+    """A node manager and the kubelet stand-in in front of it."""
+
+    name: str
+    manager: NodeManager
+    runner: PluginRunner
+    watch: PodWatch
+    kubelet: FakeKubelet
+    admitted: dict[str, dict[str, dict[str, list[str]]]] = field(default_factory=dict)
+    """Pod name → container → resource → device IDs kubelet got."""
+    errors: list[str] = field(default_factory=list)
+
+
+class Extender:
+    """`gpushare extender` as a process; restartable."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.port = free_port()
+        self._kubeconfig = kubeconfig
+        self._log = log
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import urllib.request
+
+        command = [
+            sys.executable, "-m", "gpushare", "extender",
+            "--kubeconfig", str(self._kubeconfig),
+            "--host", "127.0.0.1", "--port", str(self.port),
+        ]  # fmt: skip
+        stream = self._log.open("a")
+        self._process = subprocess.Popen(
+            command, stdout=stream, stderr=subprocess.STDOUT, env=os.environ
+        )
+
+        def ready() -> bool:
+            assert self._process is not None and self._process.poll() is None, self._log.read_text()
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as reply:
+                return bool(reply.status == 200)
+
+        wait_until(ready, timeout=30, what="the extender ready", ignoring=(OSError,))
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=20)
+            self._process = None
+
+
+def scheduler_config(profile: str, extender_url: str) -> str:
+    return f"""
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+podInitialBackoffSeconds: 1
+podMaxBackoffSeconds: 2
+profiles:
+  - schedulerName: {profile}
+extenders:
+  - urlPrefix: {extender_url}
+    filterVerb: filter
+    prioritizeVerb: prioritize
+    bindVerb: bind
+    preemptVerb: preempt
+    weight: 1
+    nodeCacheCapable: true
+    ignorable: false
+    httpTimeout: 5s
+    managedResources:
+      - {{name: tencent.com/vcuda-core, ignoredByScheduler: false}}
+      - {{name: tencent.com/vcuda-memory, ignoredByScheduler: false}}
+"""
+
+
+def gpu_pod(name: str, scheduler: str, core: int, memory: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "schedulerName": scheduler,
+            "containers": [
+                {
+                    "name": "train",
+                    "image": "cuda",
+                    "resources": {
+                        "limits": {CORE: str(core), MEMORY: str(memory)},
+                        "requests": {CORE: str(core), MEMORY: str(memory)},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _kubelet_loop(node: KubeletNode, core: Any, namespace: str, stop: threading.Event) -> None:
+    """Admit the pods bound to the node, newest first, as kubelet's device manager would."""
+    while not stop.wait(0.1):
+        try:
+            listed = core.list_namespaced_pod(
+                namespace, field_selector=f"spec.nodeName={node.name}"
+            )
+        except Exception as err:  # the API server is shared: retry on the next round
+            node.errors.append(f"list: {err}")
+            continue
+        waiting = [pod for pod in listed.items if pod.metadata.name not in node.admitted]
+        waiting.sort(key=lambda pod: pod.metadata.creation_timestamp, reverse=True)
+        for pod in waiting:
+            body = core.api_client.sanitize_for_serialization(pod)
+            order = (MEMORY, CORE) if len(node.admitted) % 2 else (CORE, MEMORY)
+            try:
+                granted = node.kubelet.admit(body, order=order)
+            except Exception as err:
+                node.errors.append(f"{pod.metadata.name}: {err}")
+                node.admitted[pod.metadata.name] = {}
+                continue
+            node.admitted[pod.metadata.name] = {
+                container: dict(result.devices) for container, result in granted.items()
+            }
+
+
+@pytest.fixture
+def gpu_cluster(
+    control_plane: ControlPlane,
+    namespace: str,
+    make_node: Callable[..., Any],
+    tmp_path: Path,
+) -> Iterator[tuple[list[KubeletNode], Extender, str]]:
+    import kubernetes.client
+
+    suffix = uuid.uuid4().hex[:6]
+    nodes: list[KubeletNode] = []
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    clients = []
+    extender = Extender(control_plane.kubeconfig, tmp_path / "extender.log")
+    scheduler = None
+    try:
+        for letter in "ab":
+            name = f"gpu-{letter}-{suffix}"
+            make_node(name, {CORE: 200, MEMORY: 2 * MEMORY_UNITS_PER_GPU})
+            root = Path(f"/tmp/gs-{suffix}-{letter}")
+            kubelet = FakeKubelet(root / "dp", root / "pr.sock").start()
+            client = control_plane.api_client()
+            clients.append(client)
+            node_api = KubernetesApi(client)
+            watch = PodWatch(node_api, name, retry_seconds=0.1, max_retry_seconds=1).start()
+            manager = NodeManager(
+                node_name=name,
+                inventory=SimulatedInventory(2, 16 * GIB, seed=f"{letter}{suffix}"),
+                paths=Paths(
+                    hook_library_dir=root / "lib",
+                    state_root=root / "state",
+                    checkpoint=root / "checkpoint.json",
+                ),
+                pod_source=node_api,
+                pod_cache=watch,
+                publisher=node_api,
+                annotator=node_api,
+            )
+            runner = PluginRunner(manager, root / "dp", watch_interval_seconds=0.05)
+            runner.start()
+            wait_until(lambda k=kubelet: k.registered(CORE) > 0 and k.registered(MEMORY) > 0)
+            wait_until(lambda k=kubelet: bool(k.health(CORE)) and bool(k.health(MEMORY)))
+            assert manager.publish()
+            nodes.append(KubeletNode(name, manager, runner, watch, kubelet))
+        extender.start()
+        profile = f"gpushare-scheduler-{suffix}"
+        scheduler = control_plane.start_scheduler(scheduler_config(profile, extender.url))
+        reader = control_plane.api_client()
+        clients.append(reader)
+        kubernetes_core = kubernetes.client.CoreV1Api(reader)
+        for node in nodes:
+            thread = threading.Thread(
+                target=_kubelet_loop, args=(node, kubernetes_core, namespace, stop), daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+        yield nodes, extender, profile
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        if scheduler is not None:
+            scheduler.stop()
+        extender.stop()
+        for node in nodes:
+            node.runner.stop()
+            node.kubelet.stop()
+            node.watch.stop()
+        for client in clients:
+            client.close()
+
+
+def _pods(control_plane: ControlPlane, namespace: str) -> dict[str, Any]:
+    import kubernetes.client
+
+    with control_plane.api_client() as client:
+        listed = kubernetes.client.CoreV1Api(client).list_namespaced_pod(namespace)
+        return {pod.metadata.name: pod for pod in listed.items}
+
+
+def _create(control_plane: ControlPlane, namespace: str, pods: list[dict[str, Any]]) -> None:
+    import kubernetes.client
+
+    with control_plane.api_client() as client:
+        core = kubernetes.client.CoreV1Api(client)
+        for pod in pods:
+            core.create_namespaced_pod(namespace, pod)
+
+
+@pytest.mark.slow
+def test_pods_fill_the_gpus_exactly_on_the_gpus_recorded_at_bind(
+    control_plane: ControlPlane,
+    namespace: str,
+    gpu_cluster: tuple[list[KubeletNode], Extender, str],
+) -> None:
+    nodes, extender, profile = gpu_cluster
+    # Each GPU fits exactly one 60-core/24-unit pod and one 40-core/40-unit pod: two of the
+    # same kind never share a GPU (cores or memory over), so every GPU must get the right mix.
+    wide = [gpu_pod(f"wide-{n}", profile, 60, 24) for n in range(4)]
+    tall = [gpu_pod(f"tall-{n}", profile, 40, 40) for n in range(4)]
+    unfit = [
+        gpu_pod("no-gpu-has-the-memory", profile, 30, 70),  # the node total has room
+        gpu_pod("no-gpu-has-both", profile, 99, 65),
+    ]
+    fit_names = [pod["metadata"]["name"] for pod in wide + tall]
+    # first half, then the extender restarts, then the rest: nothing assigned is forgotten
+    _create(control_plane, namespace, [wide[0], wide[1], tall[0], tall[1], *unfit])
+
+    def admitted(names: list[str]) -> bool:
+        done = {name for node in nodes for name in node.admitted}
+        return set(names) <= done
+
+    wait_until(lambda: admitted(fit_names[:2] + fit_names[4:6]), timeout=120, what="first half")
+    extender.stop()
+    extender.start()
+    _create(control_plane, namespace, [wide[2], wide[3], tall[2], tall[3]])
+    wait_until(lambda: admitted(fit_names), timeout=180, what="every fitting pod allocated")
+
+    pods = _pods(control_plane, namespace)
+    errors = [error for node in nodes for error in node.errors]
+    assert errors == []
+    cores: dict[str, int] = {}
+    memory: dict[str, int] = {}
+    for node in nodes:
+        for name, containers in node.admitted.items():
+            pod = pods[name]
+            assert pod.spec.node_name == node.name
+            assignment = parse_assignment(pod.metadata.annotations[POD_GPU_ASSIGNMENT])
+            assert assignment.node == node.name
+            (share,) = assignment.containers["train"]
+            devices = containers["train"]
+            # cores and memory on one GPU: the one recorded at bind
+            assert {device.rsplit("-", 2)[0] for device in devices[CORE]} == {share.uuid}
+            assert {device.rsplit("-", 2)[0] for device in devices[MEMORY]} == {share.uuid}
+            assert (len(devices[CORE]), len(devices[MEMORY])) == (share.core, share.memory)
+            cores[share.uuid] = cores.get(share.uuid, 0) + share.core
+            memory[share.uuid] = memory.get(share.uuid, 0) + share.memory
+    assert len(cores) == 4
+    assert all(value == 100 for value in cores.values()), cores
+    assert all(value == MEMORY_UNITS_PER_GPU for value in memory.values()), memory
+    for pod in unfit:
+        found = pods[pod["metadata"]["name"]]
+        assert found.spec.node_name is None  # never bound, so never failed on a node
+        assert found.status.phase == "Pending"
