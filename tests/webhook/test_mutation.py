@@ -522,3 +522,25 @@ def test_a_pod_cannot_bring_its_own_sidecar(subject: dict[str, Any], message: st
     body = mutate(subject)
     assert body["response"]["allowed"] is False
     assert body["response"]["status"]["message"] == message
+
+
+@pytest.mark.parametrize(
+    ("chosen", "setting", "expected"),
+    [
+        pytest.param(None, "gpushare-scheduler", "gpushare-scheduler", id="none-named-ours"),
+        pytest.param(
+            "default-scheduler", "gpushare-scheduler", "gpushare-scheduler", id="default-ours"
+        ),
+        pytest.param("team-scheduler", "gpushare-scheduler", "team-scheduler", id="own-kept"),
+        pytest.param("default-scheduler", "", "default-scheduler", id="setting-off"),
+    ],
+)
+def test_gpu_pods_go_to_the_gpushare_scheduler(
+    chosen: str | None, setting: str, expected: str
+) -> None:
+    subject = pod()
+    if chosen is not None:
+        subject["spec"]["schedulerName"] = chosen
+    body = mutate(subject, scheduler_name=setting)
+    patched = apply_and_check(subject, decode_patch(body))
+    assert patched["spec"].get("schedulerName", "default-scheduler") == expected
