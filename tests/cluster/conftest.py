@@ -128,3 +128,15 @@ def helm(
         return run_tool("helm", args, home=home, input=input, check=check, timeout=timeout)
 
     return run
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[pytest.TestReport]:
+    """A failing test on the control plane shows the end of each component's log."""
+    report: pytest.TestReport = yield
+    plane = getattr(item, "funcargs", {}).get("control_plane")
+    if report.failed and report.when == "call" and isinstance(plane, ControlPlane):
+        report.sections.append(("control plane logs (last lines)", plane.logs()))
+    return report
