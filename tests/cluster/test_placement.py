@@ -113,12 +113,16 @@ extenders:
 """
 
 
-def gpu_pod(name: str, scheduler: str, core: int, memory: int) -> dict[str, Any]:
+def gpu_pod(
+    name: str, scheduler: str, core: int, memory: int, priority_class: str | None = None
+) -> dict[str, Any]:
+    extra = {} if priority_class is None else {"priorityClassName": priority_class}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
         "spec": {
+            **extra,
             "schedulerName": scheduler,
             "containers": [
                 {
@@ -144,7 +148,19 @@ def _kubelet_loop(node: KubeletNode, core: Any, namespace: str, stop: threading.
         except Exception as err:  # the API server is shared: retry on the next round
             node.errors.append(f"list: {err}")
             continue
-        waiting = [pod for pod in listed.items if pod.metadata.name not in node.admitted]
+        for pod in listed.items:
+            if pod.metadata.deletion_timestamp is not None:
+                # what kubelet does for a deleted pod: stop it, free its devices, confirm
+                node.kubelet.remove_pod(namespace, pod.metadata.name)
+                try:
+                    core.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
+                except Exception as err:
+                    node.errors.append(f"delete {pod.metadata.name}: {err}")
+        waiting = [
+            pod
+            for pod in listed.items
+            if pod.metadata.name not in node.admitted and pod.metadata.deletion_timestamp is None
+        ]
         waiting.sort(key=lambda pod: pod.metadata.creation_timestamp, reverse=True)
         for pod in waiting:
             body = core.api_client.sanitize_for_serialization(pod)
@@ -305,3 +321,77 @@ def test_pods_fill_the_gpus_exactly_on_the_gpus_recorded_at_bind(
         found = pods[pod["metadata"]["name"]]
         assert found.spec.node_name is None  # never bound, so never failed on a node
         assert found.status.phase == "Pending"
+
+
+@pytest.fixture
+def priority_classes(control_plane: ControlPlane) -> Iterator[tuple[str, str]]:
+    """An in-budget and an over-budget class, as the chart's, uniquely named for this test."""
+    import kubernetes.client
+
+    suffix = uuid.uuid4().hex[:6]
+    standard, overbudget = f"gs-standard-{suffix}", f"gs-overbudget-{suffix}"
+    with control_plane.api_client() as client:
+        api = kubernetes.client.SchedulingV1Api(client)
+        api.create_priority_class({"metadata": {"name": standard}, "value": 1000})
+        api.create_priority_class(
+            {"metadata": {"name": overbudget}, "value": -1000, "preemptionPolicy": "Never"}
+        )
+        try:
+            yield standard, overbudget
+        finally:
+            api.delete_priority_class(standard)
+            api.delete_priority_class(overbudget)
+
+
+@pytest.mark.slow
+def test_an_in_budget_pod_preempts_over_budget_pods_that_free_one_gpu(
+    control_plane: ControlPlane,
+    namespace: str,
+    gpu_cluster: tuple[list[KubeletNode], Extender, str],
+    priority_classes: tuple[str, str],
+) -> None:
+    nodes, _extender, profile = gpu_cluster
+    standard, overbudget = priority_classes
+    # One node left fragmented: GPU 0 holds 70 + 20 (over budget), GPU 1 40 + 20 + 20 (over
+    # budget): 30 cores free in all, never 50 on one GPU. Removing any one over-budget pod
+    # frees enough on the node as kube-scheduler counts, but no GPU gets 50 that way: only
+    # both over-budget pods of GPU 1 make room. The other node is full of in-budget pods.
+    layout = [
+        ("keep-70", 70, standard),
+        ("keep-40", 40, standard),
+        ("low-a", 20, overbudget),
+        ("low-b", 20, overbudget),
+        ("low-c", 20, overbudget),
+        ("whole-0", 100, standard),
+        ("whole-1", 100, standard),
+    ]
+    for name, core, klass in layout:
+        _create(control_plane, namespace, [gpu_pod(name, profile, core, 4, klass)])
+        wait_until(
+            lambda name=name: any(name in node.admitted for node in nodes),
+            timeout=60,
+            what=f"{name} allocated",
+        )
+    pods = _pods(control_plane, namespace)
+
+    def gpu_of(name: str) -> tuple[str, str]:
+        pod = pods[name]
+        assignment = parse_assignment(pod.metadata.annotations[POD_GPU_ASSIGNMENT])
+        return pod.spec.node_name, assignment.containers["train"][0].uuid
+
+    fragmented = gpu_of("keep-70")[0]
+    assert {gpu_of(name)[0] for name in ("keep-40", "low-a", "low-b", "low-c")} == {fragmented}
+    assert gpu_of("low-b") == gpu_of("low-c") == gpu_of("keep-40") != gpu_of("low-a")
+
+    _create(control_plane, namespace, [gpu_pod("urgent", profile, 50, 4, standard)])
+    wait_until(
+        lambda: any("urgent" in node.admitted for node in nodes),
+        timeout=120,
+        what="the in-budget pod allocated after preemption",
+    )
+    pods = _pods(control_plane, namespace)
+    assert "low-b" not in pods and "low-c" not in pods  # the victims freed GPU 1
+    assert {"keep-70", "keep-40", "low-a", "whole-0", "whole-1"} <= set(pods)
+    assert gpu_of("urgent") == gpu_of("keep-40")
+    errors = [error for node in nodes for error in node.errors]
+    assert errors == []
