@@ -3,8 +3,8 @@
 `ClusterWatch` lists then watches Nodes and Pods (raw JSON, no model decoding) and applies
 every event to a `ClusterView`; a watch that ends is resumed from its last resourceVersion,
 one refused with 410 Gone or broken is listed again (retried with backoff). `ready` is True
-once both lists have been applied. `KubernetesBinder` writes the assignment annotation, then
-creates the Binding.
+once both lists have been applied. `KubernetesBinder` creates the Binding, which carries the
+assignment annotation onto the pod in the same write.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Binder(Protocol):
     def bind(
         self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]
     ) -> None:
-        """Merge `annotations` into the pod, then bind it to `node`; KubernetesError if not."""
+        """Bind the pod to `node` with `annotations` merged into it; KubernetesError if not."""
         ...
 
 
@@ -47,6 +47,9 @@ def node_inventory(node: dict[str, Any]) -> Inventory | None:
 
 
 class KubernetesBinder:
+    """Binds with one call: the API server copies a Binding's annotations onto the pod as it
+    sets spec.nodeName, so the assignment and the binding land together or not at all."""
+
     def __init__(self, api_client: Any, *, timeout_seconds: float = 10.0) -> None:
         from kubernetes import client
 
@@ -59,23 +62,15 @@ class KubernetesBinder:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        try:
-            self._core.patch_namespaced_pod(
-                name,
-                namespace,
-                {"metadata": {"annotations": annotations, "uid": uid}},
-                _content_type="application/merge-patch+json",
-                _preload_content=False,
-                _request_timeout=self._timeout,
-            )
-        except (ApiException, HTTPError) as err:
-            raise KubernetesError(
-                f"cannot record the assignment on pod {namespace}/{name}: {_reason(err)}"
-            ) from err
         body: Any = {
             "apiVersion": "v1",
             "kind": "Binding",
-            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
+                "annotations": annotations,
+            },
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         try:

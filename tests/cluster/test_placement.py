@@ -26,7 +26,7 @@ from nodemanager.manager import NodeManager, Paths
 from nodemanager.plugin import PluginRunner
 from nodemanager.podwatch import PodWatch
 
-from gpushare.assignment import POD_GPU_ASSIGNMENT, parse_assignment
+from gpushare.assignment import POD_GPU_ALLOCATED, POD_GPU_ASSIGNMENT, parse_assignment
 from tests.cluster.controlplane import ControlPlane, free_port
 from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet
 from tests.polling import wait_until
@@ -367,8 +367,13 @@ def test_an_in_budget_pod_preempts_over_budget_pods_that_free_one_gpu(
     ]
     for name, core, klass in layout:
         _create(control_plane, namespace, [gpu_pod(name, profile, core, 4, klass)])
+        # placed one at a time, each once its node manager marked it allocated: the layout
+        # is then binpack's alone
         wait_until(
-            lambda name=name: any(name in node.admitted for node in nodes),
+            lambda name=name: (
+                POD_GPU_ALLOCATED
+                in (_pods(control_plane, namespace)[name].metadata.annotations or {})
+            ),
             timeout=60,
             what=f"{name} allocated",
         )
