@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+import orjson
+
 from extender.view import ClusterView
 from gpushare.assignment import NODE_GPU_INVENTORY, AssignmentError, Inventory, parse_inventory
 
@@ -164,7 +166,7 @@ class ClusterWatch:
 
     def _relist(self, kind: str, lister: Callable[..., Any]) -> str:
         response = lister(_preload_content=False, _request_timeout=60)
-        document = json.loads(response.data)
+        document = orjson.loads(response.data)
         items = document.get("items") or []
         if kind == "nodes":
             inventories = {}
@@ -249,6 +251,6 @@ def _events(response: Any) -> Iterator[dict[str, Any]]:
         *lines, buffer = buffer.split(b"\n")
         for line in lines:
             if line.strip():
-                yield json.loads(line)
+                yield orjson.loads(line)
     if buffer.strip():
-        yield json.loads(buffer)
+        yield orjson.loads(buffer)

@@ -35,6 +35,7 @@ from gpushare.assignment import (
     Inventory,
     parse_assignment,
 )
+from gpushare.resources import CORE_UNITS_PER_GPU
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +311,23 @@ class ClusterView:
         except NoFit as err:
             return str(err)
 
+    def _estimate(self, node: str, inventory: Inventory, demand: PodDemand) -> float:
+        """How full (binpack) or empty (spread) the node would be with the pod on it, from
+        node totals: no placement is made."""
+        used = self._used.get(node, {})
+        core_total = CORE_UNITS_PER_GPU * len(inventory.gpus) or 1
+        memory_total = sum(gpu.memory for gpu in inventory.gpus) or 1
+        core_used = sum(held[0] for held in used.values())
+        memory_used = sum(held[1] for held in used.values())
+        core_used += sum(item.core for item in demand.regular)
+        memory_used += sum(item.memory for item in demand.regular)
+        fullness = (core_used / core_total + memory_used / memory_total) / 2
+        return fullness if inventory.policy == "binpack" else 1 - fullness
+
     def filter(self, pod: Mapping[str, Any], names: Sequence[str]) -> FilterResult:
-        """Nodes where the pod fits; the best one is chosen and assumed at once."""
+        """Nodes where the pod fits; the best one is chosen and assumed at once. Nodes are
+        tried best first (by the score they would get), so a filter costs one placement
+        when the best node fits, and one per node only when none does."""
         try:
             demand = pod_demand(pod)
         except DemandError as err:
@@ -329,18 +345,23 @@ class ClusterView:
             if previous is not None and previous.state == ASSUMED:
                 self._drop(info.uid)
             self._pods.setdefault(info.uid, info)
+            ranked: list[tuple[float, str]] = []
             for name in names:
-                if name not in self._inventories:
+                inventory = self._inventories.get(name)
+                if inventory is None:
                     unresolvable[name] = "no gpushare node manager has published this node's GPUs"
                     continue
+                ranked.append((-self._estimate(name, inventory, demand), name))
+            # the node that would score best is tried first; the first that fits is chosen,
+            # and the nodes after it are left out of the answer (only one is returned)
+            ranked.sort()
+            for _, name in ranked:
                 found = self._candidate(name, demand, info.uid)
                 if isinstance(found, str):
                     failed[name] = found
                     continue
-                assignment, value = found
-                rank = (-value, name)
-                if best is None or rank < best[0]:
-                    best = (rank, name, assignment)
+                best = ((0, name), name, found[0])
+                break
             if best is None:
                 return FilterResult(chosen=None, failed=failed, unresolvable=unresolvable)
             self._add(self._placed_for(info, best[2], ASSUMED))
