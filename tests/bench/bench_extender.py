@@ -129,8 +129,13 @@ def bench_latency() -> None:
 
         filters.append(timed(do_filter))
         (node,) = chosen
-        args = {"PodName": f"new-{number}", "PodNamespace": "bench", "PodUID": f"uid-new-{number}"}
-        binds.append(timed(lambda args=args: client.post("/bind", json={**args, "Node": node})))
+        args = {
+            "PodName": f"new-{number}",
+            "PodNamespace": "bench",
+            "PodUID": f"uid-new-{number}",
+            "Node": node,
+        }
+        binds.append(timed(lambda args=args: client.post("/bind", json=args)))
         view.remove_pod(f"uid-new-{number}")  # the view stays at 1,000 pods
     where = f"{PODS} GPU pods on {NODES} nodes x {GPUS} GPUs in view"
     report(f"extender filter ({NODES} node names, {where})", filters, baseline)
