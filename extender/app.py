@@ -81,6 +81,12 @@ def create_app(
     def do_filter(document: dict[str, Any]) -> tuple[Any, str]:
         args = wire.extender_args(document)
         result = view.filter(args.pod, args.names)
+        for namespace, name, uid in result.evict:
+            try:
+                binder.evict(namespace, name, uid)
+                log.info("evicted %s/%s to free a GPU for a higher-priority pod", namespace, name)
+            except KubernetesError as err:
+                log.warning("cannot evict %s/%s: %s", namespace, name, err)
         passing = [result.chosen] if result.chosen is not None else []
         if not result.failed and not result.unresolvable and result.chosen is None:
             passing = args.names  # no vcuda request: nothing to say about any node

@@ -35,6 +35,10 @@ class Binder(Protocol):
         """Bind the pod to `node` with `annotations` merged into it; KubernetesError if not."""
         ...
 
+    def evict(self, namespace: str, name: str, uid: str) -> None:
+        """Evict the pod (Eviction API: PodDisruptionBudgets apply); KubernetesError if not."""
+        ...
+
 
 def node_inventory(node: dict[str, Any]) -> Inventory | None:
     annotations = (node.get("metadata") or {}).get("annotations") or {}
@@ -83,6 +87,23 @@ class KubernetesBinder:
             raise KubernetesError(
                 f"cannot bind pod {namespace}/{name} to {node}: {_reason(err)}"
             ) from err
+
+    def evict(self, namespace: str, name: str, uid: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        body: Any = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+            "deleteOptions": {"preconditions": {"uid": uid}},
+        }
+        try:
+            self._core.create_namespaced_pod_eviction(
+                name, namespace, body, _preload_content=False, _request_timeout=self._timeout
+            )
+        except (ApiException, HTTPError) as err:
+            raise KubernetesError(f"cannot evict pod {namespace}/{name}: {_reason(err)}") from err
 
 
 def _reason(err: Exception) -> str:

@@ -279,7 +279,19 @@ def victims_for(
 ) -> tuple[str, ...] | None:
     """The fewest lower-priority pods whose removal frees room for `demand` on one GPU
     (lowest priority first, then the largest holder); None when no such set exists."""
-    best: tuple[tuple[int, int], tuple[str, ...]] | None = None
+    found = preemption(node, inventory, holders, demand, priority)
+    return None if found is None else found[0]
+
+
+def preemption(
+    node: str,
+    inventory: Inventory,
+    holders: Sequence[Holder],
+    demand: PodDemand,
+    priority: int,
+) -> tuple[tuple[str, ...], Assignment] | None:
+    """`victims_for`, with the assignment the pod gets once the victims are gone."""
+    best: tuple[tuple[int, int], tuple[str, ...], Assignment] | None = None
     for gpu in inventory.gpus:
         on_gpu = [
             holder for holder in holders if holder.priority < priority and gpu.uuid in holder.usage
@@ -298,13 +310,13 @@ def victims_for(
                     was = used.get(uuid, (0, 0))
                     used[uuid] = (was[0] + core, was[1] + memory)
             try:
-                place(node, free_gpus(inventory, used), demand, inventory.policy)
+                assignment = place(node, free_gpus(inventory, used), demand, inventory.policy)
             except NoFit:
                 continue
             if not removed:
-                return ()
+                return (), assignment
             rank = (len(removed), max(holder.priority for holder in removed))
             if best is None or rank < best[0]:
-                best = (rank, tuple(holder.uid for holder in removed))
+                best = (rank, tuple(holder.uid for holder in removed), assignment)
             break
-    return None if best is None else best[1]
+    return None if best is None else (best[1], best[2])

@@ -57,6 +57,18 @@ class PodInfo:
     """spec.nodeName ("" while unscheduled)."""
     assignment: Assignment | None
     allocated: bool
+    may_preempt: bool = False
+    """spec.preemptionPolicy is not Never."""
+
+
+@dataclass(frozen=True)
+class Nomination:
+    """Pods evicted so that a pod fits one GPU of `node`; the pod waits for them to end."""
+
+    node: str
+    victims: frozenset[str]
+    assignment: Assignment
+    expires: float
 
 
 @dataclass
@@ -79,6 +91,8 @@ class FilterResult:
     chosen: str | None
     failed: dict[str, str] = field(default_factory=dict)
     unresolvable: dict[str, str] = field(default_factory=dict)
+    evict: tuple[tuple[str, str, str], ...] = ()
+    """(namespace, name, UID) of pods to evict so that the pod fits one GPU (preemption)."""
 
 
 class BindRefused(Exception):
@@ -125,6 +139,7 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo | None:
         node=_str(spec.get("nodeName")),
         assignment=assignment,
         allocated=POD_GPU_ALLOCATED in annotations,
+        may_preempt=spec.get("preemptionPolicy") != "Never",
     )
 
 
@@ -140,9 +155,12 @@ class ClusterView:
         self,
         *,
         assume_seconds: float = 30.0,
+        preemption_seconds: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._assume_seconds = assume_seconds
+        self._preemption_seconds = preemption_seconds
+        self._nominations: dict[str, Nomination] = {}
         self._clock = clock
         self._lock = threading.Lock()
         self._inventories: dict[str, Inventory] = {}
@@ -363,9 +381,74 @@ class ClusterView:
                 best = ((0, name), name, found[0])
                 break
             if best is None:
-                return FilterResult(chosen=None, failed=failed, unresolvable=unresolvable)
+                evict = self._preempt_fragmented(info, [name for _, name in ranked], failed)
+                return FilterResult(
+                    chosen=None, failed=failed, unresolvable=unresolvable, evict=evict
+                )
+            self._nominations.pop(info.uid, None)
             self._add(self._placed_for(info, best[2], ASSUMED))
         return FilterResult(chosen=best[1], failed=failed, unresolvable=unresolvable)
+
+    MAX_PREEMPTION_NODES = 50
+    """Nodes examined for victims when a pod fits nowhere (the fullest first)."""
+
+    def _preempt_fragmented(
+        self, info: PodInfo, nodes: Sequence[str], failed: dict[str, str]
+    ) -> tuple[tuple[str, str, str], ...]:
+        """When the pod fits no node, the lower-priority pods to evict so that it fits one
+        GPU; kube-scheduler does not preempt where node totals have room, so the extender
+        does, and holds the room for the pod (an assumption) until the victims are gone."""
+        if not info.may_preempt:
+            return ()
+        now = self._clock()
+        for uid in [uid for uid, item in self._nominations.items() if item.expires < now]:
+            del self._nominations[uid]
+        nomination = self._nominations.get(info.uid)
+        if nomination is not None:
+            left = [uid for uid in nomination.victims if uid in self._placed]
+            if left:
+                self._hold(info, nomination)
+                failed[nomination.node] = (
+                    f"waiting for {len(left)} lower-priority pod(s) evicted to free a GPU"
+                    " for this pod to end"
+                )
+                return ()
+            del self._nominations[info.uid]
+        best: tuple[tuple[int, int], str, tuple[str, ...], Assignment] | None = None
+        for node in nodes[: self.MAX_PREEMPTION_NODES]:
+            holders = [
+                Holder(item.uid, item.priority, item.usage)
+                for item in self._by_node.get(node, {}).values()
+                if item.state == BOUND and item.uid != info.uid
+            ]
+            found = placement.preemption(
+                node, self._inventories[node], holders, info.demand, info.priority
+            )
+            if not found or not found[0]:
+                continue
+            victims, assignment = found
+            priorities = [self._placed[uid].priority for uid in victims]
+            rank = (len(victims), max(priorities))
+            if best is None or rank < best[0]:
+                best = (rank, node, victims, assignment)
+        if best is None:
+            return ()
+        _, node, victims, assignment = best
+        nomination = Nomination(
+            node, frozenset(victims), assignment, now + self._preemption_seconds
+        )
+        self._nominations[info.uid] = nomination
+        self._hold(info, nomination)
+        failed[node] = f"evicting {len(victims)} lower-priority pod(s) to free a GPU for this pod"
+        chosen = [self._pods[uid] for uid in victims if uid in self._pods]
+        return tuple((pod.namespace, pod.name, pod.uid) for pod in chosen)
+
+    def _hold(self, info: PodInfo, nomination: Nomination) -> None:
+        """Keep the room being freed for the pod: counted as its assumption meanwhile."""
+        self._drop(info.uid)
+        held = self._placed_for(info, nomination.assignment, ASSUMED)
+        held.expires = nomination.expires
+        self._add(held)
 
     def prioritize(self, pod: Mapping[str, Any], names: Sequence[str]) -> list[tuple[str, int]]:
         """The node the filter chose scores highest; the others by how they would fit."""

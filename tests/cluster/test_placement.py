@@ -400,3 +400,57 @@ def test_an_in_budget_pod_preempts_over_budget_pods_that_free_one_gpu(
     assert gpu_of("urgent") == gpu_of("keep-40")
     errors = [error for node in nodes for error in node.errors]
     assert errors == []
+
+
+@pytest.mark.slow
+def test_an_in_budget_pod_preempts_where_free_room_is_only_fragmented(
+    control_plane: ControlPlane,
+    namespace: str,
+    gpu_cluster: tuple[list[KubeletNode], Extender, str],
+    priority_classes: tuple[str, str],
+) -> None:
+    nodes, _extender, profile = gpu_cluster
+    standard, overbudget = priority_classes
+    # One node: each GPU 50 in budget + 30 over budget, so 40 cores free in all, 20 per GPU.
+    # kube-scheduler counts room for a 40-core pod there and never preempts; no GPU has it.
+    layout = [  # in this order, binpack puts one 50 and one 30 on each GPU
+        ("keep-0", 50, standard),
+        ("low-0", 30, overbudget),
+        ("keep-1", 50, standard),
+        ("low-1", 30, overbudget),
+        ("whole-0", 100, standard),
+        ("whole-1", 100, standard),
+    ]
+    for name, core, klass in layout:
+        _create(control_plane, namespace, [gpu_pod(name, profile, core, 4 + core // 20, klass)])
+        wait_until(
+            lambda name=name: (
+                POD_GPU_ALLOCATED
+                in (_pods(control_plane, namespace)[name].metadata.annotations or {})
+            ),
+            timeout=60,
+            what=f"{name} allocated",
+        )
+    pods = _pods(control_plane, namespace)
+
+    def gpu_of(name: str) -> tuple[str, str]:
+        pod = pods[name]
+        assignment = parse_assignment(pod.metadata.annotations[POD_GPU_ASSIGNMENT])
+        return pod.spec.node_name, assignment.containers["train"][0].uuid
+
+    assert gpu_of("keep-0") != gpu_of("keep-1")
+    assert {gpu_of("low-0"), gpu_of("low-1")} == {gpu_of("keep-0"), gpu_of("keep-1")}
+
+    _create(control_plane, namespace, [gpu_pod("urgent", profile, 40, 6, standard)])
+    wait_until(
+        lambda: any("urgent" in node.admitted for node in nodes),
+        timeout=120,
+        what="the in-budget pod allocated after preemption",
+    )
+    pods = _pods(control_plane, namespace)
+    gone = {"low-0", "low-1"} - set(pods)
+    assert len(gone) == 1  # one victim: the over-budget pod of the GPU the new pod got
+    survivor = ({"low-0", "low-1"} - gone).pop()
+    assert {"keep-0", "keep-1", "whole-0", "whole-1", survivor} <= set(pods)
+    assert gpu_of("urgent") != gpu_of(survivor)
+    assert [error for node in nodes for error in node.errors] == []

@@ -196,7 +196,8 @@ def api_calls(source: str) -> set[tuple[str, str]]:
     for method, called in re.findall(r"\._core\.(\w+)(\(?)", source):
         action, _, rest = method.partition("_")
         resource = rest.replace("namespaced_", "").replace("_for_all_namespaces", "") + "s"
-        resource = {"pod_bindings": "pods/binding"}.get(resource, resource)
+        subresources = {"pod_bindings": "pods/binding", "pod_evictions": "pods/eviction"}
+        resource = subresources.get(resource, resource)
         assert action in _VERBS, f"unknown Kubernetes client call {method}"
         # A list method handed to watch.Watch().stream (not called) is a watch.
         found.add((resource, _VERBS[action] if called else "watch"))

@@ -21,6 +21,7 @@ class FakeBinder:
     def __init__(self) -> None:
         self.bound: list[tuple[str, str, str, dict[str, str]]] = []
         self.fail: str | None = None
+        self.evicted: list[str] = []
         self._lock = threading.Lock()
 
     def bind(
@@ -30,6 +31,10 @@ class FakeBinder:
             raise KubernetesError(self.fail)
         with self._lock:
             self.bound.append((name, uid, node, annotations))
+
+    def evict(self, namespace: str, name: str, uid: str) -> None:
+        with self._lock:
+            self.evicted.append(name)
 
 
 @pytest.fixture
@@ -227,3 +232,49 @@ def test_wrong_method_names_the_allowed_one(client: FlaskClient) -> None:
     response = client.get("/filter")
     assert response.status_code == 405
     assert response.headers["Allow"] == "POST"
+
+
+def test_a_pod_that_fits_only_fragmented_room_evicts_lower_priority_pods_of_one_gpu(
+    client: FlaskClient, view: ClusterView, binder: FakeBinder
+) -> None:
+    # each GPU of n1 has 20 cores free (40 in all): a 40-core pod fits no GPU
+    view.replace_nodes({"n1": inventory(node="n1")})
+    for name, gpu, core, priority in (
+        ("keep0", 0, 60, 1000), ("low0", 0, 20, -1000),
+        ("keep1", 1, 60, 1000), ("low1", 1, 20, -1000),
+    ):  # fmt: skip
+        view.apply_pod(
+            pod(name, ("c", core, 4), node="n1", priority=priority,
+                placed={"c": [(f"n1-gpu{gpu}", core, 4)]}, allocated=True)
+        )  # fmt: skip
+    urgent = pod("urgent", ("c", 40, 4), priority=1000)
+    body = filter_(client, urgent, ["n1"])
+    assert body["NodeNames"] == []
+    assert body["FailedNodes"] == {
+        "n1": "evicting 1 lower-priority pod(s) to free a GPU for this pod"
+    }
+    assert binder.evicted == ["low0"]
+    # asked again while the victim still runs: nothing more is evicted
+    body = filter_(client, urgent, ["n1"])
+    assert "waiting for 1 lower-priority pod(s)" in body["FailedNodes"]["n1"]
+    assert binder.evicted == ["low0"]
+    # the room being freed is held: another pod cannot take it
+    other = filter_(client, pod("other", ("c", 40, 4), priority=-1000), ["n1"])
+    assert other["NodeNames"] == []
+    view.remove_pod("uid-low0")
+    assert filter_(client, urgent, ["n1"])["NodeNames"] == ["n1"]
+    assert view.placed("uid-urgent").assignment.containers["c"][0].uuid == "n1-gpu0"  # type: ignore[union-attr]
+
+
+def test_a_pod_that_never_preempts_evicts_nothing(
+    client: FlaskClient, view: ClusterView, binder: FakeBinder
+) -> None:
+    view.apply_pod(
+        pod("low", ("c", 90, 4), node="n1", priority=-1000,
+            placed={"c": [("n1-gpu0", 90, 4)]}, allocated=True)
+    )  # fmt: skip
+    view.replace_nodes({"n1": inventory(gpus=1, node="n1")})
+    subject = pod("never", ("c", 40, 4), priority=1000)
+    subject["spec"]["preemptionPolicy"] = "Never"
+    assert filter_(client, subject, ["n1"])["NodeNames"] == []
+    assert binder.evicted == []
