@@ -189,6 +189,7 @@ class ClusterView:
         with self._lock:
             if info is None or _finished(pod):
                 self._pods.pop(uid, None)
+                self._nominations.pop(uid, None)
                 self._drop(uid)
                 return
             self._pods[uid] = info
@@ -197,6 +198,7 @@ class ClusterView:
     def remove_pod(self, uid: str) -> None:
         with self._lock:
             self._pods.pop(uid, None)
+            self._nominations.pop(uid, None)
             self._drop(uid)
 
     def replace_pods(self, pods: Sequence[Mapping[str, Any]]) -> None:
