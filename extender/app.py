@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 
 from extender import wire
 from extender.kube import Binder, KubernetesError
-from extender.view import BindRefused, ClusterView
+from extender.view import BindRefused, ClusterView, Waiting
 from gpushare.assignment import POD_GPU_ASSIGNMENT, format_assignment
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,15 @@ def create_app(
         if not result.failed and not result.unresolvable and result.chosen is None:
             passing = args.names  # no vcuda request: nothing to say about any node
         body = wire.filter_result(args, passing, result.failed, result.unresolvable)
+        if result.waiting:
+            # An error, not FailedNodes: the scheduler retries the pod after its backoff,
+            # whereas an unschedulable pod waits for a cluster event that may already have
+            # passed by the time the extender's own watch caught up with it.
+            body["Error"] = "; ".join(
+                f"{node}: {reason}"
+                for node, reason in result.failed.items()
+                if isinstance(reason, Waiting)
+            )
         return body, "ok" if passing else "refused"
 
     def do_prioritize(document: dict[str, Any]) -> tuple[Any, str]:

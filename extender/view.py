@@ -94,6 +94,16 @@ class FilterResult:
     evict: tuple[tuple[str, str, str], ...] = ()
     """(namespace, name, UID) of pods to evict so that the pod fits one GPU (preemption)."""
 
+    @property
+    def waiting(self) -> bool:
+        """No node passed and some failed only for a while (see `Waiting`)."""
+        return self.chosen is None and any(isinstance(r, Waiting) for r in self.failed.values())
+
+
+class Waiting(str):
+    """A node's failure that clears by itself soon (another pod's allocation, victims
+    ending): the scheduler is told to try the pod again rather than to wait for an event."""
+
 
 class BindRefused(Exception):
     """The pod cannot be bound to that node now; the message says why."""
@@ -324,7 +334,7 @@ class ClusterView:
                     return assignment, placement.score(gpus, taken, inventory.policy)
             pod = self._pods.get(blocking.uid) if blocking is not None else None
             name = f"{pod.namespace}/{pod.name}" if pod is not None else "another pod"
-            return (
+            return Waiting(
                 f"waiting for {name} to be allocated first: on the GPUs where this pod fits, "
                 "the node manager could not tell the two pods apart"
             )
@@ -410,7 +420,7 @@ class ClusterView:
             left = [uid for uid in nomination.victims if uid in self._placed]
             if left:
                 self._hold(info, nomination)
-                failed[nomination.node] = (
+                failed[nomination.node] = Waiting(
                     f"waiting for {len(left)} lower-priority pod(s) evicted to free a GPU"
                     " for this pod to end"
                 )
@@ -441,7 +451,9 @@ class ClusterView:
         )
         self._nominations[info.uid] = nomination
         self._hold(info, nomination)
-        failed[node] = f"evicting {len(victims)} lower-priority pod(s) to free a GPU for this pod"
+        failed[node] = Waiting(
+            f"evicting {len(victims)} lower-priority pod(s) to free a GPU for this pod"
+        )
         chosen = [self._pods[uid] for uid in victims if uid in self._pods]
         return tuple((pod.namespace, pod.name, pod.uid) for pod in chosen)
 

@@ -82,6 +82,9 @@ class Extender:
 
         wait_until(ready, timeout=30, what="the extender ready", ignoring=(OSError,))
 
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self._log.read_text().splitlines()[-lines:])
+
     def stop(self) -> None:
         if self._process is not None:
             self._process.terminate()
@@ -442,11 +445,20 @@ def test_an_in_budget_pod_preempts_where_free_room_is_only_fragmented(
     assert {gpu_of("low-0"), gpu_of("low-1")} == {gpu_of("keep-0"), gpu_of("keep-1")}
 
     _create(control_plane, namespace, [gpu_pod("urgent", profile, 40, 6, standard)])
-    wait_until(
-        lambda: any("urgent" in node.admitted for node in nodes),
-        timeout=120,
-        what="the in-budget pod allocated after preemption",
-    )
+    try:
+        wait_until(
+            lambda: any("urgent" in node.admitted for node in nodes),
+            timeout=120,
+            what="the in-budget pod allocated after preemption",
+        )
+    except AssertionError as err:
+        state = {
+            name: (pod.spec.node_name, pod.metadata.deletion_timestamp)
+            for name, pod in _pods(control_plane, namespace).items()
+        }
+        raise AssertionError(
+            f"{err}\npods: {state}\nextender log:\n{_extender.log_tail()}"
+        ) from None
     pods = _pods(control_plane, namespace)
     gone = {"low-0", "low-1"} - set(pods)
     assert len(gone) == 1  # one victim: the over-budget pod of the GPU the new pod got

@@ -94,6 +94,9 @@ def test_consecutive_filters_see_each_other_before_any_bind(client: FlaskClient)
         filter_(client, pod(f"p{n}", ("c", 60, 8)), ["n1", "n2"])["NodeNames"] for n in range(2)
     ]
     assert chosen == [["n1"], ["n2"]]  # same shape, other GPU: never waiting together
+    third = filter_(client, pod("p2", ("c", 60, 8)), ["n1", "n2"])
+    assert third["NodeNames"] == []
+    assert third["Error"].startswith("n1: waiting for team-a/p0 to be allocated first")
 
 
 def test_bind_records_the_assignment_then_binds(client: FlaskClient, binder: FakeBinder) -> None:
@@ -254,6 +257,8 @@ def test_a_pod_that_fits_only_fragmented_room_evicts_lower_priority_pods_of_one_
         "n1": "evicting 1 lower-priority pod(s) to free a GPU for this pod"
     }
     assert binder.evicted == ["low0"]
+    # an error, so that the scheduler retries the pod after its backoff
+    assert body["Error"] == "n1: evicting 1 lower-priority pod(s) to free a GPU for this pod"
     # asked again while the victim still runs: nothing more is evicted
     body = filter_(client, urgent, ["n1"])
     assert "waiting for 1 lower-priority pod(s)" in body["FailedNodes"]["n1"]
