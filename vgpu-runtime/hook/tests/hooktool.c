@@ -10,7 +10,7 @@
  *   call VIA PTSZ             launch+alloc through direct/dlsym/proc entry points
  *   fork                      fork while another thread allocates; children allocate
  *   variants                  one launch through each launch entry point from cuGetProcAddress
- *   share PATTERN SECONDS W   compute share of a pattern (tiny, long, graph, threads) after W s
+ *   share PATTERN BEGIN MEASURE END WINDOW_MS   ground-truth share of a launch pattern (see share())
  */
 #define _GNU_SOURCE
 #include <cuda.h>
@@ -431,100 +431,124 @@ static int fork_test(size_t parent_bytes, size_t child_bytes) {
   return 0;
 }
 
-/* ---- compute share ---- */
+/* ---- compute share, measured on the model's ground truth ---- */
 
-#define SHARE_WINDOWS 5
+#define MAX_WINDOWS 64
 
-static int compare_doubles(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
+static int64_t tenant_sm(void) { return gpushareStubTenantSmNs(gpushareStubTenant(), 0); }
+
+static void sleep_until_ns(int64_t deadline) {
+  struct timespec ts = {.tv_sec = deadline / 1000000000LL, .tv_nsec = deadline % 1000000000LL};
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0) {
+  }
 }
 
-struct launcher {
+struct worker {
+  const char *pattern;
   CUfunction f;
+  CUstream stream;
+  CUgraphExec exec;
   int64_t until_ns;
+  long launches;
   CUresult rc;
 };
 
-/* A thread launching tiny kernels on its per-thread default stream, as code built with
- * --default-stream per-thread does (the _ptsz entry point, found through cuGetProcAddress). */
-static void *per_thread_launcher(void *arg) {
-  struct launcher *l = arg;
-  void *fn = NULL;
-  CUdriverProcAddressQueryResult status;
+static void *work_loop(void *arg) {
+  struct worker *w = arg;
   cuCtxSetCurrent(context);
-  l->rc = cuGetProcAddress("cuLaunchKernel", &fn, 12000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, &status);
-  while (l->rc == CUDA_SUCCESS && now_ns() < l->until_ns)
-    l->rc = ((__typeof__(&cuLaunchKernel))fn)(l->f, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
+  void *per_thread_launch = NULL;
+  if (strcmp(w->pattern, "threads") == 0) {
+    CUdriverProcAddressQueryResult status;
+    w->rc = cuGetProcAddress("cuLaunchKernel", &per_thread_launch, 12000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM,
+                             &status);
+  }
+  int64_t duration = 0;
+  int32_t sm = 100;
+  void *params[2] = {&duration, &sm};
+  while (w->rc == CUDA_SUCCESS && now_ns() < w->until_ns) {
+    const char *p = w->pattern;
+    if (strcmp(p, "threads") == 0) {
+      w->rc = ((__typeof__(&cuLaunchKernel))per_thread_launch)(w->f, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
+    } else if (strcmp(p, "graph") == 0 || strcmp(p, "capture") == 0) {
+      w->rc = cuGraphLaunch(w->exec, w->stream);
+    } else if (strcmp(p, "periodic") == 0) { /* one function: long every 8th launch */
+      duration = w->launches % 8 == 0 ? 2000000 : 50000;
+      w->rc = cuLaunchKernel(w->f, 1, 1, 1, 1, 1, 1, 0, w->stream, params, NULL);
+    } else {
+      w->rc = cuLaunchKernel(w->f, 1, 1, 1, 1, 1, 1, 0, w->stream, NULL, NULL);
+      if (w->rc == CUDA_SUCCESS && (strcmp(p, "long") == 0 || (strcmp(p, "streams3") == 0 && w->launches % 4 == 3)))
+        w->rc = cuStreamSynchronize(w->stream);
+    }
+    w->launches++;
+  }
   return NULL;
 }
 
-static int share(const char *pattern, double seconds, double warmup) {
+/* Runs PATTERN from BEGIN to END (CLOCK_MONOTONIC ns, the same clock as Python's
+ * time.monotonic_ns) and reports the SM-time the tenant received from MEASURE to END as a share
+ * of wall time, in total and per window of WINDOW_MS. Patterns:
+ *   one       1 ms kernels on one stream, no synchronisation
+ *   tiny      20 us kernels on one stream, no synchronisation
+ *   streams3  three threads, a stream each, 1 ms kernels, synchronising every 4
+ *   periodic  one function, 2 ms every 8th launch and 50 us otherwise, no synchronisation
+ *   graph     graphs of ten 200 us kernels, no synchronisation
+ *   capture   200 captured 1 ms launches (timed), then that graph in a loop
+ *   long      20 ms kernels, synchronising after each
+ *   threads   four threads on their per-thread default streams, 20 us kernels */
+static int share(const char *pattern, int64_t begin, int64_t measure, int64_t end, int window_ms) {
   CUmodule module;
-  CUfunction tiny, longk, node;
-  CUstream stream;
+  CUfunction f;
+  const char *name = "one_1ms";
+  if (strcmp(pattern, "tiny") == 0 || strcmp(pattern, "threads") == 0) name = "tiny_20us";
+  else if (strcmp(pattern, "long") == 0) name = "long_20ms";
+  else if (strcmp(pattern, "periodic") == 0) name = "dyn_periodic";
+  else if (strcmp(pattern, "graph") == 0) name = "node_200us";
   CHECK(cuModuleLoadData(&module, "stub"));
-  CHECK(cuModuleGetFunction(&tiny, module, "tiny_20us"));
-  CHECK(cuModuleGetFunction(&longk, module, "long_20ms"));
-  CHECK(cuModuleGetFunction(&node, module, "node_200us"));
-  CHECK(cuStreamCreate(&stream, 0));
+  CHECK(cuModuleGetFunction(&f, module, name));
+  int threads = strcmp(pattern, "streams3") == 0 ? 3 : strcmp(pattern, "threads") == 0 ? 4 : 1;
+  struct worker workers[4];
   CUgraphExec exec = NULL;
-  if (strcmp(pattern, "graph") == 0) { /* ten 200 us kernels captured from a stream */
+  double capture_s = -1;
+  if (strcmp(pattern, "graph") == 0 || strcmp(pattern, "capture") == 0) {
     CUgraph graph;
     CUstream capture;
+    int nodes = strcmp(pattern, "graph") == 0 ? 10 : 200;
     CHECK(cuStreamCreate(&capture, 0));
+    int64_t t0 = now_ns();
     CHECK(cuStreamBeginCapture(capture, CU_STREAM_CAPTURE_MODE_GLOBAL));
-    for (int i = 0; i < 10; i++) CHECK(cuLaunchKernel(node, 1, 1, 1, 1, 1, 1, 0, capture, NULL, NULL));
+    for (int i = 0; i < nodes; i++) CHECK(cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, capture, NULL, NULL));
     CHECK(cuStreamEndCapture(capture, &graph));
+    capture_s = (double)(now_ns() - t0) / 1e9;
     CHECK(cuGraphInstantiate(&exec, graph, 0));
   }
-  /* The measurement is cut into SHARE_WINDOWS equal windows: the median window is robust to a
-   * stall of this process on a loaded machine, which the whole-run share is not. */
-  int64_t start = now_ns(), t1 = start + (int64_t)(warmup * 1e9), t2 = t1 + (int64_t)(seconds * 1e9);
-  int64_t sample_at[SHARE_WINDOWS + 1], sample_busy[SHARE_WINDOWS + 1];
-  int samples = 0;
+  sleep_until_ns(begin);
+  pthread_t ids[4];
+  for (int i = 0; i < threads; i++) {
+    workers[i] = (struct worker){pattern, f, NULL, exec, end, 0, CUDA_SUCCESS};
+    CHECK(cuStreamCreate(&workers[i].stream, 0));
+    pthread_create(&ids[i], NULL, work_loop, &workers[i]);
+  }
+  int windows = (int)((end - measure) / ((int64_t)window_ms * 1000000LL));
+  if (windows < 1) windows = 1;
+  if (windows > MAX_WINDOWS) windows = MAX_WINDOWS;
+  int64_t at[MAX_WINDOWS + 1], sm[MAX_WINDOWS + 1];
+  for (int i = 0; i <= windows; i++) {
+    sleep_until_ns(measure + (end - measure) * i / windows);
+    at[i] = now_ns();
+    sm[i] = tenant_sm();
+  }
   long launches = 0;
-  struct launcher launchers[4];
-  pthread_t threads[4];
-  int threaded = strcmp(pattern, "threads") == 0;
-  for (int i = 0; threaded && i < 4; i++) {
-    launchers[i] = (struct launcher){tiny, t2 + 100000000LL, CUDA_SUCCESS};
-    pthread_create(&threads[i], NULL, per_thread_launcher, &launchers[i]);
+  for (int i = 0; i < threads; i++) {
+    pthread_join(ids[i], NULL);
+    launches += workers[i].launches;
+    if (workers[i].rc != CUDA_SUCCESS) printf("{\"error\": \"launch %d\"}\n", (int)workers[i].rc);
   }
-  for (;;) {
-    int64_t now = now_ns();
-    if (now >= t1 + (t2 - t1) * samples / SHARE_WINDOWS) {
-      sample_busy[samples] = gpushareStubBusyNs(0);
-      sample_at[samples++] = now;
-      if (samples == SHARE_WINDOWS + 1) break;
-    }
-    if (strcmp(pattern, "tiny") == 0) {
-      CHECK(cuLaunchKernel(tiny, 1, 1, 1, 1, 1, 1, 0, stream, NULL, NULL));
-    } else if (threaded) {
-      struct timespec pause = {0, 1000000}; /* the launching happens in the threads */
-      nanosleep(&pause, NULL);
-    } else if (strcmp(pattern, "long") == 0) {
-      CHECK(cuLaunchKernel(longk, 1, 1, 1, 1, 1, 1, 0, stream, NULL, NULL));
-      CHECK(cuStreamSynchronize(stream));
-    } else {
-      CHECK(cuGraphLaunch(exec, stream));
-    }
-    launches++;
-  }
-  for (int i = 0; threaded && i < 4; i++)
-    if (launchers[i].rc != CUDA_SUCCESS) printf("{\"error\": \"thread launch %d\"}\n", (int)launchers[i].rc);
-  double windows[SHARE_WINDOWS];
-  printf("{\"windows\": [");
-  for (int i = 0; i < SHARE_WINDOWS; i++) {
-    windows[i] = (double)(sample_busy[i + 1] - sample_busy[i]) / (double)(sample_at[i + 1] - sample_at[i]);
-    printf("%s%.4f", i ? ", " : "", windows[i]);
-  }
-  qsort(windows, SHARE_WINDOWS, sizeof windows[0], compare_doubles);
-  int64_t busy = sample_busy[SHARE_WINDOWS] - sample_busy[0], wall = sample_at[SHARE_WINDOWS] - sample_at[0];
-  printf("], \"median\": %.4f, \"share\": %.4f, \"busy_ns\": %lld, \"wall_ns\": %lld, \"launches\": %ld}\n",
-         windows[SHARE_WINDOWS / 2], (double)busy / (double)wall, (long long)busy, (long long)wall, launches);
+  printf("{\"share\": %.4f, \"windows\": [", (double)(sm[windows] - sm[0]) / (double)(at[windows] - at[0]));
+  for (int i = 0; i < windows; i++)
+    printf("%s%.4f", i ? ", " : "", (double)(sm[i + 1] - sm[i]) / (double)(at[i + 1] - at[i]));
+  printf("], \"launches\": %ld, \"capture_seconds\": %.4f}\n", launches, capture_s);
   fflush(stdout);
-  _exit(0); /* do not wait for the queued work */
+  _exit(0); /* do not wait for queued work */
 }
 
 int main(int argc, char **argv) {
@@ -548,7 +572,9 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "call") == 0 && argc == 4) return call_via(argv[2], atoi(argv[3]));
   if (strcmp(cmd, "variants") == 0) return variants();
   if (strcmp(cmd, "fork") == 0 && argc == 4) return fork_test(strtoull(argv[2], NULL, 10), strtoull(argv[3], NULL, 10));
-  if (strcmp(cmd, "share") == 0 && argc == 5) return share(argv[2], atof(argv[3]), atof(argv[4]));
+  if (strcmp(cmd, "share") == 0 && argc == 7)
+    return share(argv[2], strtoll(argv[3], NULL, 10), strtoll(argv[4], NULL, 10), strtoll(argv[5], NULL, 10),
+                 atoi(argv[6]));
   fprintf(stderr, "hooktool: unknown command or arguments\n");
   return 2;
 }
