@@ -132,7 +132,7 @@ def test_state_file_is_shared_and_versioned(tool: ToolRunner, state_dir: Any) ->
     tool("info", GPUSHARE_MEMORY_LIMIT="1Gi")
     state = (state_dir / "vgpu.state").read_bytes()
     assert state[:8] == (0x5441545355504733).to_bytes(8, "little")
-    assert int.from_bytes(state[8:12], "little") == 1  # layout version
+    assert int.from_bytes(state[8:12], "little") == 2  # layout version
     assert int.from_bytes(state[12:16], "little") == len(state)
 
 

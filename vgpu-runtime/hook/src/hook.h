@@ -40,9 +40,14 @@ int gs_device_of_current_context(int *device);
 
 /* hook_memory.c: charges of this process, used by the fork handler. */
 void gs_memory_forget_all(void);
+/* The charges of everything allocated in ctx are returned (the context was destroyed). */
+void gs_memory_context_destroyed(CUcontext ctx);
 void gs_memory_atfork_prepare(void);
 void gs_memory_atfork_parent(void);
 void gs_memory_atfork_child(void);
+
+/* hook_nvml.c: the NVML device of a CUDA ordinal (matched by UUID); 0 on success. */
+int gs_nvml_handle(int cuda_device, nvmlDevice_t *handle);
 
 /* Physical (driver-reported) total of a device, cached. */
 int gs_physical_total(int device, uint64_t *total_bytes);

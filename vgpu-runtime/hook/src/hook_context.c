@@ -1,6 +1,7 @@
 /* Context/device family: what the program is told about memory. Totals show the container's
  * limit, free memory is what is left of it for all of the container's processes. */
 #include "hook.h"
+#include "hook_limiter.h"
 #include "hook_policy.h"
 #include "hook_state.h"
 
@@ -28,5 +29,17 @@ GS_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice device) {
   if (rc != CUDA_SUCCESS || bytes == NULL || device < 0 || device >= GS_MAX_DEVICES) return rc;
   uint64_t limit = config->memory_limit_bytes[device];
   if (limit < *bytes) *bytes = (size_t)limit;
+  return rc;
+}
+
+/* Destroying a context frees everything in it: the hook returns its charges and trackers. */
+GS_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
+  gs_runtime();
+  if (gs_cuda.cuCtxDestroy_v2 == NULL) return CUDA_ERROR_NOT_FOUND;
+  CUresult rc = gs_cuda.cuCtxDestroy_v2(ctx);
+  if (rc == CUDA_SUCCESS) {
+    gs_limiter_context_destroyed(ctx);
+    gs_memory_context_destroyed(ctx);
+  }
   return rc;
 }

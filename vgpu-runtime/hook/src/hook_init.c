@@ -73,6 +73,7 @@ static void initialise(void) {
   log_limits();
   gs_real_resolve_cuda();
   gs_state_open(config.state_dir);
+  if (config.any_core_limit) gs_state_register(); /* its GPU time is the container's */
   gs_limiter_init(&config);
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }

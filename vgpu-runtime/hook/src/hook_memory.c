@@ -17,6 +17,7 @@ struct charge_record {
   uint64_t bytes;
   int device;
   int kind;
+  CUcontext ctx; /* where it was allocated (freed with it) */
   struct charge_record *next;
 };
 
@@ -30,12 +31,14 @@ static size_t bucket_of(uint64_t key, int kind) {
 }
 
 static void remember(uint64_t key, int kind, int device, uint64_t bytes) {
+  CUcontext ctx = NULL;
+  if (kind != KIND_HANDLE && gs_cuda.cuCtxGetCurrent != NULL) gs_cuda.cuCtxGetCurrent(&ctx);
   pthread_mutex_lock(&table_lock);
   struct charge_record *r = spare;
   if (r != NULL) spare = r->next;
   else r = malloc(sizeof *r);
   if (r != NULL) {
-    *r = (struct charge_record){key, bytes, device, kind, NULL};
+    *r = (struct charge_record){key, bytes, device, kind, ctx, NULL};
     size_t b = bucket_of(key, kind);
     r->next = table[b];
     table[b] = r;
@@ -69,6 +72,27 @@ void gs_memory_forget_all(void) {
       free(r);
     }
   }
+}
+
+void gs_memory_context_destroyed(CUcontext ctx) {
+  uint64_t freed[GS_MAX_DEVICES] = {0};
+  pthread_mutex_lock(&table_lock);
+  for (size_t b = 0; b < TABLE_BUCKETS; b++) {
+    for (struct charge_record **link = &table[b]; *link != NULL;) {
+      struct charge_record *r = *link;
+      if (r->ctx == ctx && r->kind != KIND_HANDLE) {
+        *link = r->next;
+        freed[r->device] += r->bytes;
+        r->next = spare;
+        spare = r;
+      } else {
+        link = &r->next;
+      }
+    }
+  }
+  pthread_mutex_unlock(&table_lock);
+  for (int d = 0; d < GS_MAX_DEVICES; d++)
+    if (freed[d] > 0) gs_state_release(d, freed[d]);
 }
 
 void gs_memory_atfork_prepare(void) { pthread_mutex_lock(&table_lock); }

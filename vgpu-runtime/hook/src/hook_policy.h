@@ -21,7 +21,7 @@ uint64_t gs_array_bytes(uint64_t width, uint64_t height, uint64_t depth, unsigne
 /* Compute token bucket, in nanoseconds of GPU time. */
 #define GS_BUCKET_RESUME_NS 1000000LL  /* a throttled launcher resumes once this much is banked */
 #define GS_BUCKET_WINDOW_NS 100000000LL /* the bank holds at most this much wall time's worth ... */
-#define GS_BUCKET_BANK_NS 20000000LL    /* ... and never more than this much GPU time */
+#define GS_BUCKET_BANK_NS 50000000LL    /* ... and never more than this much GPU time */
 
 /* Most GPU time a container may bank while idle at `percent`. */
 int64_t gs_bucket_capacity_ns(int percent);

@@ -32,10 +32,13 @@ static uint64_t start_time_of(int pid) {
   buffer[n] = '\0';
   char *p = strrchr(buffer, ')'); /* the command name may hold spaces and parentheses */
   if (p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X') return 0;
-  /* After ')' come fields 3.. ; start time is field 22. */
-  int field = 2;
-  for (p++; *p != '\0' && field < 21; p++)
-    if (*p == ' ') field++;
+  /* After ") " comes field 3 (state); start time is field 22: skip 19 more fields. */
+  p += 2;
+  for (int field = 3; field < 22; field++) {
+    p = strchr(p, ' ');
+    if (p == NULL) return 0;
+    p++;
+  }
   return strtoull(p, NULL, 10);
 }
 
@@ -219,6 +222,23 @@ uint64_t gs_state_used(int device) {
   uint64_t used = state->devices[device].used_bytes;
   unlock_state();
   return used;
+}
+
+void gs_state_register(void) {
+  if (state == NULL || own_slot >= 0) return;
+  if (lock_state() != 0) return;
+  ensure_slot();
+  unlock_state();
+}
+
+int gs_state_pids(unsigned *pids, int max) {
+  int n = 0;
+  if (state == NULL) return 0;
+  for (int i = 0; i < GS_MAX_PROCS && n < max; i++) {
+    int32_t pid = __atomic_load_n(&state->procs[i].pid, __ATOMIC_RELAXED);
+    if (pid > 0) pids[n++] = (unsigned)pid;
+  }
+  return n;
 }
 
 struct gs_device_slot *gs_state_device(int device) {

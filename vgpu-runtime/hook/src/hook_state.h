@@ -11,16 +11,22 @@
 #include "hook_config.h"
 
 #define GS_STATE_MAGIC 0x5441545355504733ULL /* "3GPUSTAT" read little-endian */
-#define GS_STATE_VERSION 1u
+#define GS_STATE_VERSION 2u
 #define GS_MAX_PROCS 1024
 #define GS_STATE_FILE "vgpu.state"
 
 struct gs_device_slot {
-  uint64_t used_bytes;      /* sum of the processes' used_bytes on this device */
-  int64_t tokens_ns;        /* compute token bucket (atomic access, no lock) */
-  int64_t refilled_at_ns;   /* CLOCK_MONOTONIC of the last refill (atomic) */
-  int64_t busy_ns;          /* measured kernel time of the container, for idle detection (atomic) */
-  uint64_t reserved[4];
+  uint64_t used_bytes;         /* sum of the processes' used_bytes on this device */
+  int64_t tokens_ns;           /* compute token bucket (atomic access, no lock) */
+  int64_t refilled_at_ns;      /* CLOCK_MONOTONIC of the last refill (atomic) */
+  int64_t metered_at_ns;       /* CLOCK_MONOTONIC of the last reading of NVML (atomic) */
+  uint64_t meter_last_seen_us; /* NVML timestamp of that reading */
+  int64_t used_sm_ns;          /* SM time the container was charged, in total */
+  int64_t foreign_window_ns;   /* the others' use over the current window, for burst mode */
+  int64_t foreign_used_ns;
+  int32_t foreign_percent;     /* the others' SM use over the last full window */
+  int32_t meter_claim;         /* 1 while a process reads NVML for the container */
+  uint64_t reserved[7];
 };
 
 struct gs_proc_slot {
@@ -47,10 +53,10 @@ struct gs_state {
 
 _Static_assert(sizeof(pthread_mutex_t) <= 64, "mutex must fit its slot");
 _Static_assert(offsetof(struct gs_state, lock) == 32, "header layout");
-_Static_assert(sizeof(struct gs_device_slot) == 64, "device slot layout");
+_Static_assert(sizeof(struct gs_device_slot) == 128, "device slot layout");
 _Static_assert(sizeof(struct gs_proc_slot) == 16 + 8 * GS_MAX_DEVICES, "process slot layout");
 _Static_assert(offsetof(struct gs_state, devices) == 96, "devices offset");
-_Static_assert(offsetof(struct gs_state, procs) == 96 + 64 * GS_MAX_DEVICES, "procs offset");
+_Static_assert(offsetof(struct gs_state, procs) == 96 + 128 * GS_MAX_DEVICES, "procs offset");
 
 /* Maps the container's state (creating it), or a private one when that fails. */
 void gs_state_open(const char *dir);
@@ -59,6 +65,10 @@ int gs_state_reserve(int device, uint64_t bytes, uint64_t limit_bytes);
 void gs_state_release(int device, uint64_t bytes);
 /* Bytes in use on device by the container's live processes (reclaims dead ones first). */
 uint64_t gs_state_used(int device);
+/* Registers this process in the container (its pid is metered as the container's). */
+void gs_state_register(void);
+/* Pids of the container's registered processes; returns how many (at most max). */
+int gs_state_pids(unsigned *pids, int max);
 /* The device slot, for the lock-free token bucket. */
 struct gs_device_slot *gs_state_device(int device);
 /* After fork, in the child: the child gets its own slot on its first charge. */

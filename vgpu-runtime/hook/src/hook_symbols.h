@@ -35,7 +35,13 @@
   X(cuLaunchCooperativeKernel, "cuLaunchCooperativeKernel", 9000, 0)          \
   X(cuLaunchCooperativeKernel_ptsz, "cuLaunchCooperativeKernel", 9000, 1)     \
   X(cuGraphLaunch, "cuGraphLaunch", 10000, 0)                                 \
-  X(cuGraphLaunch_ptsz, "cuGraphLaunch", 10000, 1)
+  X(cuGraphLaunch_ptsz, "cuGraphLaunch", 10000, 1)                           \
+  X(cuStreamDestroy_v2, "cuStreamDestroy", 4000, 0)                           \
+  X(cuStreamBeginCapture_v2, "cuStreamBeginCapture", 10010, 0)                \
+  X(cuStreamBeginCapture_v2_ptsz, "cuStreamBeginCapture", 10010, 1)           \
+  X(cuStreamEndCapture, "cuStreamEndCapture", 10000, 0)                       \
+  X(cuStreamEndCapture_ptsz, "cuStreamEndCapture", 10000, 1)                  \
+  X(cuCtxDestroy_v2, "cuCtxDestroy", 4000, 0)
 
 /* Driver functions the hook calls but does not replace. */
 #define GS_USED_CUDA(X)       \
@@ -51,7 +57,11 @@
   X(cuEventElapsedTime_v2)    \
   X(cuStreamIsCapturing)      \
   X(cuStreamIsCapturing_ptsz) \
-  X(cuThreadExchangeStreamCaptureMode)
+  X(cuThreadExchangeStreamCaptureMode) \
+  X(cuInit)                             \
+  X(cuDeviceGetCount)                   \
+  X(cuDeviceGetUuid_v2)                 \
+  X(cuDeviceGetUuid)
 
 #define GS_HOOKED_NVML(X)          \
   X(nvmlDeviceGetMemoryInfo)       \
@@ -61,6 +71,11 @@
   X(nvmlInit_v2)                     \
   X(nvmlDeviceGetIndex)              \
   X(nvmlDeviceGetHandleByIndex_v2)   \
-  X(nvmlDeviceGetUtilizationRates)
+  X(nvmlDeviceGetUtilizationRates)  \
+  X(nvmlDeviceGetCount_v2)           \
+  X(nvmlDeviceGetUUID)               \
+  X(nvmlDeviceGetHandleByUUID)       \
+  X(nvmlDeviceGetProcessUtilization) \
+  X(nvmlDeviceGetComputeRunningProcesses_v3)
 
 #endif
