@@ -12,6 +12,7 @@ import pytest
 from tests.hook.conftest import ToolRunner, read_json_line
 
 GIB = 1 << 30
+CONTEXT = 256 << 20  # what a context takes on the model GPU (its default)
 CUDA_SUCCESS = 0
 CUDA_ERROR_OUT_OF_MEMORY = 2
 CUDA_ERROR_INVALID_VALUE = 1
@@ -38,14 +39,16 @@ def test_reporting_agrees_everywhere(
     run = tool("info", GPUSHARE_MEMORY_LIMIT=limit, GPUSHARE_STUB_MEMORY_BYTES=physical)
     out = run.output
     assert out["rc"] == CUDA_SUCCESS
-    assert (out["total"], out["free"], out["device_total"]) == (expected_total,) * 3
+    # the process's own context is charged: what is free is the rest
+    free = expected_total - CONTEXT
+    assert (out["total"], out["free"], out["device_total"]) == (expected_total, free, expected_total)
     for nvml in ("nvml_v1", "nvml_v2"):
-        assert out[nvml] == {"total": expected_total, "free": expected_total, "used": 0}
+        assert out[nvml] == {"total": expected_total, "free": free, "used": CONTEXT}
 
 
 def test_no_limit_reports_physical_memory(tool: ToolRunner) -> None:
     out = tool("info", GPUSHARE_STUB_MEMORY_BYTES=str(8 * GIB)).output
-    assert (out["total"], out["free"], out["device_total"]) == (8 * GIB,) * 3
+    assert (out["total"], out["free"], out["device_total"]) == (8 * GIB, 8 * GIB - CONTEXT, 8 * GIB)
 
 
 def test_sweep_without_limit_matches_physical(tool: ToolRunner) -> None:
@@ -73,7 +76,7 @@ def test_every_allocation_family_is_charged(tool: ToolRunner) -> None:
     assert under.pop("pitch_charged") == under.pop("pitch_expected")
     assert under.pop("cuMemFree_unknown") == CUDA_ERROR_INVALID_VALUE  # forwarded to the driver
     assert set(under.values()) == {CUDA_SUCCESS}
-    assert out["free_after"] == out["free_before"] == GIB
+    assert out["free_after"] == out["free_before"] == GIB - CONTEXT
 
 
 def test_per_device_limit(tool: ToolRunner) -> None:
@@ -90,11 +93,11 @@ def test_per_device_limit(tool: ToolRunner) -> None:
 
 def start_holder(spawn: Callable[..., Any], bytes_: int, wait: bool) -> Any:
     args = ["alloc", str(bytes_)] + (["wait"] if wait else [])
-    return spawn(*args, GPUSHARE_MEMORY_LIMIT="1Gi")
+    return spawn(*args, GPUSHARE_MEMORY_LIMIT="2Gi")
 
 
 def test_two_processes_at_once_exactly_one_gets_its_share(spawn: Callable[..., Any]) -> None:
-    bytes_ = int(0.6 * GIB)
+    bytes_ = int(0.8 * GIB)  # two contexts (0.5 GiB) and one of these fit in 2 GiB; two do not
     first, second = (start_holder(spawn, bytes_, wait=True) for _ in range(2))
     assert read_json_line(first) == {"ready": True}
     assert read_json_line(second) == {"ready": True}
@@ -108,16 +111,17 @@ def test_two_processes_at_once_exactly_one_gets_its_share(spawn: Callable[..., A
 def test_memory_of_a_killed_process_is_reclaimed(
     spawn: Callable[..., Any], tool: ToolRunner
 ) -> None:
-    holder = start_holder(spawn, int(0.8 * GIB), wait=False)
+    holder = start_holder(spawn, GIB, wait=False)
     assert read_json_line(holder) == {"rc": CUDA_SUCCESS}
-    held = tool("info", GPUSHARE_MEMORY_LIMIT="1Gi").output
-    assert held["free"] == GIB - int(0.8 * GIB)
+    held = tool("info", GPUSHARE_MEMORY_LIMIT="2Gi").output
+    used = GIB + 2 * CONTEXT  # the holder's and this process's contexts
+    assert held["free"] == 2 * GIB - used
     # NVML, asked by another process, agrees with cuMemGetInfo about the container's use
     for nvml in ("nvml_v1", "nvml_v2"):
-        assert held[nvml] == {"total": GIB, "free": held["free"], "used": int(0.8 * GIB)}
+        assert held[nvml] == {"total": 2 * GIB, "free": held["free"], "used": used}
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=10)
-    after = start_holder(spawn, int(0.8 * GIB), wait=False)
+    after = start_holder(spawn, int(1.5 * GIB), wait=False)
     assert read_json_line(after) == {"rc": CUDA_SUCCESS}
 
 

@@ -49,6 +49,14 @@ void gs_memory_atfork_child(void);
 /* hook_nvml.c: the NVML device of a CUDA ordinal (matched by UUID); 0 on success. */
 int gs_nvml_handle(int cuda_device, nvmlDevice_t *handle);
 
+/* This process's device memory as NVML reports it (all of it), -1 when NVML cannot tell. */
+int64_t gs_process_device_bytes(int device);
+/* Charges bytes of driver-internal memory (a context, a module) under key; enforce: refuse
+ * (-1) when over the limit, else charge regardless (it is already taken). */
+int gs_memory_charge_opaque(uint64_t key, int device, uint64_t bytes, int enforce);
+/* Returns the charge under key; the bytes that were charged. */
+uint64_t gs_memory_uncharge_opaque(uint64_t key);
+
 /* Physical (driver-reported) total of a device, cached. */
 int gs_physical_total(int device, uint64_t *total_bytes);
 

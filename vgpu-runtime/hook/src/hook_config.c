@@ -94,6 +94,13 @@ int gs_config_parse(struct gs_config *config, gs_env_reader read, void *context,
     strcpy(config->state_dir, dir);
   }
 
+  config->context_overhead_bytes = 512ULL << 20;
+  const char *overhead = read("GPUSHARE_CONTEXT_OVERHEAD", context);
+  if (overhead != NULL && gs_parse_bytes(overhead, &config->context_overhead_bytes) != 0) {
+    reject(&r, "GPUSHARE_CONTEXT_OVERHEAD", overhead, "must be a byte count with an optional unit suffix", "512Mi");
+    config->context_overhead_bytes = 512ULL << 20;
+  }
+
   uint64_t memory_all = GS_NO_MEMORY_LIMIT;
   const char *memory = read("GPUSHARE_MEMORY_LIMIT", context);
   if (memory != NULL) parse_memory(&r, "GPUSHARE_MEMORY_LIMIT", memory, &memory_all);

@@ -1,5 +1,8 @@
 /* Context/device family: what the program is told about memory. Totals show the container's
  * limit, free memory is what is left of it for all of the container's processes. */
+#include <pthread.h>
+#include <stdint.h>
+
 #include "hook.h"
 #include "hook_limiter.h"
 #include "hook_policy.h"
@@ -32,6 +35,8 @@ GS_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice device) {
   return rc;
 }
 
+static uint64_t context_key(CUcontext ctx);
+
 /* Destroying a context frees everything in it: the hook returns its charges and trackers. */
 GS_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
   gs_runtime();
@@ -40,6 +45,154 @@ GS_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
   if (rc == CUDA_SUCCESS) {
     gs_limiter_context_destroyed(ctx);
     gs_memory_context_destroyed(ctx);
+    gs_memory_uncharge_opaque(context_key(ctx));
   }
+  return rc;
+}
+
+/* ---- context overhead: what the driver takes for a context is charged as the container's ----
+ * Before the driver call, the configured estimate (GPUSHARE_CONTEXT_OVERHEAD) must fit under the
+ * limit; afterwards the charge becomes what NVML shows the process took for it, when NVML can
+ * tell (it lists processes by pid). */
+
+static pthread_mutex_t primary_lock = PTHREAD_MUTEX_INITIALIZER;
+static int primary_refs[GS_MAX_DEVICES];
+
+static uint64_t context_key(CUcontext ctx) {
+  return (uint64_t)(uintptr_t)ctx;
+}
+static uint64_t primary_key(int device) { return 0xC0DE000000000000ULL | (uint64_t)device; }
+
+/* Reserves the estimate; 0 when it fits (or nothing is limited). */
+static int reserve_estimate(int device, uint64_t key, int64_t *before) {
+  const struct gs_config *config = gs_runtime();
+  *before = gs_process_device_bytes(device);
+  return gs_memory_charge_opaque(key, device, config->context_overhead_bytes, 1);
+}
+
+/* Replaces the estimate by the measured overhead when NVML could measure it. */
+static void settle_estimate(int device, uint64_t key, int64_t before) {
+  int64_t after = gs_process_device_bytes(device);
+  if (before < 0 || after <= before) return; /* not measurable: the estimate stays */
+  gs_memory_uncharge_opaque(key);
+  gs_memory_charge_opaque(key, device, (uint64_t)(after - before), 0);
+}
+
+static CUresult created_context(CUresult rc, CUcontext *ctx, CUdevice device, int64_t before) {
+  uint64_t pending = primary_key(GS_MAX_DEVICES + device);
+  if (rc != CUDA_SUCCESS || ctx == NULL) {
+    gs_memory_uncharge_opaque(pending);
+    return rc;
+  }
+  uint64_t bytes = gs_memory_uncharge_opaque(pending);
+  if (bytes > 0) gs_memory_charge_opaque(context_key(*ctx), device, bytes, 0);
+  settle_estimate(device, context_key(*ctx), before);
+  return rc;
+}
+
+GS_EXPORT CUresult cuCtxCreate_v2(CUcontext *ctx, unsigned int flags, CUdevice device) {
+  gs_runtime();
+  if (gs_cuda.cuCtxCreate_v2 == NULL) return CUDA_ERROR_NOT_FOUND;
+  int64_t before;
+  if (reserve_estimate(device, primary_key(GS_MAX_DEVICES + device), &before) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  return created_context(gs_cuda.cuCtxCreate_v2(ctx, flags, device), ctx, device, before);
+}
+
+GS_EXPORT CUresult cuCtxCreate_v4(CUcontext *ctx, CUctxCreateParams *params, unsigned int flags, CUdevice device) {
+  gs_runtime();
+  if (gs_cuda.cuCtxCreate_v4 == NULL) return CUDA_ERROR_NOT_FOUND;
+  int64_t before;
+  if (reserve_estimate(device, primary_key(GS_MAX_DEVICES + device), &before) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  return created_context(gs_cuda.cuCtxCreate_v4(ctx, params, flags, device), ctx, device, before);
+}
+
+GS_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice device) {
+  gs_runtime();
+  if (gs_cuda.cuDevicePrimaryCtxRetain == NULL) return CUDA_ERROR_NOT_FOUND;
+  if (device < 0 || device >= GS_MAX_DEVICES) return gs_cuda.cuDevicePrimaryCtxRetain(ctx, device);
+  pthread_mutex_lock(&primary_lock);
+  int64_t before = -1;
+  int first = primary_refs[device] == 0;
+  if (first && reserve_estimate(device, primary_key(device), &before) != 0) {
+    pthread_mutex_unlock(&primary_lock);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  CUresult rc = gs_cuda.cuDevicePrimaryCtxRetain(ctx, device);
+  if (rc == CUDA_SUCCESS) {
+    primary_refs[device]++;
+    if (first) settle_estimate(device, primary_key(device), before);
+  } else if (first) {
+    gs_memory_uncharge_opaque(primary_key(device));
+  }
+  pthread_mutex_unlock(&primary_lock);
+  return rc;
+}
+
+static CUresult primary_gone(CUresult rc, CUdevice device, int reset) {
+  if (rc != CUDA_SUCCESS || device < 0 || device >= GS_MAX_DEVICES) return rc;
+  pthread_mutex_lock(&primary_lock);
+  int last = reset || (primary_refs[device] > 0 && --primary_refs[device] == 0);
+  if (last) {
+    primary_refs[device] = 0;
+    gs_memory_uncharge_opaque(primary_key(device));
+  }
+  pthread_mutex_unlock(&primary_lock);
+  return rc;
+}
+
+GS_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice device) {
+  gs_runtime();
+  if (gs_cuda.cuDevicePrimaryCtxRelease_v2 == NULL) return CUDA_ERROR_NOT_FOUND;
+  return primary_gone(gs_cuda.cuDevicePrimaryCtxRelease_v2(device), device, 0);
+}
+
+GS_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice device) {
+  gs_runtime();
+  if (gs_cuda.cuDevicePrimaryCtxReset_v2 == NULL) return CUDA_ERROR_NOT_FOUND;
+  return primary_gone(gs_cuda.cuDevicePrimaryCtxReset_v2(device), device, 1);
+}
+
+/* ---- module images: charged what NVML shows the load took; refused when over the limit ---- */
+
+static CUresult loaded_module(CUresult rc, CUmodule *module, int64_t before) {
+  int device;
+  if (rc != CUDA_SUCCESS || module == NULL || gs_device_of_current_context(&device) != 0 || before < 0) return rc;
+  int64_t after = gs_process_device_bytes(device);
+  if (after <= before) return rc;
+  if (gs_memory_charge_opaque((uint64_t)(uintptr_t)*module, device, (uint64_t)(after - before), 1) != 0) {
+    gs_cuda.cuModuleUnload(*module);
+    *module = NULL;
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  return rc;
+}
+
+static int64_t bytes_before_load(void) {
+  int device;
+  if (gs_device_of_current_context(&device) != 0 || gs_runtime()->memory_limit_bytes[device] == GS_NO_MEMORY_LIMIT)
+    return -1;
+  return gs_process_device_bytes(device);
+}
+
+GS_EXPORT CUresult cuModuleLoadData(CUmodule *module, const void *image) {
+  gs_runtime();
+  if (gs_cuda.cuModuleLoadData == NULL) return CUDA_ERROR_NOT_FOUND;
+  int64_t before = bytes_before_load();
+  return loaded_module(gs_cuda.cuModuleLoadData(module, image), module, before);
+}
+
+GS_EXPORT CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int count, CUjit_option *options,
+                                      void **values) {
+  gs_runtime();
+  if (gs_cuda.cuModuleLoadDataEx == NULL) return CUDA_ERROR_NOT_FOUND;
+  int64_t before = bytes_before_load();
+  return loaded_module(gs_cuda.cuModuleLoadDataEx(module, image, count, options, values), module, before);
+}
+
+GS_EXPORT CUresult cuModuleUnload(CUmodule module) {
+  gs_runtime();
+  if (gs_cuda.cuModuleUnload == NULL) return CUDA_ERROR_NOT_FOUND;
+  CUresult rc = gs_cuda.cuModuleUnload(module);
+  if (rc == CUDA_SUCCESS) gs_memory_uncharge_opaque((uint64_t)(uintptr_t)module);
   return rc;
 }

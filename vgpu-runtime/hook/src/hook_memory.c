@@ -4,13 +4,21 @@
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "hook.h"
 #include "hook_log.h"
 #include "hook_policy.h"
 #include "hook_state.h"
 
-enum charge_kind { KIND_POINTER = 1, KIND_ARRAY = 2, KIND_HANDLE = 3 };
+enum charge_kind {
+  KIND_POINTER = 1,
+  KIND_ARRAY = 2,
+  KIND_HANDLE = 3,  /* VMM physical allocation (bytes; `mapped` mappings alive; `released`) */
+  KIND_MAPPING = 4, /* VMM mapping at a virtual address (`handle` is what it maps) */
+  KIND_POOL = 5,    /* a stream-ordered pool: charged what it reserves */
+  KIND_OPAQUE = 6,  /* contexts and modules: what the driver took for them */
+};
 
 struct charge_record {
   uint64_t key;
@@ -18,6 +26,9 @@ struct charge_record {
   int device;
   int kind;
   CUcontext ctx; /* where it was allocated (freed with it) */
+  uint64_t handle;
+  int mapped;
+  int released;
   struct charge_record *next;
 };
 
@@ -32,13 +43,14 @@ static size_t bucket_of(uint64_t key, int kind) {
 
 static void remember(uint64_t key, int kind, int device, uint64_t bytes) {
   CUcontext ctx = NULL;
-  if (kind != KIND_HANDLE && gs_cuda.cuCtxGetCurrent != NULL) gs_cuda.cuCtxGetCurrent(&ctx);
+  if (kind != KIND_HANDLE && kind != KIND_POOL && kind != KIND_MAPPING && gs_cuda.cuCtxGetCurrent != NULL)
+    gs_cuda.cuCtxGetCurrent(&ctx);
   pthread_mutex_lock(&table_lock);
   struct charge_record *r = spare;
   if (r != NULL) spare = r->next;
   else r = malloc(sizeof *r);
   if (r != NULL) {
-    *r = (struct charge_record){key, bytes, device, kind, ctx, NULL};
+    *r = (struct charge_record){key, bytes, device, kind, ctx, 0, 0, 0, NULL};
     size_t b = bucket_of(key, kind);
     r->next = table[b];
     table[b] = r;
@@ -80,7 +92,7 @@ void gs_memory_context_destroyed(CUcontext ctx) {
   for (size_t b = 0; b < TABLE_BUCKETS; b++) {
     for (struct charge_record **link = &table[b]; *link != NULL;) {
       struct charge_record *r = *link;
-      if (r->ctx == ctx && r->kind != KIND_HANDLE) {
+      if (r->ctx == ctx && (r->kind == KIND_POINTER || r->kind == KIND_ARRAY)) {
         *link = r->next;
         freed[r->device] += r->bytes;
         r->next = spare;
@@ -101,6 +113,19 @@ void gs_memory_atfork_child(void) {
   /* The parent's allocations stay the parent's: the child neither counts nor releases them. */
   pthread_mutex_init(&table_lock, NULL);
   gs_memory_forget_all();
+}
+
+static int config_limited(int device) {
+  return device >= 0 && device < GS_MAX_DEVICES && gs_runtime()->memory_limit_bytes[device] != GS_NO_MEMORY_LIMIT;
+}
+
+/* A plain allocation freed with cuMemFreeAsync: its charge is returned (it was never a pool's). */
+static int forget_pointer_charge(CUdeviceptr dptr) {
+  int device;
+  uint64_t bytes;
+  if (forget((uint64_t)dptr, KIND_POINTER, &device, &bytes) != 0) return 0;
+  gs_state_release(device, bytes);
+  return 1;
 }
 
 /* A charge taken before the driver call. device < 0: nothing charged (no limit). */
@@ -170,29 +195,142 @@ GS_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytes, unsigned i
   CHARGED_POINTER_ALLOC(gs_cuda.cuMemAllocManaged(dptr, bytes, flags), dptr, bytes);
 }
 
+/* ---- stream-ordered pools: a pool is charged what it reserves from the device ---- */
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  CUmemoryPool pool;
+  int device;
+} pool_devices[64]; /* pools created or looked up through the hook, and their device */
+
+static void note_pool(CUmemoryPool pool, int device) {
+  pthread_mutex_lock(&pool_lock);
+  int free_slot = -1;
+  for (int i = 0; i < 64; i++) {
+    if (pool_devices[i].pool == pool) free_slot = -2;
+    if (pool_devices[i].pool == NULL && free_slot == -1) free_slot = i;
+    if (free_slot == -2) break;
+  }
+  if (free_slot >= 0) pool_devices[free_slot].pool = pool, pool_devices[free_slot].device = device;
+  pthread_mutex_unlock(&pool_lock);
+}
+
+/* The device a pool draws from: known pools, else the current device. */
+static int device_of_pool(CUmemoryPool pool) {
+  int device = -1;
+  pthread_mutex_lock(&pool_lock);
+  for (int i = 0; i < 64; i++)
+    if (pool_devices[i].pool == pool) device = pool_devices[i].device;
+  pthread_mutex_unlock(&pool_lock);
+  return device >= 0 ? device : current_device();
+}
+
+static uint64_t pool_reserved(CUmemoryPool pool) {
+  cuuint64_t value = 0;
+  if (gs_cuda.cuMemPoolGetAttribute == NULL ||
+      gs_cuda.cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &value) != CUDA_SUCCESS)
+    return UINT64_MAX;
+  return value;
+}
+
+/* Brings the pool's charge to what it reserves now (frees at synchronisation, trims). */
+static void settle_pool(CUmemoryPool pool, int device) {
+  uint64_t reserved = pool_reserved(pool);
+  if (reserved == UINT64_MAX) return;
+  int old_device;
+  uint64_t charged = 0;
+  if (forget((uint64_t)(uintptr_t)pool, KIND_POOL, &old_device, &charged) != 0) old_device = device;
+  if (reserved < charged) gs_state_release(old_device, charged - reserved);
+  else if (reserved > charged) gs_state_force(old_device, reserved - charged);
+  if (reserved > 0) remember((uint64_t)(uintptr_t)pool, KIND_POOL, old_device, reserved);
+}
+
+static CUmemoryPool current_pool(void) {
+  CUmemoryPool pool = NULL;
+  int device = current_device();
+  if (device < 0 || gs_cuda.cuDeviceGetMemPool == NULL || gs_cuda.cuDeviceGetMemPool(&pool, device) != CUDA_SUCCESS)
+    return NULL;
+  note_pool(pool, device);
+  return pool;
+}
+
+/* What a pool allocation may add: the part of it the pool cannot serve from what it holds. */
+static CUresult pool_alloc(CUmemoryPool pool, size_t bytes, CUresult (*call)(void *), void *args) {
+  if (pool == NULL) return call(args);
+  int device = device_of_pool(pool);
+  cuuint64_t used = 0;
+  uint64_t reserved = pool_reserved(pool);
+  if (reserved == UINT64_MAX || gs_cuda.cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &used) != CUDA_SUCCESS)
+    reserved = used = 0;
+  uint64_t spare = reserved > used ? reserved - used : 0, grow = bytes > spare ? bytes - spare : 0;
+  struct charge charge;
+  CUresult rc = charge_begin(device, grow, &charge); /* checked against the limit before the driver */
+  if (rc != CUDA_SUCCESS) return rc;
+  rc = call(args);
+  if (charge.device >= 0) gs_state_release(charge.device, charge.bytes);
+  if (charge.device >= 0 || config_limited(device)) settle_pool(pool, device);
+  return rc;
+}
+
+struct async_args {
+  CUresult (*fn)(CUdeviceptr *, size_t, CUstream);
+  CUresult (*from_pool)(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
+  CUdeviceptr *dptr;
+  size_t bytes;
+  CUmemoryPool pool;
+  CUstream stream;
+};
+
+static CUresult call_async(void *p) {
+  struct async_args *a = p;
+  return a->fn ? a->fn(a->dptr, a->bytes, a->stream) : a->from_pool(a->dptr, a->bytes, a->pool, a->stream);
+}
+
 GS_EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytes, CUstream stream) {
   REAL_OR_NOT_FOUND(cuMemAllocAsync);
-  if (dptr == NULL) return gs_cuda.cuMemAllocAsync(dptr, bytes, stream);
-  CHARGED_POINTER_ALLOC(gs_cuda.cuMemAllocAsync(dptr, bytes, stream), dptr, bytes);
+  struct async_args a = {gs_cuda.cuMemAllocAsync, NULL, dptr, bytes, NULL, stream};
+  return pool_alloc(dptr ? current_pool() : NULL, bytes, call_async, &a);
 }
 
 GS_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytes, CUstream stream) {
   REAL_OR_NOT_FOUND(cuMemAllocAsync_ptsz);
-  if (dptr == NULL) return gs_cuda.cuMemAllocAsync_ptsz(dptr, bytes, stream);
-  CHARGED_POINTER_ALLOC(gs_cuda.cuMemAllocAsync_ptsz(dptr, bytes, stream), dptr, bytes);
+  struct async_args a = {gs_cuda.cuMemAllocAsync_ptsz, NULL, dptr, bytes, NULL, stream};
+  return pool_alloc(dptr ? current_pool() : NULL, bytes, call_async, &a);
 }
 
 GS_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytes, CUmemoryPool pool, CUstream stream) {
   REAL_OR_NOT_FOUND(cuMemAllocFromPoolAsync);
-  if (dptr == NULL) return gs_cuda.cuMemAllocFromPoolAsync(dptr, bytes, pool, stream);
-  CHARGED_POINTER_ALLOC(gs_cuda.cuMemAllocFromPoolAsync(dptr, bytes, pool, stream), dptr, bytes);
+  struct async_args a = {NULL, gs_cuda.cuMemAllocFromPoolAsync, dptr, bytes, pool, stream};
+  return pool_alloc(dptr ? pool : NULL, bytes, call_async, &a);
 }
 
 GS_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytes, CUmemoryPool pool,
                                                 CUstream stream) {
   REAL_OR_NOT_FOUND(cuMemAllocFromPoolAsync_ptsz);
-  if (dptr == NULL) return gs_cuda.cuMemAllocFromPoolAsync_ptsz(dptr, bytes, pool, stream);
-  CHARGED_POINTER_ALLOC(gs_cuda.cuMemAllocFromPoolAsync_ptsz(dptr, bytes, pool, stream), dptr, bytes);
+  struct async_args a = {NULL, gs_cuda.cuMemAllocFromPoolAsync_ptsz, dptr, bytes, pool, stream};
+  return pool_alloc(dptr ? pool : NULL, bytes, call_async, &a);
+}
+
+GS_EXPORT CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *props) {
+  REAL_OR_NOT_FOUND(cuMemPoolCreate);
+  CUresult rc = gs_cuda.cuMemPoolCreate(pool, props);
+  if (rc == CUDA_SUCCESS && pool != NULL && props != NULL && props->location.type == CU_MEM_LOCATION_TYPE_DEVICE)
+    note_pool(*pool, props->location.id);
+  return rc;
+}
+
+GS_EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
+  REAL_OR_NOT_FOUND(cuMemPoolTrimTo);
+  CUresult rc = gs_cuda.cuMemPoolTrimTo(pool, keep);
+  if (rc == CUDA_SUCCESS) settle_pool(pool, device_of_pool(pool));
+  return rc;
+}
+
+GS_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
+  REAL_OR_NOT_FOUND(cuMemPoolDestroy);
+  CUresult rc = gs_cuda.cuMemPoolDestroy(pool);
+  if (rc == CUDA_SUCCESS) uncharge(KIND_POOL, (uint64_t)(uintptr_t)pool);
+  return rc;
 }
 
 GS_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t width, size_t height,
@@ -235,26 +373,18 @@ GS_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
   return rc;
 }
 
-static CUresult free_async(CUresult (*real)(CUdeviceptr, CUstream), CUdeviceptr dptr, CUstream stream) {
-  int device;
-  uint64_t bytes;
-  int known = forget((uint64_t)dptr, KIND_POINTER, &device, &bytes) == 0;
-  CUresult rc = real(dptr, stream);
-  if (known) {
-    if (rc == CUDA_SUCCESS) gs_state_release(device, bytes);
-    else remember((uint64_t)dptr, KIND_POINTER, device, bytes);
-  }
-  return rc;
-}
-
+/* A stream-ordered free returns memory to its pool, which keeps it: nothing is uncharged
+ * until the pool gives memory back (settled at the next pool operation or trim). */
 GS_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream stream) {
   REAL_OR_NOT_FOUND(cuMemFreeAsync);
-  return free_async(gs_cuda.cuMemFreeAsync, dptr, stream);
+  forget_pointer_charge(dptr);
+  return gs_cuda.cuMemFreeAsync(dptr, stream);
 }
 
 GS_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream) {
   REAL_OR_NOT_FOUND(cuMemFreeAsync_ptsz);
-  return free_async(gs_cuda.cuMemFreeAsync_ptsz, dptr, stream);
+  forget_pointer_charge(dptr);
+  return gs_cuda.cuMemFreeAsync_ptsz(dptr, stream);
 }
 
 GS_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t bytes,
@@ -270,16 +400,80 @@ GS_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t byte
   return rc;
 }
 
+/* The physical memory of a handle stays until it is released *and* no longer mapped. */
 GS_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
   REAL_OR_NOT_FOUND(cuMemRelease);
-  int device;
-  uint64_t bytes;
-  int known = forget((uint64_t)handle, KIND_HANDLE, &device, &bytes) == 0;
   CUresult rc = gs_cuda.cuMemRelease(handle);
-  if (known) {
-    if (rc == CUDA_SUCCESS) gs_state_release(device, bytes);
-    else remember((uint64_t)handle, KIND_HANDLE, device, bytes);
+  if (rc != CUDA_SUCCESS) return rc;
+  int device = -1;
+  uint64_t bytes = 0;
+  pthread_mutex_lock(&table_lock);
+  struct charge_record **link = &table[bucket_of((uint64_t)handle, KIND_HANDLE)];
+  while (*link != NULL && !((*link)->key == (uint64_t)handle && (*link)->kind == KIND_HANDLE)) link = &(*link)->next;
+  struct charge_record *r = *link;
+  if (r != NULL && r->mapped > 0) {
+    r->released = 1;
+  } else if (r != NULL) {
+    *link = r->next;
+    device = r->device;
+    bytes = r->bytes;
+    r->next = spare;
+    spare = r;
   }
+  pthread_mutex_unlock(&table_lock);
+  if (device >= 0) gs_state_release(device, bytes);
+  return rc;
+}
+
+GS_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
+                            unsigned long long flags) {
+  REAL_OR_NOT_FOUND(cuMemMap);
+  CUresult rc = gs_cuda.cuMemMap(ptr, size, offset, handle, flags);
+  if (rc != CUDA_SUCCESS) return rc;
+  pthread_mutex_lock(&table_lock);
+  struct charge_record *h = table[bucket_of((uint64_t)handle, KIND_HANDLE)];
+  while (h != NULL && !(h->key == (uint64_t)handle && h->kind == KIND_HANDLE)) h = h->next;
+  if (h != NULL) h->mapped++;
+  pthread_mutex_unlock(&table_lock);
+  if (h != NULL) { /* remember the mapping (a zero-byte record) to find the handle at unmap */
+    remember((uint64_t)ptr, KIND_MAPPING, h->device, 0);
+    pthread_mutex_lock(&table_lock);
+    struct charge_record *m = table[bucket_of((uint64_t)ptr, KIND_MAPPING)];
+    while (m != NULL && !(m->key == (uint64_t)ptr && m->kind == KIND_MAPPING)) m = m->next;
+    if (m != NULL) m->handle = (uint64_t)handle;
+    pthread_mutex_unlock(&table_lock);
+  }
+  return rc;
+}
+
+GS_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
+  REAL_OR_NOT_FOUND(cuMemUnmap);
+  CUresult rc = gs_cuda.cuMemUnmap(ptr, size);
+  if (rc != CUDA_SUCCESS) return rc;
+  int device = -1;
+  uint64_t bytes = 0;
+  pthread_mutex_lock(&table_lock);
+  struct charge_record **link = &table[bucket_of((uint64_t)ptr, KIND_MAPPING)];
+  while (*link != NULL && !((*link)->key == (uint64_t)ptr && (*link)->kind == KIND_MAPPING)) link = &(*link)->next;
+  struct charge_record *m = *link;
+  if (m != NULL) {
+    *link = m->next;
+    uint64_t handle = m->handle;
+    m->next = spare;
+    spare = m;
+    struct charge_record **hlink = &table[bucket_of(handle, KIND_HANDLE)];
+    while (*hlink != NULL && !((*hlink)->key == handle && (*hlink)->kind == KIND_HANDLE)) hlink = &(*hlink)->next;
+    struct charge_record *h = *hlink;
+    if (h != NULL && --h->mapped <= 0 && h->released) {
+      *hlink = h->next;
+      device = h->device;
+      bytes = h->bytes;
+      h->next = spare;
+      spare = h;
+    }
+  }
+  pthread_mutex_unlock(&table_lock);
+  if (device >= 0) gs_state_release(device, bytes);
   return rc;
 }
 
@@ -364,4 +558,38 @@ GS_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray handle) {
   CUresult rc = gs_cuda.cuMipmappedArrayDestroy(handle);
   if (rc == CUDA_SUCCESS) uncharge(KIND_ARRAY, (uint64_t)(uintptr_t)handle);
   return rc;
+}
+
+/* ---- contexts and modules: memory the driver takes that no allocation call names ---- */
+
+int64_t gs_process_device_bytes(int device) {
+  nvmlDevice_t handle;
+  if (gs_nvml_handle(device, &handle) != 0 || gs_nvml.nvmlDeviceGetComputeRunningProcesses_v3 == NULL) return -1;
+  nvmlProcessInfo_t infos[128];
+  unsigned count = 128;
+  if (gs_nvml.nvmlDeviceGetComputeRunningProcesses_v3(handle, &count, infos) != NVML_SUCCESS) return -1;
+  unsigned pid = (unsigned)getpid();
+  for (unsigned i = 0; i < count && i < 128; i++)
+    if (infos[i].pid == pid) return (int64_t)infos[i].usedGpuMemory;
+  return 0; /* not listed: holds nothing (or NVML sees another pid namespace) */
+}
+
+int gs_memory_charge_opaque(uint64_t key, int device, uint64_t bytes, int enforce) {
+  if (!config_limited(device) || bytes == 0) return 0;
+  if (enforce) {
+    struct charge charge;
+    if (charge_begin(device, bytes, &charge) != CUDA_SUCCESS) return -1;
+    charge_end(&charge, CUDA_SUCCESS, KIND_OPAQUE, key);
+    return 0;
+  }
+  gs_state_force(device, bytes);
+  remember(key, KIND_OPAQUE, device, bytes);
+  return 0;
+}
+
+uint64_t gs_memory_uncharge_opaque(uint64_t key) {
+  int device;
+  uint64_t bytes = 0;
+  if (forget(key, KIND_OPAQUE, &device, &bytes) == 0) gs_state_release(device, bytes);
+  return bytes;
 }

@@ -203,6 +203,16 @@ int gs_state_reserve(int device, uint64_t bytes, uint64_t limit_bytes) {
   return ok ? 0 : -1;
 }
 
+void gs_state_force(int device, uint64_t bytes) {
+  if (state == NULL || device < 0 || device >= GS_MAX_DEVICES) return;
+  if (lock_state() != 0) return;
+  if (ensure_slot() == 0) {
+    state->devices[device].used_bytes += bytes;
+    state->procs[own_slot].used_bytes[device] += bytes;
+  }
+  unlock_state();
+}
+
 void gs_state_release(int device, uint64_t bytes) {
   if (state == NULL || device < 0 || device >= GS_MAX_DEVICES) return;
   if (lock_state() != 0) return;

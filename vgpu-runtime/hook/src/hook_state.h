@@ -63,6 +63,8 @@ void gs_state_open(const char *dir);
 /* Atomically charges bytes on device if they fit under limit; 0 on success, -1 when over. */
 int gs_state_reserve(int device, uint64_t bytes, uint64_t limit_bytes);
 void gs_state_release(int device, uint64_t bytes);
+/* Charges bytes already taken by the driver, even over the limit. */
+void gs_state_force(int device, uint64_t bytes);
 /* Bytes in use on device by the container's live processes (reclaims dead ones first). */
 uint64_t gs_state_used(int device);
 /* Registers this process in the container (its pid is metered as the container's). */

@@ -41,7 +41,20 @@
   X(cuStreamBeginCapture_v2_ptsz, "cuStreamBeginCapture", 10010, 1)           \
   X(cuStreamEndCapture, "cuStreamEndCapture", 10000, 0)                       \
   X(cuStreamEndCapture_ptsz, "cuStreamEndCapture", 10000, 1)                  \
-  X(cuCtxDestroy_v2, "cuCtxDestroy", 4000, 0)
+  X(cuCtxDestroy_v2, "cuCtxDestroy", 4000, 0)                                 \
+  X(cuCtxCreate_v2, "cuCtxCreate", 3020, 0)                                   \
+  X(cuCtxCreate_v4, "cuCtxCreate", 12050, 0)                                  \
+  X(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", 7000, 0)            \
+  X(cuDevicePrimaryCtxRelease_v2, "cuDevicePrimaryCtxRelease", 11000, 0)      \
+  X(cuDevicePrimaryCtxReset_v2, "cuDevicePrimaryCtxReset", 11000, 0)          \
+  X(cuModuleLoadData, "cuModuleLoadData", 2000, 0)                            \
+  X(cuModuleLoadDataEx, "cuModuleLoadDataEx", 2010, 0)                        \
+  X(cuModuleUnload, "cuModuleUnload", 2000, 0)                                \
+  X(cuMemMap, "cuMemMap", 10020, 0)                                           \
+  X(cuMemUnmap, "cuMemUnmap", 10020, 0)                                       \
+  X(cuMemPoolCreate, "cuMemPoolCreate", 11020, 0)                             \
+  X(cuMemPoolTrimTo, "cuMemPoolTrimTo", 11020, 0)                             \
+  X(cuMemPoolDestroy, "cuMemPoolDestroy", 11020, 0)
 
 /* Driver functions the hook calls but does not replace. */
 #define GS_USED_CUDA(X)       \
@@ -61,7 +74,9 @@
   X(cuInit)                             \
   X(cuDeviceGetCount)                   \
   X(cuDeviceGetUuid_v2)                 \
-  X(cuDeviceGetUuid)
+  X(cuDeviceGetUuid)                    \
+  X(cuDeviceGetMemPool)                 \
+  X(cuMemPoolGetAttribute)
 
 #define GS_HOOKED_NVML(X)          \
   X(nvmlDeviceGetMemoryInfo)       \

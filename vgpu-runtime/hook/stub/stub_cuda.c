@@ -226,6 +226,17 @@ STUB_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
   return CUDA_SUCCESS;
 }
 
+STUB_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
+  ENTRY(cuDevicePrimaryCtxReset_v2);
+  if (dev < 0 || dev >= device_count) return CUDA_ERROR_INVALID_DEVICE;
+  pthread_mutex_lock(&mem_lock);
+  int held = primary[dev].refs > 0;
+  primary[dev].refs = 0;
+  pthread_mutex_unlock(&mem_lock);
+  if (held) free_context_memory(&primary[dev]);
+  return CUDA_SUCCESS;
+}
+
 STUB_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
   ENTRY(cuDevicePrimaryCtxRelease_v2);
   if (dev < 0 || dev >= device_count) return CUDA_ERROR_INVALID_DEVICE;
@@ -558,6 +569,19 @@ STUB_EXPORT CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *p
   return CUDA_SUCCESS;
 }
 
+STUB_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
+  ENTRY(cuMemPoolDestroy);
+  struct stub_pool *p = (struct stub_pool *)pool;
+  if (p == NULL) return CUDA_ERROR_INVALID_VALUE;
+  pthread_mutex_lock(&mem_lock);
+  uint64_t release = p->reserved;
+  p->reserved = 0;
+  pthread_mutex_unlock(&mem_lock);
+  if (release > 0) gpu_mem_give(p->device, release);
+  if (p < &default_pool[0] || p > &default_pool[STUB_MAX_DEVICES - 1]) free(p);
+  return CUDA_SUCCESS;
+}
+
 STUB_EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
   ENTRY(cuMemPoolTrimTo);
   struct stub_pool *p = (struct stub_pool *)pool;
@@ -778,6 +802,13 @@ STUB_EXPORT CUresult cuModuleLoadData(CUmodule *module, const void *image) {
   }
   *module = (CUmodule)m;
   return CUDA_SUCCESS;
+}
+
+STUB_EXPORT CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int count, CUjit_option *options,
+                                        void **values) {
+  ENTRY(cuModuleLoadDataEx);
+  (void)count, (void)options, (void)values;
+  return cuModuleLoadData(module, image);
 }
 
 STUB_EXPORT CUresult cuModuleUnload(CUmodule module) {
@@ -1406,6 +1437,9 @@ static const struct proc_entry proc_table[] = {
     P("cuDeviceGetMemPool", 11020, 0, cuDeviceGetMemPool),
     P("cuMemPoolCreate", 11020, 0, cuMemPoolCreate),
     P("cuMemPoolTrimTo", 11020, 0, cuMemPoolTrimTo),
+    P("cuMemPoolDestroy", 11020, 0, cuMemPoolDestroy),
+    P("cuDevicePrimaryCtxReset", 11000, 0, cuDevicePrimaryCtxReset_v2),
+    P("cuModuleLoadDataEx", 2010, 0, cuModuleLoadDataEx),
     P("cuMemPoolGetAttribute", 11020, 0, cuMemPoolGetAttribute),
     P("cuMemAddressReserve", 10020, 0, cuMemAddressReserve),
     P("cuMemAddressFree", 10020, 0, cuMemAddressFree),

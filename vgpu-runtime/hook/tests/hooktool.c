@@ -194,11 +194,13 @@ static int kinds(size_t bytes) {
                                 .NumChannels = 1};
   CUstream stream;
   CHECK(cuStreamCreate(&stream, 0));
+  CUmemoryPool pool;
+  CHECK(cuDeviceGetDefaultMemPool(&pool, 0));
   printf("{\"over\": {");
   report("cuMemAlloc", cuMemAlloc(&p, bytes), 0);
   report("cuMemAllocManaged", cuMemAllocManaged(&p, bytes, CU_MEM_ATTACH_GLOBAL), 0);
   report("cuMemAllocAsync", cuMemAllocAsync(&p, bytes, stream), 0);
-  report("cuMemAllocFromPoolAsync", cuMemAllocFromPoolAsync(&p, bytes, (CUmemoryPool)1, stream), 0);
+  report("cuMemAllocFromPoolAsync", cuMemAllocFromPoolAsync(&p, bytes, pool, stream), 0);
   report("cuMemAllocPitch", cuMemAllocPitch(&p, &pitch, bytes, 1, 4), 0);
   report("cuMemCreate", cuMemCreate(&handle, bytes, &prop, 0), 0);
   report("cuArrayCreate", cuArrayCreate(&array, &a2), 0);
@@ -220,8 +222,9 @@ static int kinds(size_t bytes) {
   rc = cuMemAllocAsync(&p, half, stream);
   if (rc == CUDA_SUCCESS) rc = cuMemFreeAsync(p, stream);
   report("cuMemAllocAsync", rc, 0);
-  rc = cuMemAllocFromPoolAsync(&p, half, (CUmemoryPool)1, stream);
+  rc = cuMemAllocFromPoolAsync(&p, half, pool, stream);
   if (rc == CUDA_SUCCESS) rc = cuMemFreeAsync(p, stream);
+  if (rc == CUDA_SUCCESS) rc = cuMemPoolTrimTo(pool, 0); /* the pool kept it until now */
   report("cuMemAllocFromPoolAsync", rc, 0);
   /* width just over half: the 512-byte pitch padding must be charged as well */
   rc = cuMemAllocPitch(&p, &pitch, 1000, half / 1000, 4);
