@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.hook.conftest import ToolRunner, read_json_line
+from tests.hook.conftest import ToolRunner, parse_lines, read_json_line
 
 GIB = 1 << 30
 CONTEXT = 256 << 20  # what a context takes on the model GPU (its default)
@@ -148,3 +148,75 @@ def test_foreign_state_file_falls_back_to_private_state(tool: ToolRunner, state_
     assert (
         len(run.log_lines("shared state unavailable (state file of another layout version)")) == 1
     )
+
+
+MIB = 1 << 20
+
+
+def pairs(out: dict[str, Any], *steps: str) -> list[tuple[int, int]]:
+    """(free as cuMemGetInfo reports it, physical memory the model says the tenant holds)."""
+    return [tuple(out[step]) for step in steps]  # type: ignore[misc]
+
+
+def test_pool_keeps_freed_memory_charged_until_trimmed(tool: ToolRunner) -> None:
+    out = tool("memcase", "pool", GPUSHARE_MEMORY_LIMIT="2Gi").output
+    free0, truth0 = out["free0"], out["truth0"]
+    held = (free0 - 256 * MIB, truth0 + 256 * MIB)
+    # allocated, freed (the pool keeps it), reused from the pool: charged all along, as held
+    assert pairs(out, "allocated", "freed", "reused") == [held] * 3
+    assert pairs(out, "trimmed") == [(free0, truth0)]
+
+
+def test_vmm_memory_is_charged_while_mapped_after_release(tool: ToolRunner) -> None:
+    out = tool("memcase", "vmm", GPUSHARE_MEMORY_LIMIT="2Gi").output
+    free0, truth0 = out["free0"], out["truth0"]
+    held = (free0 - 256 * MIB, truth0 + 256 * MIB)
+    assert pairs(out, "mapped", "released", "unmapped") == [held, held, (free0, truth0)]
+
+
+def test_destroying_a_context_returns_its_overhead_and_allocations(tool: ToolRunner) -> None:
+    out = tool("memcase", "context", GPUSHARE_MEMORY_LIMIT="2Gi").output
+    free0, truth0 = out["free0"], out["truth0"]
+    taken = CONTEXT + 300 * MIB
+    assert pairs(out, "created", "destroyed") == [(free0 - taken, truth0 + taken), (free0, truth0)]
+
+
+def test_module_images_are_charged(tool: ToolRunner) -> None:
+    out = tool("memcase", "module", GPUSHARE_MEMORY_LIMIT="2Gi").output
+    free0, truth0 = out["free0"], out["truth0"]
+    images = 8 * MIB  # eight modules of the model's 1 MiB
+    assert pairs(out, "loaded", "unloaded") == [(free0 - images, truth0 + images), (free0, truth0)]
+
+
+def test_context_overhead_is_refused_when_it_does_not_fit(tool: ToolRunner) -> None:
+    out = tool("info", GPUSHARE_MEMORY_LIMIT="200Mi").output  # the estimate is 512 MiB
+    assert out == {"error": "cuDevicePrimaryCtxRetain(&context, dev) failed: 2"}
+
+
+def test_memory_of_an_unreaped_zombie_is_reclaimed(tool: ToolRunner) -> None:
+    out = tool("memcase", "zombie", GPUSHARE_MEMORY_LIMIT="2Gi").output
+    assert out["alloc_after_zombie"] == CUDA_SUCCESS
+
+
+@pytest.mark.parametrize("mode", ["plain", "async", "vmm", "mixed"])
+@pytest.mark.parametrize("processes", [1, 4, 8])
+def test_physical_use_never_exceeds_the_limit(
+    hook_build: Any, env_for: Callable[..., dict[str, str]], tmp_path: Any, mode: str, processes: int
+) -> None:
+    env = env_for(GPUSHARE_MEMORY_LIMIT="2Gi", GPUSHARE_STUB_GPU=str(tmp_path / "gpu.model"))
+    import subprocess
+
+    command = [str(hook_build / "hooktool"), "stress", mode, "0.3"]
+    running = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(processes)
+    ]
+    reports = [parse_lines(p.communicate(timeout=30)[0])[-1] for p in running]
+    worked = [r for r in reports if "peak" in r]  # the rest found no room even for a context
+    assert worked and all(r["granted"] > 0 and r["refused"] > 0 for r in worked), reports
+    assert max(r["peak"] for r in worked) <= 2 * GIB, reports
+
+
+def test_no_growth_after_ten_thousand_streams(tool: ToolRunner) -> None:
+    out = tool("streams", "10000", GPUSHARE_CORE_LIMIT="50", timeout=60).output
+    assert out["events"][1] - out["events"][0] <= 16, out  # events are pooled, not leaked
+    assert out["rss_kib"][1] - out["rss_kib"][0] < 2048, out

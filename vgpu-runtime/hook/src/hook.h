@@ -54,6 +54,10 @@ int64_t gs_process_device_bytes(int device);
 /* Charges bytes of driver-internal memory (a context, a module) under key; enforce: refuse
  * (-1) when over the limit, else charge regardless (it is already taken). */
 int gs_memory_charge_opaque(uint64_t key, int device, uint64_t bytes, int enforce);
+/* Moves the charge under `from` to the key `to`. */
+void gs_memory_rekey_opaque(uint64_t from, uint64_t to);
+/* Changes the charge under key to bytes in one step. */
+void gs_memory_recharge_opaque(uint64_t key, uint64_t bytes);
 /* Returns the charge under key; the bytes that were charged. */
 uint64_t gs_memory_uncharge_opaque(uint64_t key);
 

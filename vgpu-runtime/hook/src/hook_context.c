@@ -74,8 +74,7 @@ static int reserve_estimate(int device, uint64_t key, int64_t *before) {
 static void settle_estimate(int device, uint64_t key, int64_t before) {
   int64_t after = gs_process_device_bytes(device);
   if (before < 0 || after <= before) return; /* not measurable: the estimate stays */
-  gs_memory_uncharge_opaque(key);
-  gs_memory_charge_opaque(key, device, (uint64_t)(after - before), 0);
+  gs_memory_recharge_opaque(key, (uint64_t)(after - before));
 }
 
 static CUresult created_context(CUresult rc, CUcontext *ctx, CUdevice device, int64_t before) {
@@ -84,8 +83,7 @@ static CUresult created_context(CUresult rc, CUcontext *ctx, CUdevice device, in
     gs_memory_uncharge_opaque(pending);
     return rc;
   }
-  uint64_t bytes = gs_memory_uncharge_opaque(pending);
-  if (bytes > 0) gs_memory_charge_opaque(context_key(*ctx), device, bytes, 0);
+  gs_memory_rekey_opaque(pending, context_key(*ctx));
   settle_estimate(device, context_key(*ctx), before);
   return rc;
 }

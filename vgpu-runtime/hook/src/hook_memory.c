@@ -233,15 +233,19 @@ static uint64_t pool_reserved(CUmemoryPool pool) {
   return value;
 }
 
-/* Brings the pool's charge to what it reserves now (frees at synchronisation, trims). */
-static void settle_pool(CUmemoryPool pool, int device) {
+/* Brings the pool's charge (plus `upfront`, charged before an allocation) to what it reserves
+ * now, in one step: frees at synchronisation, trims and growth all end up exact. */
+static void settle_pool(CUmemoryPool pool, int device, uint64_t upfront) {
   uint64_t reserved = pool_reserved(pool);
-  if (reserved == UINT64_MAX) return;
   int old_device;
   uint64_t charged = 0;
   if (forget((uint64_t)(uintptr_t)pool, KIND_POOL, &old_device, &charged) != 0) old_device = device;
-  if (reserved < charged) gs_state_release(old_device, charged - reserved);
-  else if (reserved > charged) gs_state_force(old_device, reserved - charged);
+  if (reserved == UINT64_MAX) reserved = charged; /* cannot tell: keep what was charged */
+  if (old_device != device && upfront > 0) {
+    gs_state_release(device, upfront);
+    upfront = 0;
+  }
+  gs_state_adjust(old_device, charged + upfront, reserved);
   if (reserved > 0) remember((uint64_t)(uintptr_t)pool, KIND_POOL, old_device, reserved);
 }
 
@@ -267,8 +271,7 @@ static CUresult pool_alloc(CUmemoryPool pool, size_t bytes, CUresult (*call)(voi
   CUresult rc = charge_begin(device, grow, &charge); /* checked against the limit before the driver */
   if (rc != CUDA_SUCCESS) return rc;
   rc = call(args);
-  if (charge.device >= 0) gs_state_release(charge.device, charge.bytes);
-  if (charge.device >= 0 || config_limited(device)) settle_pool(pool, device);
+  if (charge.device >= 0 || config_limited(device)) settle_pool(pool, device, charge.device >= 0 ? charge.bytes : 0);
   return rc;
 }
 
@@ -322,7 +325,7 @@ GS_EXPORT CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *pro
 GS_EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
   REAL_OR_NOT_FOUND(cuMemPoolTrimTo);
   CUresult rc = gs_cuda.cuMemPoolTrimTo(pool, keep);
-  if (rc == CUDA_SUCCESS) settle_pool(pool, device_of_pool(pool));
+  if (rc == CUDA_SUCCESS) settle_pool(pool, device_of_pool(pool), 0);
   return rc;
 }
 
@@ -592,4 +595,23 @@ uint64_t gs_memory_uncharge_opaque(uint64_t key) {
   uint64_t bytes = 0;
   if (forget(key, KIND_OPAQUE, &device, &bytes) == 0) gs_state_release(device, bytes);
   return bytes;
+}
+
+/* Changes the charge under key to bytes in one step. */
+void gs_memory_recharge_opaque(uint64_t key, uint64_t bytes) {
+  pthread_mutex_lock(&table_lock);
+  struct charge_record *r = table[bucket_of(key, KIND_OPAQUE)];
+  while (r != NULL && !(r->key == key && r->kind == KIND_OPAQUE)) r = r->next;
+  uint64_t from = r != NULL ? r->bytes : 0;
+  int device = r != NULL ? r->device : -1;
+  if (r != NULL) r->bytes = bytes;
+  pthread_mutex_unlock(&table_lock);
+  if (device >= 0) gs_state_adjust(device, from, bytes);
+}
+
+/* Moves the charge under `from` to the key `to` (the charge itself does not change). */
+void gs_memory_rekey_opaque(uint64_t from, uint64_t to) {
+  int device;
+  uint64_t bytes;
+  if (forget(from, KIND_OPAQUE, &device, &bytes) == 0) remember(to, KIND_OPAQUE, device, bytes);
 }

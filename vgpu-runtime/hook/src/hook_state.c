@@ -203,6 +203,18 @@ int gs_state_reserve(int device, uint64_t bytes, uint64_t limit_bytes) {
   return ok ? 0 : -1;
 }
 
+void gs_state_adjust(int device, uint64_t from_bytes, uint64_t to_bytes) {
+  if (state == NULL || device < 0 || device >= GS_MAX_DEVICES || from_bytes == to_bytes) return;
+  if (lock_state() != 0) return;
+  if (ensure_slot() == 0) {
+    uint64_t *mine = &state->procs[own_slot].used_bytes[device];
+    uint64_t from = from_bytes > *mine ? *mine : from_bytes;
+    *mine = *mine - from + to_bytes;
+    state->devices[device].used_bytes = state->devices[device].used_bytes - from + to_bytes;
+  }
+  unlock_state();
+}
+
 void gs_state_force(int device, uint64_t bytes) {
   if (state == NULL || device < 0 || device >= GS_MAX_DEVICES) return;
   if (lock_state() != 0) return;

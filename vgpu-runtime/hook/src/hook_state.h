@@ -65,6 +65,8 @@ int gs_state_reserve(int device, uint64_t bytes, uint64_t limit_bytes);
 void gs_state_release(int device, uint64_t bytes);
 /* Charges bytes already taken by the driver, even over the limit. */
 void gs_state_force(int device, uint64_t bytes);
+/* Replaces a charge of from_bytes by to_bytes in one step (no window for others in between). */
+void gs_state_adjust(int device, uint64_t from_bytes, uint64_t to_bytes);
 /* Bytes in use on device by the container's live processes (reclaims dead ones first). */
 uint64_t gs_state_used(int device);
 /* Registers this process in the container (its pid is metered as the container's). */

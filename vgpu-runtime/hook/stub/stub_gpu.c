@@ -146,6 +146,16 @@ int gpu_proc_index(void) {
   return my_proc >= 0 ? my_proc : 0;
 }
 
+/* A process that exits gives its memory and work back at once, as the driver does when the
+ * process's device files close (a process killed outright is reaped by the next one to look). */
+__attribute__((destructor)) static void leave(void) {
+  if (model == NULL || my_proc < 0 || model->procs[my_proc].pid != (int)getpid()) return;
+  gpu_lock();
+  reap_locked(my_proc);
+  gpu_unlock();
+  my_proc = -1;
+}
+
 /* ---- the timeline ---- */
 
 static void start_ready_locked(int64_t t) {

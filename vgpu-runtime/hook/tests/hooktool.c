@@ -558,6 +558,181 @@ static int share(const char *pattern, int64_t begin, int64_t measure, int64_t en
   _exit(0); /* do not wait for queued work */
 }
 
+/* ---- memory cases on the model: the hook's view and the model's truth side by side ---- */
+
+static size_t free_now(void) {
+  size_t f = 0, t = 0;
+  cuMemGetInfo(&f, &t);
+  return f;
+}
+
+static long long truth(void) { return (long long)gpushareStubTenantMem(gpushareStubTenant(), 0); }
+
+static int memcase(const char *name) {
+  const size_t mib = 1 << 20;
+  printf("{\"case\": \"%s\", \"free0\": %zu, \"truth0\": %lld", name, free_now(), truth());
+  if (strcmp(name, "pool") == 0) { /* freed memory stays in the pool, and charged, until trimmed */
+    CUstream stream;
+    CUmemoryPool pool;
+    CUdeviceptr p;
+    CHECK(cuStreamCreate(&stream, 0));
+    CHECK(cuDeviceGetDefaultMemPool(&pool, 0));
+    CHECK(cuMemAllocAsync(&p, 256 * mib, stream));
+    printf(", \"allocated\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuMemFreeAsync(p, stream));
+    printf(", \"freed\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuMemAllocAsync(&p, 128 * mib, stream)); /* served by the pool: nothing more */
+    printf(", \"reused\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuMemFreeAsync(p, stream));
+    CHECK(cuMemPoolTrimTo(pool, 0));
+    printf(", \"trimmed\": [%zu, %lld]", free_now(), truth());
+  } else if (strcmp(name, "vmm") == 0) { /* released while mapped: still held until unmapped */
+    CUmemGenericAllocationHandle handle;
+    CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED, .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE}};
+    CUdeviceptr va;
+    CHECK(cuMemCreate(&handle, 256 * mib, &prop, 0));
+    CHECK(cuMemAddressReserve(&va, 256 * mib, 0, 0, 0));
+    CHECK(cuMemMap(va, 256 * mib, 0, handle, 0));
+    printf(", \"mapped\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuMemRelease(handle));
+    printf(", \"released\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuMemUnmap(va, 256 * mib));
+    printf(", \"unmapped\": [%zu, %lld]", free_now(), truth());
+  } else if (strcmp(name, "context") == 0) { /* a context's memory comes back with it */
+    CUcontext ctx;
+    CUdeviceptr p;
+    CHECK(cuCtxCreate(&ctx, NULL, 0, 0));
+    CHECK(cuMemAlloc(&p, 300 * mib));
+    printf(", \"created\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuCtxDestroy(ctx));
+    CHECK(cuCtxSetCurrent(context));
+    printf(", \"destroyed\": [%zu, %lld]", free_now(), truth());
+  } else if (strcmp(name, "module") == 0) { /* module images are device memory too */
+    CUmodule modules[8];
+    for (int i = 0; i < 8; i++) CHECK(cuModuleLoadData(&modules[i], "stub"));
+    printf(", \"loaded\": [%zu, %lld]", free_now(), truth());
+    for (int i = 0; i < 8; i++) CHECK(cuModuleUnload(modules[i]));
+    printf(", \"unloaded\": [%zu, %lld]", free_now(), truth());
+  } else if (strcmp(name, "zombie") == 0) { /* an unreaped child's memory is reclaimed */
+    size_t f0 = free_now();
+    pid_t pid = fork();
+    if (pid == 0) {
+      CUdeviceptr p;
+      _exit(cuMemAlloc(&p, f0 / 2 + 1) == CUDA_SUCCESS ? 0 : 1);
+    }
+    char path[64], buffer[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    for (int tries = 0; tries < 2000; tries++) { /* until it is a zombie (not reaped) */
+      FILE *f = fopen(path, "r");
+      size_t n = f ? fread(buffer, 1, sizeof buffer - 1, f) : 0;
+      if (f) fclose(f);
+      buffer[n] = '\0';
+      char *close = strrchr(buffer, ')');
+      if (close != NULL && close[2] == 'Z') break;
+      struct timespec pause = {0, 1000000};
+      nanosleep(&pause, NULL);
+    }
+    CUdeviceptr p;
+    printf(", \"alloc_after_zombie\": %d", (int)cuMemAlloc(&p, f0 / 2 + 1));
+    waitpid(pid, NULL, 0);
+  } else {
+    printf(", \"error\": \"unknown case\"");
+  }
+  printf("}\n");
+  return 0;
+}
+
+/* Allocates and frees random sizes through MODE (plain, async, vmm, mixed) for SECONDS, always
+ * up to refusal; prints the most physical memory the tenant ever held (the model's truth). */
+static int stress(const char *mode, double seconds) {
+  const size_t mib = 1 << 20;
+  CUstream stream;
+  CUmemoryPool pool;
+  CHECK(cuStreamCreate(&stream, 0));
+  CHECK(cuDeviceGetDefaultMemPool(&pool, 0));
+  struct held {
+    CUdeviceptr ptr;
+    CUmemGenericAllocationHandle handle;
+    int kind; /* 0 plain, 1 async, 2 vmm */
+    size_t bytes;
+  } held[512];
+  int n = 0;
+  long refused = 0, granted = 0;
+  unsigned seed = (unsigned)getpid();
+  int64_t until = now_ns() + (int64_t)(seconds * 1e9);
+  CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED, .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE}};
+  while (now_ns() < until) {
+    size_t bytes = ((size_t)(rand_r(&seed) % 64) + 1) * mib;
+    int kind = strcmp(mode, "plain") == 0 ? 0 : strcmp(mode, "async") == 0 ? 1 : strcmp(mode, "vmm") == 0 ? 2 : rand_r(&seed) % 3;
+    struct held h = {0, 0, kind, bytes};
+    CUresult rc;
+    if (kind == 0) {
+      rc = cuMemAlloc(&h.ptr, bytes);
+    } else if (kind == 1) {
+      rc = cuMemAllocAsync(&h.ptr, bytes, stream);
+    } else {
+      rc = cuMemCreate(&h.handle, bytes, &prop, 0);
+      if (rc == CUDA_SUCCESS && cuMemAddressReserve(&h.ptr, bytes, 0, 0, 0) == CUDA_SUCCESS) {
+        cuMemMap(h.ptr, bytes, 0, h.handle, 0);
+        cuMemRelease(h.handle); /* held through its mapping */
+      }
+    }
+    if (rc == CUDA_SUCCESS && n < 512) {
+      held[n++] = h;
+      granted++;
+      continue;
+    }
+    refused += rc != CUDA_SUCCESS;
+    for (int i = 0; i < n; i++) { /* free about half */
+      if (rand_r(&seed) % 2) continue;
+      if (held[i].kind == 0) cuMemFree(held[i].ptr);
+      else if (held[i].kind == 1) cuMemFreeAsync(held[i].ptr, stream);
+      else cuMemUnmap(held[i].ptr, held[i].bytes);
+      held[i--] = held[--n];
+    }
+    if (rand_r(&seed) % 4 == 0) cuMemPoolTrimTo(pool, 0);
+  }
+  printf("{\"granted\": %ld, \"refused\": %ld, \"peak\": %lld}\n", granted, refused,
+         (long long)gpushareStubTenantMemPeak(gpushareStubTenant(), 0));
+  return 0;
+}
+
+/* Creates, uses and destroys COUNT streams (each with a launch under the limiter); prints the
+ * process's resident memory and live events before and after. */
+static long rss_kib(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  long pages = 0, resident = 0;
+  if (f != NULL) {
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    fclose(f);
+  }
+  return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static int streams(int count) {
+  CUmodule module;
+  CUfunction f;
+  CHECK(cuModuleLoadData(&module, "stub"));
+  CHECK(cuModuleGetFunction(&f, module, "empty_0ns"));
+  long rss[2] = {0, 0};
+  long long events[2] = {0, 0};
+  for (int i = 0; i < count; i++) {
+    if (i == count / 10) { /* after warming up every allocator */
+      rss[0] = rss_kib();
+      events[0] = (long long)gpushareStubEventsAlive();
+    }
+    CUstream s;
+    CHECK(cuStreamCreate(&s, 0));
+    CHECK(cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, s, NULL, NULL));
+    CHECK(cuStreamSynchronize(s));
+    CHECK(cuStreamDestroy(s));
+  }
+  rss[1] = rss_kib();
+  events[1] = (long long)gpushareStubEventsAlive();
+  printf("{\"rss_kib\": [%ld, %ld], \"events\": [%lld, %lld]}\n", rss[0], rss[1], events[0], events[1]);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   /* Precise wake-ups: the simulated device's synchronisation sleeps until exact deadlines. */
@@ -579,6 +754,9 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "call") == 0 && argc == 4) return call_via(argv[2], atoi(argv[3]));
   if (strcmp(cmd, "variants") == 0) return variants();
   if (strcmp(cmd, "fork") == 0 && argc == 4) return fork_test(strtoull(argv[2], NULL, 10), strtoull(argv[3], NULL, 10));
+  if (strcmp(cmd, "memcase") == 0 && argc == 3) return memcase(argv[2]);
+  if (strcmp(cmd, "stress") == 0 && argc == 4) return stress(argv[2], atof(argv[3]));
+  if (strcmp(cmd, "streams") == 0 && argc == 3) return streams(atoi(argv[2]));
   if (strcmp(cmd, "share") == 0 && argc == 7)
     return share(argv[2], strtoll(argv[3], NULL, 10), strtoll(argv[4], NULL, 10), strtoll(argv[5], NULL, 10),
                  atoi(argv[6]));
