@@ -140,15 +140,13 @@ def test_state_file_is_shared_and_versioned(tool: ToolRunner, state_dir: Any) ->
     assert int.from_bytes(state[12:16], "little") == len(state)
 
 
-def test_foreign_state_file_falls_back_to_private_state(tool: ToolRunner, state_dir: Any) -> None:
+def test_foreign_state_file_fails_closed(tool: ToolRunner, state_dir: Any) -> None:
     state_dir.mkdir(parents=True)
     (state_dir / "vgpu.state").write_bytes(b"not a state file")
-    run = tool("sweep", GPUSHARE_MEMORY_LIMIT="1Gi")
-    assert run.output["failures"] == []
-    assert (
-        len(run.log_lines("shared state unavailable (state file of another layout version)")) == 1
-    )
-
+    run = tool("info", GPUSHARE_MEMORY_LIMIT="1Gi")
+    errors = run.log_lines("shared state unusable")
+    assert len(errors) == 1 and "state file of another layout version" in errors[0]
+    assert run.output == {"error": "cuDevicePrimaryCtxRetain(&context, dev) failed: 2"}
 
 MIB = 1 << 20
 

@@ -70,9 +70,21 @@ static void initialise(void) {
   }
   gs_config_parse(&config, read_env, NULL, report_error);
   gs_log_set_level(config.log_level);
+  const char *failure = gs_state_open(config.state_dir);
+  int any_memory_limit = 0;
+  for (int i = 0; i < GS_MAX_DEVICES; i++) any_memory_limit |= config.memory_limit_bytes[i] != GS_NO_MEMORY_LIMIT;
+  if (failure != NULL && (any_memory_limit || config.any_core_limit)) {
+    /* Limits that cannot be shared with the container's other processes are not limits. */
+    gs_log(GS_LOG_ERROR, "shared state unusable (%s); failing closed: memory limit 0 bytes, core limit 1%%", failure);
+    for (int i = 0; i < GS_MAX_DEVICES; i++) {
+      config.memory_limit_bytes[i] = 0;
+      config.core_limit_percent[i] = 1;
+      config.core_soft_limit_percent[i] = 1;
+    }
+    config.any_core_limit = 1;
+  }
   log_limits();
   gs_real_resolve_cuda();
-  gs_state_open(config.state_dir);
   if (config.any_core_limit) gs_state_register(); /* its GPU time is the container's */
   gs_limiter_init(&config);
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);

@@ -67,32 +67,44 @@ static void init_fresh(struct gs_state *s) {
   __atomic_store_n(&s->magic, GS_STATE_MAGIC, __ATOMIC_RELEASE);
 }
 
-static struct gs_state *open_private(const char *why) {
-  gs_log(GS_LOG_WARN, "shared state unavailable (%s); limits are enforced per process", why);
+static char failure[300]; /* why the shared state could not be opened */
+
+static struct gs_state *open_private(const char *why, const char *detail) {
+  snprintf(failure, sizeof failure, "%s%s%s", why, detail ? ": " : "", detail ? detail : "");
   void *p = mmap(NULL, sizeof(struct gs_state), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return NULL;
   init_fresh(p);
   return p;
 }
 
+/* The container's processes share the file; nobody else may write it: the file is 0660 and
+ * never followed through a symbolic link, and a world-writable folder needs the sticky bit. */
 static struct gs_state *open_file(const char *dir) {
   char path[600];
-  if (dir[0] == '\0') return open_private("no state directory");
-  if (mkdir(dir, 0777) != 0 && errno != EEXIST) return open_private(strerror(errno));
+  if (dir[0] == '\0') return open_private("no state directory", NULL);
+  if (mkdir(dir, 0770) != 0 && errno != EEXIST) return open_private(dir, strerror(errno));
+  struct stat folder;
+  if (stat(dir, &folder) != 0 || !S_ISDIR(folder.st_mode)) return open_private(dir, "not a directory");
+  if ((folder.st_mode & S_IWOTH) && !(folder.st_mode & S_ISVTX))
+    return open_private(dir, "writable by everyone without the sticky bit");
   snprintf(path, sizeof path, "%s/%s", dir, GS_STATE_FILE);
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-  if (fd < 0) return open_private(strerror(errno));
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0660);
+  if (fd < 0) return open_private(path, strerror(errno));
   if (flock(fd, LOCK_EX) != 0) {
     close(fd);
-    return open_private("flock failed");
+    return open_private(path, "flock failed");
   }
   struct stat st;
   struct gs_state *s = NULL;
   const char *problem = NULL;
   if (fstat(fd, &st) != 0) {
     problem = "fstat failed";
+  } else if (!S_ISREG(st.st_mode)) {
+    problem = "not a regular file";
+  } else if (st.st_mode & S_IWOTH) {
+    problem = "writable by everyone";
   } else if (st.st_size == 0) {
-    (void)fchmod(fd, 0666); /* every user of the container's processes shares it */
+    (void)fchmod(fd, 0660); /* whatever the umask: the container's users (one group) share it */
     if (ftruncate(fd, sizeof *s) != 0) problem = "cannot size the state file";
   } else if ((size_t)st.st_size != sizeof *s) {
     problem = "state file of another layout version";
@@ -111,13 +123,16 @@ static struct gs_state *open_file(const char *dir) {
   close(fd);
   if (problem != NULL) {
     if (s != NULL) munmap(s, sizeof *s);
-    return open_private(problem);
+    return open_private(path, problem);
   }
   gs_log(GS_LOG_DEBUG, "shared state %s", path);
   return s;
 }
 
-void gs_state_open(const char *dir) { state = open_file(dir); }
+const char *gs_state_open(const char *dir) {
+  state = open_file(dir);
+  return failure[0] ? failure : NULL;
+}
 
 /* Recomputes the device totals from the process slots (after a holder died mid-update). */
 static void repair_totals(void) {

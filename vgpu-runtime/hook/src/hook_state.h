@@ -58,8 +58,9 @@ _Static_assert(sizeof(struct gs_proc_slot) == 16 + 8 * GS_MAX_DEVICES, "process 
 _Static_assert(offsetof(struct gs_state, devices) == 96, "devices offset");
 _Static_assert(offsetof(struct gs_state, procs) == 96 + 128 * GS_MAX_DEVICES, "procs offset");
 
-/* Maps the container's state (creating it), or a private one when that fails. */
-void gs_state_open(const char *dir);
+/* Maps the container's state (creating it). When that fails, maps a private one and returns
+ * why (the caller fails closed); NULL on success. */
+const char *gs_state_open(const char *dir);
 /* Atomically charges bytes on device if they fit under limit; 0 on success, -1 when over. */
 int gs_state_reserve(int device, uint64_t bytes, uint64_t limit_bytes);
 void gs_state_release(int device, uint64_t bytes);
