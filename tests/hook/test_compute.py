@@ -78,7 +78,9 @@ def start_scenario(build: Path, folder: Path, containers: list[Container], start
         args = [str(build / "hooktool"), "share", c.pattern, str(begin)]
         args += [str(start + int(WARMUP_S * 1e9)), str(end), "250"]
         processes.append(
-            subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
         )
     return processes
 
@@ -108,6 +110,67 @@ def test_delivered_share_is_the_limit(reports: dict[str, list[Any]], name: str) 
     _, core, tolerance = SINGLE[name]
     (report,) = reports[name]
     assert abs(report["share"] - core / 100) <= tolerance, report
+
+
+@pytest.mark.parametrize(
+    "name", ["one-stream-30", "tiny-unsynchronised-10", "periodic-long-short-20"]
+)
+def test_the_launch_path_never_waits_for_the_gpu(reports: dict[str, list[Any]], name: str) -> None:
+    # these programs never synchronise: any wait for the device would be the hook's
+    (report,) = reports[name]
+    assert report["device_waits"] == 0, report
+
+
+def test_debt_is_bounded(tool: Any) -> None:
+    # a 1.5 s kernel at 10 %: the next launch waits for the kernel and then at most about a
+    # second (debt is floored at one second of refill), not the 13.5 s the share would ask
+    out = tool("waits", "1500", GPUSHARE_CORE_LIMIT="10").output
+    assert out["first"] < 0.05, out
+    assert 1.4 <= out["behind_busy_gpu"] + out["after_debt"] <= 1.5 + 1.3, out
+
+
+SIGINT_PROGRAM = """
+import ctypes, json, signal, sys, time
+cuda = ctypes.CDLL("libcuda.so.1")
+dev = ctypes.c_int()
+ctx, module, f, stream = (ctypes.c_void_p() for _ in range(4))
+assert cuda.cuInit(0) == 0 and cuda.cuDeviceGet(ctypes.byref(dev), 0) == 0
+assert cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) == 0 and cuda.cuCtxSetCurrent(ctx) == 0
+assert cuda.cuModuleLoadData(ctypes.byref(module), b"stub") == 0
+assert cuda.cuModuleGetFunction(ctypes.byref(f), module, b"work_5ms") == 0
+assert cuda.cuStreamCreate(ctypes.byref(stream), 0) == 0
+try:
+    for launches in range(1_000_000):
+        cuda.cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, stream, None, None)
+        if launches == 2:  # from here on, every launch waits in the hook (1 %)
+            print(json.dumps({"ready": True}), flush=True)
+except KeyboardInterrupt:
+    print(json.dumps({"interrupted": True}), flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_throttled_program(env_for: Any) -> None:
+    import signal
+    import sys
+
+    from tests.hook.conftest import read_json_line
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", SIGINT_PROGRAM],
+        env=env_for(GPUSHARE_CORE_LIMIT="1"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert read_json_line(process) == {"ready": True}
+        sent = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        assert read_json_line(process, timeout_seconds=5) == {"interrupted": True}
+        assert time.monotonic() - sent < 0.3
+    finally:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def test_two_throttled_containers_side_by_side(reports: dict[str, list[Any]]) -> None:
@@ -152,7 +215,15 @@ def test_throttling_never_busy_spins(
     started = time.monotonic()
     begin = time.monotonic_ns() + 100_000_000
     process = subprocess.Popen(
-        [str(hook_build / "hooktool"), "share", pattern, str(begin), str(begin), str(begin + 10**9), "250"],
+        [
+            str(hook_build / "hooktool"),
+            "share",
+            pattern,
+            str(begin),
+            str(begin),
+            str(begin + 10**9),
+            "250",
+        ],
         env=env_for(GPUSHARE_CORE_LIMIT="10"),
         stdout=subprocess.DEVNULL,
     )

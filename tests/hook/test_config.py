@@ -21,10 +21,18 @@ def test_effective_limits_are_logged_once(tool: ToolRunner) -> None:
 @pytest.mark.parametrize(
     ("name", "value", "rule"),
     [
-        pytest.param("GPUSHARE_MEMORY_LIMIT", "12XB", "positive whole number of bytes", id="memory-unit"),
-        pytest.param("GPUSHARE_MEMORY_LIMIT", "1.5Gi", "positive whole number of bytes", id="memory-fraction"),
-        pytest.param("GPUSHARE_MEMORY_LIMIT", "0", "positive whole number of bytes", id="memory-zero"),
-        pytest.param("GPUSHARE_MEMORY_LIMIT_0", "lots", "positive whole number of bytes", id="memory-device"),
+        pytest.param(
+            "GPUSHARE_MEMORY_LIMIT", "12XB", "positive whole number of bytes", id="memory-unit"
+        ),
+        pytest.param(
+            "GPUSHARE_MEMORY_LIMIT", "1.5Gi", "positive whole number of bytes", id="memory-fraction"
+        ),
+        pytest.param(
+            "GPUSHARE_MEMORY_LIMIT", "0", "positive whole number of bytes", id="memory-zero"
+        ),
+        pytest.param(
+            "GPUSHARE_MEMORY_LIMIT_0", "lots", "positive whole number of bytes", id="memory-device"
+        ),
     ],
 )
 def test_garbage_memory_limit_fails_closed(
@@ -93,7 +101,9 @@ def test_a_percent_sign_is_allowed(tool: ToolRunner) -> None:
 CONTEXT_REFUSED = {"error": "cuDevicePrimaryCtxRetain(&context, dev) failed: 2"}
 
 
-@pytest.mark.parametrize("problem", ["missing-parent", "world-writable", "symlink", "not-a-directory"])
+@pytest.mark.parametrize(
+    "problem", ["missing-parent", "world-writable", "symlink", "not-a-directory"]
+)
 def test_unusable_state_dir_fails_closed_with_one_line(
     tool: ToolRunner, tmp_path: Path, problem: str
 ) -> None:
@@ -108,7 +118,12 @@ def test_unusable_state_dir_fails_closed_with_one_line(
         (folder / "vgpu.state").symlink_to(tmp_path / "elsewhere")
     else:
         folder.write_bytes(b"")
-    run = tool("info", GPUSHARE_MEMORY_LIMIT="2Gi", GPUSHARE_CORE_LIMIT="50", GPUSHARE_STATE_DIR=str(folder))
+    run = tool(
+        "info",
+        GPUSHARE_MEMORY_LIMIT="2Gi",
+        GPUSHARE_CORE_LIMIT="50",
+        GPUSHARE_STATE_DIR=str(folder),
+    )
     errors = run.log_lines("error:")
     assert len(errors) == 1, run.stderr
     assert "shared state unusable" in errors[0] and "failing closed" in errors[0]

@@ -41,7 +41,11 @@ def test_reporting_agrees_everywhere(
     assert out["rc"] == CUDA_SUCCESS
     # the process's own context is charged: what is free is the rest
     free = expected_total - CONTEXT
-    assert (out["total"], out["free"], out["device_total"]) == (expected_total, free, expected_total)
+    assert (out["total"], out["free"], out["device_total"]) == (
+        expected_total,
+        free,
+        expected_total,
+    )
     for nvml in ("nvml_v1", "nvml_v2"):
         assert out[nvml] == {"total": expected_total, "free": free, "used": CONTEXT}
 
@@ -148,6 +152,7 @@ def test_foreign_state_file_fails_closed(tool: ToolRunner, state_dir: Any) -> No
     assert len(errors) == 1 and "state file of another layout version" in errors[0]
     assert run.output == {"error": "cuDevicePrimaryCtxRetain(&context, dev) failed: 2"}
 
+
 MIB = 1 << 20
 
 
@@ -199,14 +204,19 @@ def test_memory_of_an_unreaped_zombie_is_reclaimed(tool: ToolRunner) -> None:
 @pytest.mark.parametrize("mode", ["plain", "async", "vmm", "mixed"])
 @pytest.mark.parametrize("processes", [1, 4, 8])
 def test_physical_use_never_exceeds_the_limit(
-    hook_build: Any, env_for: Callable[..., dict[str, str]], tmp_path: Any, mode: str, processes: int
+    hook_build: Any,
+    env_for: Callable[..., dict[str, str]],
+    tmp_path: Any,
+    mode: str,
+    processes: int,
 ) -> None:
     env = env_for(GPUSHARE_MEMORY_LIMIT="2Gi", GPUSHARE_STUB_GPU=str(tmp_path / "gpu.model"))
     import subprocess
 
     command = [str(hook_build / "hooktool"), "stress", mode, "0.3"]
     running = [
-        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(processes)
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
     ]
     reports = [parse_lines(p.communicate(timeout=30)[0])[-1] for p in running]
     worked = [r for r in reports if "peak" in r]  # the rest found no room even for a context
@@ -218,3 +228,25 @@ def test_no_growth_after_ten_thousand_streams(tool: ToolRunner) -> None:
     out = tool("streams", "10000", GPUSHARE_CORE_LIMIT="50", timeout=60).output
     assert out["events"][1] - out["events"][0] <= 16, out  # events are pooled, not leaked
     assert out["rss_kib"][1] - out["rss_kib"][0] < 2048, out
+
+
+@pytest.mark.parametrize(
+    ("visible", "expected"),
+    [
+        pytest.param("1", [16 * GIB, GIB], id="cuda-0-is-nvml-1"),
+        pytest.param("1,0", [3 * GIB, GIB], id="reordered"),
+        pytest.param("0", [GIB, 16 * GIB], id="cuda-0-is-nvml-0"),
+    ],
+)
+def test_nvml_devices_are_matched_to_cuda_devices_by_uuid(
+    tool: ToolRunner, visible: str, expected: list[int]
+) -> None:
+    # CUDA device 0 is limited to 1 GiB, CUDA device 1 to 3 GiB; NVML numbers the machine's GPUs
+    out = tool(
+        "nvml",
+        CUDA_VISIBLE_DEVICES=visible,
+        GPUSHARE_STUB_DEVICE_COUNT="2",
+        GPUSHARE_MEMORY_LIMIT_0="1Gi",
+        GPUSHARE_MEMORY_LIMIT_1="3Gi",
+    ).output
+    assert out["totals"] == expected

@@ -17,6 +17,8 @@ int gpushareStubTenant(void);
 /* Physical memory a tenant holds on a device now, and the most it ever held. */
 int64_t gpushareStubTenantMem(int tenant, int device);
 int64_t gpushareStubTenantMemPeak(int tenant, int device);
+/* Synchronisations of this process that waited for the device (any caller). */
+int64_t gpushareStubWaits(void);
 /* Events of this process not destroyed. */
 int64_t gpushareStubEventsAlive(void);
 /* Physical memory this process holds on a device (allocations, contexts, modules, pools). */

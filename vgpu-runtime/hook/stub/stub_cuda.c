@@ -1392,6 +1392,8 @@ STUB_EXPORT int64_t gpushareStubTenantMem(int tenant, int device) {
 STUB_EXPORT int64_t gpushareStubEventsAlive(void) {
   return __atomic_load_n(&events_alive, __ATOMIC_RELAXED);
 }
+extern int64_t gpu_waits;
+STUB_EXPORT int64_t gpushareStubWaits(void) { return __atomic_load_n(&gpu_waits, __ATOMIC_RELAXED); }
 STUB_EXPORT int gpushareStubDeviceCount(void) { return gpu_model()->device_count; }
 STUB_EXPORT void gpushareStubDeviceMemory(int device, uint64_t *total, uint64_t *used) {
   struct gpu_model *m = gpu_model();

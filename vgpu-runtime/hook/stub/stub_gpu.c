@@ -325,8 +325,11 @@ int gpu_position_done(int slot, uint32_t generation, uint64_t target, int64_t *a
   return done;
 }
 
+int64_t gpu_waits; /* calls that waited for the device in this process */
+
 void gpu_wait_position(int slot, uint32_t generation, uint64_t target) {
   if (slot < 0) return;
+  __atomic_add_fetch(&gpu_waits, 1, __ATOMIC_RELAXED);
   for (;;) {
     gpu_lock();
     advance_now_locked();

@@ -553,9 +553,59 @@ static int share(const char *pattern, int64_t begin, int64_t measure, int64_t en
   printf("{\"share\": %.4f, \"windows\": [", (double)(sm[windows] - sm[0]) / (double)(at[windows] - at[0]));
   for (int i = 0; i < windows; i++)
     printf("%s%.4f", i ? ", " : "", (double)(sm[i + 1] - sm[i]) / (double)(at[i + 1] - at[i]));
-  printf("], \"launches\": %ld, \"capture_seconds\": %.4f}\n", launches, capture_s);
+  printf("], \"launches\": %ld, \"capture_seconds\": %.4f, \"device_waits\": %lld}\n", launches, capture_s,
+         (long long)gpushareStubWaits());
   fflush(stdout);
   _exit(0); /* do not wait for queued work */
+}
+
+/* ---- the launch path: never waits on the GPU; debt is bounded ---- */
+
+static double launch_seconds(CUfunction f, CUstream stream, int64_t duration_ns) {
+  int32_t sm = 100;
+  void *params[2] = {&duration_ns, &sm};
+  int64_t t0 = now_ns();
+  CHECK(cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL));
+  return (double)(now_ns() - t0) / 1e9;
+}
+
+/* A KERNEL_MS kernel, then (without synchronising) a launch of another function on the same
+ * stream; then, after synchronising, one more launch, which pays the debt. */
+static int launch_waits(int64_t kernel_ms) {
+  CUmodule module;
+  CUfunction big, other;
+  CUstream stream;
+  CHECK(cuModuleLoadData(&module, "stub"));
+  CHECK(cuModuleGetFunction(&big, module, "dyn_big"));
+  CHECK(cuModuleGetFunction(&other, module, "dyn_other"));
+  CHECK(cuStreamCreate(&stream, 0));
+  double first = launch_seconds(big, stream, kernel_ms * 1000000LL);
+  double behind_busy_gpu = launch_seconds(other, stream, 1000);
+  CHECK(cuStreamSynchronize(stream));
+  double after_debt = launch_seconds(other, stream, 1000);
+  printf("{\"first\": %.4f, \"behind_busy_gpu\": %.4f, \"after_debt\": %.4f}\n", first, behind_busy_gpu,
+         after_debt);
+  return 0;
+}
+
+/* ---- NVML devices by index: total memory each reports ---- */
+
+static int nvml_totals(void) {
+  unsigned count = 0;
+  if (nvmlInit_v2() != NVML_SUCCESS || nvmlDeviceGetCount_v2(&count) != NVML_SUCCESS) {
+    printf("{\"error\": \"nvml\"}\n");
+    return 3;
+  }
+  printf("{\"totals\": [");
+  for (unsigned i = 0; i < count; i++) {
+    nvmlDevice_t handle;
+    nvmlMemory_t m = {0, 0, 0};
+    nvmlDeviceGetHandleByIndex_v2(i, &handle);
+    nvmlDeviceGetMemoryInfo(handle, &m);
+    printf("%s%llu", i ? ", " : "", m.total);
+  }
+  printf("]}\n");
+  return 0;
 }
 
 /* ---- memory cases on the model: the hook's view and the model's truth side by side ---- */
@@ -754,6 +804,8 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "call") == 0 && argc == 4) return call_via(argv[2], atoi(argv[3]));
   if (strcmp(cmd, "variants") == 0) return variants();
   if (strcmp(cmd, "fork") == 0 && argc == 4) return fork_test(strtoull(argv[2], NULL, 10), strtoull(argv[3], NULL, 10));
+  if (strcmp(cmd, "nvml") == 0) return nvml_totals();
+  if (strcmp(cmd, "waits") == 0 && argc == 3) return launch_waits(atoll(argv[2]));
   if (strcmp(cmd, "memcase") == 0 && argc == 3) return memcase(argv[2]);
   if (strcmp(cmd, "stress") == 0 && argc == 4) return stress(argv[2], atof(argv[3]));
   if (strcmp(cmd, "streams") == 0 && argc == 3) return streams(atoi(argv[2]));
