@@ -13,96 +13,17 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.hook.conftest import hook_environment, parse_lines
-
-MEASURE_S = 3.0
-WARMUP_S = 0.4
-TOLERANCE = 0.03
-
-
-@dataclass
-class Container:
-    """One container: its tenant number in the model, its limits, and a launch pattern."""
-
-    pattern: str
-    core: int | None = None
-    soft: int | None = None
-    begin_s: float = 0.0  # when it starts launching, after the scenario's start
-    extra: dict[str, str] = field(default_factory=dict)
-
-
-SINGLE = {
-    "one-stream-30": ("one", 30, TOLERANCE),
-    "one-stream-70": ("one", 70, TOLERANCE),
-    "three-concurrent-streams-50": ("streams3", 50, TOLERANCE),
-    "tiny-unsynchronised-10": ("tiny", 10, TOLERANCE),
-    "periodic-long-short-20": ("periodic", 20, TOLERANCE),
-    "captured-graphs-40": ("graph", 40, TOLERANCE),
-    "long-kernel-sync-loop-30": ("long", 30, 0.05),
-    "per-thread-default-streams-40": ("threads", 40, TOLERANCE),
-}
-
-SCENARIOS: dict[str, list[Container]] = {
-    **{name: [Container(pattern, core=core)] for name, (pattern, core, _) in SINGLE.items()},
-    "side-by-side": [Container("one", core=30), Container("streams3", core=60)],
-    "busy-neighbour": [Container("one", core=30), Container("one")],
-    # alone for 0.4 + 1.5 s, then a busy neighbour starts
-    "burst": [Container("one", core=30, soft=60), Container("one", begin_s=WARMUP_S + 1.5)],
-    "capture": [Container("capture", core=10)],
-}
-
-
-def start_scenario(build: Path, folder: Path, containers: list[Container], start: int) -> list[Any]:
-    end = start + int((WARMUP_S + MEASURE_S) * 1e9)
-    processes = []
-    for tenant, c in enumerate(containers):
-        variables = {
-            "GPUSHARE_STUB_GPU": str(folder / "gpu.model"),
-            "GPUSHARE_STUB_TENANT": str(tenant),
-            "GPUSHARE_STUB_JITTER_PERCENT": "25",
-            "GPUSHARE_LOG_LEVEL": "warn",
-            **c.extra,
-        }
-        if c.core is not None:
-            variables["GPUSHARE_CORE_LIMIT"] = str(c.core)
-        if c.soft is not None:
-            variables["GPUSHARE_CORE_SOFT_LIMIT"] = str(c.soft)
-        env = hook_environment(build, folder / f"state-{tenant}", **variables)
-        begin = start + int(c.begin_s * 1e9)
-        args = [str(build / "hooktool"), "share", c.pattern, str(begin)]
-        args += [str(start + int(WARMUP_S * 1e9)), str(end), "250"]
-        processes.append(
-            subprocess.Popen(
-                args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
-    return processes
+from tests.hook.scenarios import SINGLE, TOLERANCE, run_all
 
 
 @pytest.fixture(scope="module")
 def reports(hook_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
-    """Every scenario at once, each on its own model GPU (they are independent GPUs; the
-    launchers sleep most of the time, so they hardly compete for the CPU)."""
-    start = time.monotonic_ns() + 1_500_000_000  # every process is up and waiting by then
-    running = {
-        name: start_scenario(hook_build, tmp_path_factory.mktemp(name), containers, start)
-        for name, containers in SCENARIOS.items()
-    }
-    results: dict[str, list[Any]] = {}
-    for name, processes in running.items():
-        results[name] = []
-        for process in processes:
-            out, err = process.communicate(timeout=60)
-            lines = parse_lines(out)
-            ok = process.returncode == 0 and lines and "error" not in lines[-1]
-            results[name].append(lines[-1] if ok else {"failed": (process.returncode, out, err)})
-    return results
+    return run_all(hook_build, tmp_path_factory.mktemp)
 
 
 @pytest.mark.parametrize("name", list(SINGLE))

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +80,10 @@ static void open_model(void) {
       flock(fd, LOCK_UN);
     }
     if (fd >= 0) close(fd);
+    if (p == MAP_FAILED) { /* a test fixture: a scenario on the wrong GPU must not pass silently */
+      fprintf(stderr, "stub GPU model: cannot map GPUSHARE_STUB_GPU=%s\n", path);
+      abort();
+    }
   }
   if (p == MAP_FAILED) {
     p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
