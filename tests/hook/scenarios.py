@@ -49,7 +49,9 @@ SCENARIOS: dict[str, list[Container]] = {
 }
 
 
-def start_scenario(build: Path, folder: Path, containers: list[Container], start: int) -> list[Any]:
+def start_scenario(
+    build: Path, folder: Path, containers: list[Container], start: int, extra: dict[str, str]
+) -> list[Any]:
     end = start + int((WARMUP_S + MEASURE_S) * 1e9)
     processes = []
     for tenant, c in enumerate(containers):
@@ -58,6 +60,7 @@ def start_scenario(build: Path, folder: Path, containers: list[Container], start
             "GPUSHARE_STUB_TENANT": str(tenant),
             "GPUSHARE_STUB_JITTER_PERCENT": "25",
             "GPUSHARE_LOG_LEVEL": "warn",
+            **extra,
             **c.extra,
         }
         if c.core is not None:
@@ -76,13 +79,18 @@ def start_scenario(build: Path, folder: Path, containers: list[Container], start
     return processes
 
 
-def run_all(build: Path, folder_for: Any, names: list[str] | None = None) -> dict[str, list[Any]]:
+def run_all(
+    build: Path,
+    folder_for: Any,
+    names: list[str] | None = None,
+    extra: dict[str, str] | None = None,
+) -> dict[str, list[Any]]:
     """Every scenario at once, each on its own model GPU (they are independent GPUs; the
     launchers sleep most of the time, so they hardly compete for the CPU). folder_for(name)
     gives each scenario a fresh folder."""
     start = time.monotonic_ns() + 1_500_000_000  # every process is up and waiting by then
     running = {
-        name: start_scenario(build, folder_for(name), SCENARIOS[name], start)
+        name: start_scenario(build, folder_for(name), SCENARIOS[name], start, extra or {})
         for name in (names or list(SCENARIOS))
     }
     results: dict[str, list[Any]] = {}

@@ -167,6 +167,7 @@ static void meter(int device, struct gs_device_slot *slot, int64_t now) {
       uint64_t newest = last_seen;
       for (unsigned i = 0; i < count; i++)
         if (samples[i].timeStamp > newest) newest = samples[i].timeStamp;
+      if (newest > last_seen) __atomic_store_n(&slot->sampled_at_ns, now, __ATOMIC_RELAXED);
       if (last_seen != 0 && newest > last_seen) {
         int64_t window_ns = (int64_t)(newest - last_seen) * 1000;
         int64_t own = 0, foreign = 0;
@@ -213,9 +214,11 @@ static void refill(struct gs_device_slot *slot, int64_t now, int percent) {
       !__atomic_compare_exchange_n(&slot->refilled_at_ns, &last, now, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
     return;
   int64_t floor = -DEBT_WALL_NS / 100 * percent;
+  int64_t sampled = __atomic_load_n(&slot->sampled_at_ns, __ATOMIC_RELAXED);
+  int64_t unmetered = sampled != 0 ? now - sampled : 0;
   int64_t old = __atomic_load_n(&slot->tokens_ns, __ATOMIC_ACQUIRE), next;
   do {
-    next = gs_bucket_refill(old < floor ? floor : old, now - last, percent);
+    next = gs_bucket_refill_lagged(old < floor ? floor : old, now - last, percent, unmetered);
   } while (!__atomic_compare_exchange_n(&slot->tokens_ns, &old, next, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
 }
 

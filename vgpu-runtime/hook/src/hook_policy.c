@@ -45,7 +45,13 @@ int64_t gs_bucket_capacity_ns(int percent) {
 }
 
 int64_t gs_bucket_refill(int64_t tokens_ns, int64_t elapsed_ns, int percent) {
-  int64_t capacity = gs_bucket_capacity_ns(percent);
+  return gs_bucket_refill_lagged(tokens_ns, elapsed_ns, percent, 0);
+}
+
+int64_t gs_bucket_refill_lagged(int64_t tokens_ns, int64_t elapsed_ns, int percent, int64_t unmetered_ns) {
+  if (unmetered_ns < 0) unmetered_ns = 0;
+  if (unmetered_ns > 1000000000LL) unmetered_ns = 1000000000LL;
+  int64_t capacity = gs_bucket_capacity_ns(percent) + unmetered_ns / 100 * percent;
   if (elapsed_ns <= 0) return tokens_ns;
   if (elapsed_ns > 1000000000000LL) elapsed_ns = 1000000000000LL; /* no overflow after long idling */
   int64_t tokens = tokens_ns + elapsed_ns * percent / 100;

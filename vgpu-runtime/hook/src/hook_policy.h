@@ -27,6 +27,9 @@ uint64_t gs_array_bytes(uint64_t width, uint64_t height, uint64_t depth, unsigne
 int64_t gs_bucket_capacity_ns(int percent);
 /* Tokens after `elapsed_ns` of wall time at `percent`, capped at the capacity. */
 int64_t gs_bucket_refill(int64_t tokens_ns, int64_t elapsed_ns, int percent);
+/* The same while the last unmetered_ns of GPU use are not metered yet: the capacity grows by
+ * what that time refills, so that use the meter has not reported is not mistaken for idling. */
+int64_t gs_bucket_refill_lagged(int64_t tokens_ns, int64_t elapsed_ns, int percent, int64_t unmetered_ns);
 /* Wall time to sleep before launching: 0 while tokens are not negative, else until the bank
  * holds GS_BUCKET_RESUME_NS again (never less than min_sleep_ns, never more than max_sleep_ns). */
 int64_t gs_bucket_wait_ns(int64_t tokens_ns, int percent, int64_t min_sleep_ns, int64_t max_sleep_ns);

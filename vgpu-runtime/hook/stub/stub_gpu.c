@@ -421,39 +421,55 @@ int64_t gpu_device_busy_ns(int device) {
 }
 
 /* NVML's per-process utilisation since last_seen_us (a timestamp this function returned
- * before; otherwise no samples, only a new baseline). Returns the number of samples. */
+ * before). Like the driver, the model samples every GPUSHARE_STUB_NVML_PERIOD_MS (default 0: at
+ * every query): between samples there is nothing new (-1, NVML_ERROR_NOT_FOUND). An unknown
+ * last_seen_us gives no samples, only the newest sample's timestamp (a baseline). Returns the
+ * number of samples. */
 int gpu_process_util(int device, uint64_t last_seen_us, uint64_t *now_us, unsigned *pids, unsigned *sm_percent,
                      int max) {
+  static int64_t period_ns = -1;
+  if (period_ns < 0) period_ns = (int64_t)env_u64("GPUSHARE_STUB_NVML_PERIOD_MS", 0) * 1000000LL;
   if (device < 0 || device >= GPU_DEVICES) return 0;
   gpu_model();
   gpu_lock();
   advance_now_locked();
-  int64_t current[GPU_PROCS] = {0};
-  running_sm_locked(device, current);
-  for (int i = 0; i < GPU_PROCS; i++) current[i] += model->procs[i].sm_ns[device];
-  const struct gpu_snapshot *base = NULL;
-  for (int i = 0; i < GPU_SNAPSHOTS && last_seen_us != 0; i++)
-    if (model->snapshots[i].at_us == last_seen_us && model->snapshots[i].device == device) base = &model->snapshots[i];
   int64_t now = model->sim_ns;
-  uint64_t stamp = (uint64_t)(now / 1000);
-  if (base != NULL && stamp <= base->at_us) stamp = base->at_us + 1;
+  struct gpu_snapshot *newest = NULL, *base = NULL;
+  for (int i = 0; i < GPU_SNAPSHOTS; i++) {
+    struct gpu_snapshot *snap = &model->snapshots[i];
+    if (snap->at_us == 0 || snap->device != device) continue;
+    if (newest == NULL || snap->at_ns > newest->at_ns) newest = snap;
+    if (last_seen_us != 0 && snap->at_us == last_seen_us) base = snap;
+  }
+  if (newest == NULL || now - newest->at_ns >= period_ns) { /* the driver takes a sample */
+    int64_t current[GPU_PROCS] = {0};
+    running_sm_locked(device, current);
+    for (int i = 0; i < GPU_PROCS; i++) current[i] += model->procs[i].sm_ns[device];
+    uint64_t stamp = (uint64_t)(now / 1000);
+    if (newest != NULL && stamp <= newest->at_us) stamp = newest->at_us + 1;
+    struct gpu_snapshot *snap = &model->snapshots[model->snapshot_next++ % GPU_SNAPSHOTS];
+    if (snap == base) base = NULL;
+    snap->at_us = stamp;
+    snap->at_ns = now;
+    snap->device = device;
+    memcpy(snap->sm_ns, current, sizeof current);
+    newest = snap;
+  }
   int n = 0;
-  if (base != NULL && now > base->at_ns) {
+  *now_us = newest->at_us;
+  if (base == NULL || newest->at_ns <= base->at_ns) {
+    n = base == NULL ? 0 : -1; /* unknown baseline: a new one; else nothing new yet */
+  } else {
+    int64_t window = newest->at_ns - base->at_ns;
     for (int i = 0; i < GPU_PROCS && n < max; i++) {
-      int64_t used = current[i] - base->sm_ns[i];
+      int64_t used = newest->sm_ns[i] - base->sm_ns[i];
       if (model->procs[i].pid == 0 || used <= 0) continue;
       pids[n] = (unsigned)model->procs[i].pid;
-      sm_percent[n] = (unsigned)((used * 100 + (now - base->at_ns) / 2) / (now - base->at_ns));
+      sm_percent[n] = (unsigned)((used * 100 + window / 2) / window);
       n++;
     }
   }
-  struct gpu_snapshot *snap = &model->snapshots[model->snapshot_next++ % GPU_SNAPSHOTS];
-  snap->at_us = stamp;
-  snap->at_ns = now;
-  snap->device = device;
-  memcpy(snap->sm_ns, current, sizeof current);
   gpu_unlock();
-  *now_us = stamp;
   return n;
 }
 

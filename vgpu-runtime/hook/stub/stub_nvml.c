@@ -197,6 +197,7 @@ STUB_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device, nv
   uint64_t now_us;
   int max = *count < STUB_MAX_SAMPLES ? (int)*count : STUB_MAX_SAMPLES;
   int n = model.process_util(i, last_seen, &now_us, pids, sm, max);
+  if (n < 0) return NVML_ERROR_NOT_FOUND; /* no sample newer than last_seen yet */
   for (int k = 0; k < n; k++)
     samples[k] = (nvmlProcessUtilizationSample_t){.pid = pids[k], .timeStamp = now_us, .smUtil = sm[k]};
   *count = (unsigned)n;
