@@ -153,11 +153,15 @@ static void meter(int device, struct gs_device_slot *slot, int64_t now) {
     return;
   }
   __atomic_store_n(&slot->metered_at_ns, now, __ATOMIC_RELAXED);
-  nvmlDevice_t handle;
+  nvmlDevice_t handle = NULL;
   static nvmlProcessUtilizationSample_t samples[MAX_SAMPLES];
   static pthread_mutex_t samples_lock = PTHREAD_MUTEX_INITIALIZER;
   unsigned pids[GS_MAX_PROCS];
-  if (gs_nvml_handle(device, &handle) == 0 && pthread_mutex_trylock(&samples_lock) == 0) {
+  static int warned;
+  if (gs_nvml_handle(device, &handle) != 0 && !__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
+    gs_log(GS_LOG_WARN, "NVML reports no per-process utilisation for device %d: its core limit cannot be metered",
+           device);
+  if (handle != NULL && pthread_mutex_trylock(&samples_lock) == 0) {
     uint64_t last_seen = __atomic_load_n(&slot->meter_last_seen_us, __ATOMIC_RELAXED);
     unsigned count = MAX_SAMPLES;
     nvmlReturn_t rc = gs_nvml.nvmlDeviceGetProcessUtilization(handle, samples, &count, last_seen);

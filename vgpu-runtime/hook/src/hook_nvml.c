@@ -59,7 +59,8 @@ int gs_nvml_handle(int cuda_device, nvmlDevice_t *handle) {
     pthread_mutex_unlock(&map_lock);
   }
   *handle = handle_of_ordinal[cuda_device];
-  return *handle != NULL && gs_nvml.nvmlDeviceGetProcessUtilization != NULL ? 0 : -1;
+  if (gs_nvml.nvmlDeviceGetProcessUtilization == NULL) *handle = NULL;
+  return *handle != NULL ? 0 : -1;
 }
 
 /* The CUDA ordinal of an NVML device (by UUID), or -1 when CUDA does not see it. */
