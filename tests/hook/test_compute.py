@@ -33,6 +33,16 @@ def test_delivered_share_is_the_limit(reports: dict[str, list[Any]], name: str) 
     assert abs(report["share"] - core / 100) <= tolerance, report
 
 
+def test_share_holds_when_nvml_knows_the_processes_by_other_pids(
+    reports: dict[str, list[Any]],
+) -> None:
+    # the container's processes are in their own PID namespace: the hook learns the pids NVML
+    # reports when it creates a context
+    throttled, neighbour = reports["pid-namespace"]
+    assert abs(throttled["share"] - 0.40) <= TOLERANCE, throttled
+    assert neighbour["share"] >= 0.55, neighbour
+
+
 @pytest.mark.parametrize(
     "name", ["one-stream-30", "tiny-unsynchronised-10", "periodic-long-short-20"]
 )

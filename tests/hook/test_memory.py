@@ -191,6 +191,13 @@ def test_module_images_are_charged(tool: ToolRunner) -> None:
     assert pairs(out, "loaded", "unloaded") == [(free0 - images, truth0 + images), (free0, truth0)]
 
 
+def test_context_overhead_is_measured_when_nvml_knows_the_process_by_another_pid(
+    tool: ToolRunner,
+) -> None:
+    run = tool("info", GPUSHARE_MEMORY_LIMIT="2Gi", GPUSHARE_STUB_PID_OFFSET="100000")
+    assert run.output["free"] == 2 * GIB - CONTEXT  # measured, not the 512 MiB estimate
+
+
 def test_context_overhead_is_refused_when_it_does_not_fit(tool: ToolRunner) -> None:
     out = tool("info", GPUSHARE_MEMORY_LIMIT="200Mi").output  # the estimate is 512 MiB
     assert out == {"error": "cuDevicePrimaryCtxRetain(&context, dev) failed: 2"}

@@ -49,6 +49,8 @@ void gs_memory_atfork_child(void);
 /* hook_nvml.c: the NVML device of a CUDA ordinal (matched by UUID); 0 on success. */
 int gs_nvml_handle(int cuda_device, nvmlDevice_t *handle);
 
+/* NVML's compute processes on device (pid, memory); how many, -1 when NVML cannot tell. */
+int gs_nvml_processes(int device, unsigned *pids, uint64_t *bytes, int max);
 /* This process's device memory as NVML reports it (all of it), -1 when NVML cannot tell. */
 int64_t gs_process_device_bytes(int device);
 /* Charges bytes of driver-internal memory (a context, a module) under key; enforce: refuse

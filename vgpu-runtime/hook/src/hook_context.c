@@ -2,9 +2,11 @@
  * limit, free memory is what is left of it for all of the container's processes. */
 #include <pthread.h>
 #include <stdint.h>
+#include <unistd.h>
 
 #include "hook.h"
 #include "hook_limiter.h"
+#include "hook_log.h"
 #include "hook_policy.h"
 #include "hook_state.h"
 
@@ -63,21 +65,60 @@ static uint64_t context_key(CUcontext ctx) {
 }
 static uint64_t primary_key(int device) { return 0xC0DE000000000000ULL | (uint64_t)device; }
 
+/* NVML's processes before a context is created: the one that appears with it is this process
+ * as NVML knows it (its pid outside the container's PID namespace). */
+struct before {
+  int64_t bytes;
+  int count;
+  unsigned pids[128];
+};
+
+static void look_before(int device, struct before *b) {
+  uint64_t ignored[128];
+  b->count = gs_nvml_processes(device, b->pids, ignored, 128);
+  b->bytes = gs_process_device_bytes(device);
+}
+
+static void learn_host_pid(int device, const struct before *b) {
+  unsigned pids[128];
+  uint64_t ignored[128];
+  int n = gs_nvml_processes(device, pids, ignored, 128);
+  if (n < 0 || b->count < 0) return;
+  unsigned self = (unsigned)getpid(), found = 0;
+  int fresh = 0;
+  for (int i = 0; i < n; i++) {
+    if (pids[i] == self) return; /* NVML knows it by its own pid */
+    int seen = 0;
+    for (int k = 0; k < b->count && !seen; k++) seen = b->pids[k] == pids[i];
+    if (!seen) {
+      found = pids[i];
+      fresh++;
+    }
+  }
+  if (fresh == 1 && gs_state_host_pid() != found) {
+    gs_log(GS_LOG_DEBUG, "NVML knows this process as pid %u", found);
+    gs_state_set_host_pid(found);
+  }
+}
+
 /* Reserves the estimate; 0 when it fits (or nothing is limited). */
-static int reserve_estimate(int device, uint64_t key, int64_t *before) {
+static int reserve_estimate(int device, uint64_t key, struct before *b) {
   const struct gs_config *config = gs_runtime();
-  *before = gs_process_device_bytes(device);
+  look_before(device, b);
   return gs_memory_charge_opaque(key, device, config->context_overhead_bytes, 1);
 }
 
 /* Replaces the estimate by the measured overhead when NVML could measure it. */
-static void settle_estimate(int device, uint64_t key, int64_t before) {
+static void settle_estimate(int device, uint64_t key, const struct before *b) {
+  unsigned known = gs_state_host_pid();
+  learn_host_pid(device, b);
+  int64_t before = known == gs_state_host_pid() ? b->bytes : 0; /* newly known: held nothing before */
   int64_t after = gs_process_device_bytes(device);
-  if (before < 0 || after <= before) return; /* not measurable: the estimate stays */
+  if (b->bytes < 0 || after <= before) return; /* not measurable: the estimate stays */
   gs_memory_recharge_opaque(key, (uint64_t)(after - before));
 }
 
-static CUresult created_context(CUresult rc, CUcontext *ctx, CUdevice device, int64_t before) {
+static CUresult created_context(CUresult rc, CUcontext *ctx, CUdevice device, const struct before *before) {
   uint64_t pending = primary_key(GS_MAX_DEVICES + device);
   if (rc != CUDA_SUCCESS || ctx == NULL) {
     gs_memory_uncharge_opaque(pending);
@@ -91,17 +132,17 @@ static CUresult created_context(CUresult rc, CUcontext *ctx, CUdevice device, in
 GS_EXPORT CUresult cuCtxCreate_v2(CUcontext *ctx, unsigned int flags, CUdevice device) {
   gs_runtime();
   if (gs_cuda.cuCtxCreate_v2 == NULL) return CUDA_ERROR_NOT_FOUND;
-  int64_t before;
+  struct before before;
   if (reserve_estimate(device, primary_key(GS_MAX_DEVICES + device), &before) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
-  return created_context(gs_cuda.cuCtxCreate_v2(ctx, flags, device), ctx, device, before);
+  return created_context(gs_cuda.cuCtxCreate_v2(ctx, flags, device), ctx, device, &before);
 }
 
 GS_EXPORT CUresult cuCtxCreate_v4(CUcontext *ctx, CUctxCreateParams *params, unsigned int flags, CUdevice device) {
   gs_runtime();
   if (gs_cuda.cuCtxCreate_v4 == NULL) return CUDA_ERROR_NOT_FOUND;
-  int64_t before;
+  struct before before;
   if (reserve_estimate(device, primary_key(GS_MAX_DEVICES + device), &before) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
-  return created_context(gs_cuda.cuCtxCreate_v4(ctx, params, flags, device), ctx, device, before);
+  return created_context(gs_cuda.cuCtxCreate_v4(ctx, params, flags, device), ctx, device, &before);
 }
 
 GS_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice device) {
@@ -109,7 +150,7 @@ GS_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice device) {
   if (gs_cuda.cuDevicePrimaryCtxRetain == NULL) return CUDA_ERROR_NOT_FOUND;
   if (device < 0 || device >= GS_MAX_DEVICES) return gs_cuda.cuDevicePrimaryCtxRetain(ctx, device);
   pthread_mutex_lock(&primary_lock);
-  int64_t before = -1;
+  struct before before = {-1, -1, {0}};
   int first = primary_refs[device] == 0;
   if (first && reserve_estimate(device, primary_key(device), &before) != 0) {
     pthread_mutex_unlock(&primary_lock);
@@ -118,7 +159,7 @@ GS_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice device) {
   CUresult rc = gs_cuda.cuDevicePrimaryCtxRetain(ctx, device);
   if (rc == CUDA_SUCCESS) {
     primary_refs[device]++;
-    if (first) settle_estimate(device, primary_key(device), before);
+    if (first) settle_estimate(device, primary_key(device), &before);
   } else if (first) {
     gs_memory_uncharge_opaque(primary_key(device));
   }

@@ -565,16 +565,30 @@ GS_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray handle) {
 
 /* ---- contexts and modules: memory the driver takes that no allocation call names ---- */
 
-int64_t gs_process_device_bytes(int device) {
+/* NVML's compute processes on device: pid and memory; returns how many, -1 when NVML cannot. */
+int gs_nvml_processes(int device, unsigned *pids, uint64_t *bytes, int max) {
   nvmlDevice_t handle;
   if (gs_nvml_handle(device, &handle) != 0 || gs_nvml.nvmlDeviceGetComputeRunningProcesses_v3 == NULL) return -1;
   nvmlProcessInfo_t infos[128];
   unsigned count = 128;
   if (gs_nvml.nvmlDeviceGetComputeRunningProcesses_v3(handle, &count, infos) != NVML_SUCCESS) return -1;
-  unsigned pid = (unsigned)getpid();
-  for (unsigned i = 0; i < count && i < 128; i++)
-    if (infos[i].pid == pid) return (int64_t)infos[i].usedGpuMemory;
-  return 0; /* not listed: holds nothing (or NVML sees another pid namespace) */
+  int n = 0;
+  for (unsigned i = 0; i < count && i < 128 && n < max; i++, n++) {
+    pids[n] = infos[i].pid;
+    bytes[n] = infos[i].usedGpuMemory;
+  }
+  return n;
+}
+
+int64_t gs_process_device_bytes(int device) {
+  unsigned pids[128];
+  uint64_t bytes[128];
+  int n = gs_nvml_processes(device, pids, bytes, 128);
+  if (n < 0) return -1;
+  unsigned pid = gs_state_host_pid();
+  for (int i = 0; i < n; i++)
+    if (pids[i] == pid) return (int64_t)bytes[i];
+  return 0; /* not listed: holds nothing (or NVML knows it by another pid, not learnt yet) */
 }
 
 int gs_memory_charge_opaque(uint64_t key, int device, uint64_t bytes, int enforce) {

@@ -268,12 +268,23 @@ void gs_state_register(void) {
   unlock_state();
 }
 
+static unsigned own_host_pid;
+
+unsigned gs_state_host_pid(void) { return own_host_pid ? own_host_pid : (unsigned)getpid(); }
+
+void gs_state_set_host_pid(unsigned pid) {
+  own_host_pid = pid;
+  gs_state_register();
+  if (state != NULL && own_slot >= 0) __atomic_store_n(&state->procs[own_slot].host_pid, pid, __ATOMIC_RELAXED);
+}
+
 int gs_state_pids(unsigned *pids, int max) {
   int n = 0;
   if (state == NULL) return 0;
   for (int i = 0; i < GS_MAX_PROCS && n < max; i++) {
     int32_t pid = __atomic_load_n(&state->procs[i].pid, __ATOMIC_RELAXED);
-    if (pid > 0) pids[n++] = (unsigned)pid;
+    uint32_t host = __atomic_load_n(&state->procs[i].host_pid, __ATOMIC_RELAXED);
+    if (pid > 0) pids[n++] = host ? host : (unsigned)pid;
   }
   return n;
 }
@@ -283,4 +294,7 @@ struct gs_device_slot *gs_state_device(int device) {
   return &state->devices[device];
 }
 
-void gs_state_atfork_child(void) { own_slot = -1; }
+void gs_state_atfork_child(void) {
+  own_slot = -1;
+  own_host_pid = 0;
+}

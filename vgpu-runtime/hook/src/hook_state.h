@@ -32,7 +32,7 @@ struct gs_device_slot {
 
 struct gs_proc_slot {
   int32_t pid;              /* 0: free */
-  uint32_t reserved;
+  uint32_t host_pid;        /* the pid NVML reports for it (another PID namespace); 0: the same */
   uint64_t start_time;      /* /proc/<pid>/stat field 22: tells a reused pid apart */
   uint64_t used_bytes[GS_MAX_DEVICES];
 };
@@ -73,7 +73,10 @@ void gs_state_adjust(int device, uint64_t from_bytes, uint64_t to_bytes);
 uint64_t gs_state_used(int device);
 /* Registers this process in the container (its pid is metered as the container's). */
 void gs_state_register(void);
-/* Pids of the container's registered processes; returns how many (at most max). */
+/* The pid NVML knows this process by (learnt when it created a context), or getpid(). */
+unsigned gs_state_host_pid(void);
+void gs_state_set_host_pid(unsigned pid);
+/* Pids (as NVML reports them) of the container's registered processes; returns how many. */
 int gs_state_pids(unsigned *pids, int max);
 /* The device slot, for the lock-free token bucket. */
 struct gs_device_slot *gs_state_device(int device);

@@ -145,6 +145,7 @@ int gpu_proc_index(void) {
     model->procs[found].pid = pid;
     int tenant = (int)env_u64("GPUSHARE_STUB_TENANT", 0);
     model->procs[found].tenant = tenant < 0 || tenant >= GPU_TENANTS ? 0 : tenant;
+    model->procs[found].nvml_pid = pid + (int32_t)env_u64("GPUSHARE_STUB_PID_OFFSET", 0);
     my_proc = found;
   }
   gpu_unlock();
@@ -464,7 +465,7 @@ int gpu_process_util(int device, uint64_t last_seen_us, uint64_t *now_us, unsign
     for (int i = 0; i < GPU_PROCS && n < max; i++) {
       int64_t used = newest->sm_ns[i] - base->sm_ns[i];
       if (model->procs[i].pid == 0 || used <= 0) continue;
-      pids[n] = (unsigned)model->procs[i].pid;
+      pids[n] = (unsigned)model->procs[i].nvml_pid;
       sm_percent[n] = (unsigned)((used * 100 + window / 2) / window);
       n++;
     }
@@ -481,7 +482,7 @@ int gpu_process_memory(int device, unsigned *pids, uint64_t *bytes, int max) {
   int n = 0;
   for (int i = 0; i < GPU_PROCS && n < max; i++) {
     if (model->procs[i].pid == 0 || model->procs[i].mem_bytes[device] <= 0 || !alive(model->procs[i].pid)) continue;
-    pids[n] = (unsigned)model->procs[i].pid;
+    pids[n] = (unsigned)model->procs[i].nvml_pid;
     bytes[n++] = (uint64_t)model->procs[i].mem_bytes[device];
   }
   gpu_unlock();

@@ -41,6 +41,8 @@ struct gpu_stream {
 struct gpu_proc {
   int32_t pid;
   int32_t tenant;
+  int32_t nvml_pid;   /* the pid NVML reports: pid + GPUSHARE_STUB_PID_OFFSET (a PID namespace) */
+  int32_t pad;
   int64_t sm_ns[GPU_DEVICES]; /* SM-time of completed kernels (ns x fraction) */
   int64_t mem_bytes[GPU_DEVICES];
 };
