@@ -257,3 +257,13 @@ def test_nvml_devices_are_matched_to_cuda_devices_by_uuid(
         GPUSHARE_MEMORY_LIMIT_1="3Gi",
     ).output
     assert out["totals"] == expected
+
+
+def test_pool_allocations_are_charged_to_the_pools_device(tool: ToolRunner) -> None:
+    out = tool(
+        "memcase",
+        "pooldevice",
+        GPUSHARE_STUB_DEVICE_COUNT="2",
+        GPUSHARE_MEMORY_LIMIT="2Gi",
+    ).output
+    assert (out["device0_taken"], out["device1_taken"]) == (0, 256 * MIB)

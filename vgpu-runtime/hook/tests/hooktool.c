@@ -636,6 +636,27 @@ static int memcase(const char *name) {
     CHECK(cuMemFreeAsync(p, stream));
     CHECK(cuMemPoolTrimTo(pool, 0));
     printf(", \"trimmed\": [%zu, %lld]", free_now(), truth());
+  } else if (strcmp(name, "pooldevice") == 0) { /* a pool on device 1, used from device 0 */
+    CUcontext other;
+    CUdevice one;
+    CHECK(cuDeviceGet(&one, 1));
+    CHECK(cuDevicePrimaryCtxRetain(&other, one));
+    CHECK(cuCtxSetCurrent(other));
+    size_t free1 = free_now();
+    CHECK(cuCtxSetCurrent(context));
+    size_t free0 = free_now();
+    CUmemPoolProps props = {.allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                            .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 1}};
+    CUmemoryPool pool;
+    CUstream stream;
+    CUdeviceptr p;
+    CHECK(cuMemPoolCreate(&pool, &props));
+    CHECK(cuStreamCreate(&stream, 0));
+    CHECK(cuMemAllocFromPoolAsync(&p, 256 * mib, pool, stream));
+    size_t after0 = free_now();
+    CHECK(cuCtxSetCurrent(other));
+    printf(", \"device0_taken\": %zu, \"device1_taken\": %zu", free0 - after0, free1 - free_now());
+    CHECK(cuCtxSetCurrent(context));
   } else if (strcmp(name, "vmm") == 0) { /* released while mapped: still held until unmapped */
     CUmemGenericAllocationHandle handle;
     CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED, .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE}};
