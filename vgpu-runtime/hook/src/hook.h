@@ -63,6 +63,11 @@ void gs_memory_recharge_opaque(uint64_t key, uint64_t bytes);
 /* Returns the charge under key; the bytes that were charged. */
 uint64_t gs_memory_uncharge_opaque(uint64_t key);
 
+/* hook_context.c: fork handlers of the context bookkeeping. */
+void gs_context_atfork_prepare(void);
+void gs_context_atfork_parent(void);
+void gs_context_atfork_child(void);
+
 /* Physical (driver-reported) total of a device, cached. */
 int gs_physical_total(int device, uint64_t *total_bytes);
 

@@ -60,6 +60,14 @@ GS_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
 static pthread_mutex_t primary_lock = PTHREAD_MUTEX_INITIALIZER;
 static int primary_refs[GS_MAX_DEVICES];
 
+void gs_context_atfork_prepare(void) { pthread_mutex_lock(&primary_lock); }
+void gs_context_atfork_parent(void) { pthread_mutex_unlock(&primary_lock); }
+void gs_context_atfork_child(void) {
+  /* CUDA does not survive fork: the child starts without contexts. */
+  pthread_mutex_init(&primary_lock, NULL);
+  for (int i = 0; i < GS_MAX_DEVICES; i++) primary_refs[i] = 0;
+}
+
 static uint64_t context_key(CUcontext ctx) {
   return (uint64_t)(uintptr_t)ctx;
 }

@@ -25,6 +25,7 @@ static void report_error(const char *line, void *context) {
 }
 
 static void atfork_prepare(void) {
+  gs_context_atfork_prepare();
   gs_limiter_atfork_prepare();
   gs_memory_atfork_prepare();
 }
@@ -32,11 +33,13 @@ static void atfork_prepare(void) {
 static void atfork_parent(void) {
   gs_memory_atfork_parent();
   gs_limiter_atfork_parent();
+  gs_context_atfork_parent();
 }
 
 static void atfork_child(void) {
   gs_memory_atfork_child();
   gs_limiter_atfork_child();
+  gs_context_atfork_child();
   gs_state_atfork_child();
 }
 

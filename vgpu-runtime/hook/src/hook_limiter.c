@@ -52,6 +52,7 @@
 #define DEBT_WALL_NS 1000000000LL /* debt is floored at this much wall time of refill */
 #define IDLE_FOREIGN_PERCENT 10  /* others below this: the GPU counts as idle (burst allowed) */
 #define MAX_SAMPLES 256
+#define CLAIM_STALE_NS 100000000 /* a meter claim this old is abandoned */
 
 struct marker {
   CUevent start; /* NULL: measured from the previous marker's end */
@@ -91,6 +92,7 @@ static struct tracker *trackers; /* every thread's, under trackers_lock */
 static pthread_mutex_t trackers_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t trackers_generation; /* bumped whenever a tracker is freed */
 static int captures_active;          /* streams of this process being captured */
+static pthread_mutex_t samples_lock = PTHREAD_MUTEX_INITIALIZER; /* the meter's sample buffer */
 static pthread_key_t thread_key;
 static __thread struct tracker *cached_tracker;
 static __thread uint64_t cached_generation;
@@ -146,16 +148,19 @@ static int contains(const unsigned *sorted, int n, unsigned pid) {
 /* Debits the bucket with the SM time the container used since the previous reading. */
 static void meter(int device, struct gs_device_slot *slot, int64_t now) {
   if (now - __atomic_load_n(&slot->metered_at_ns, __ATOMIC_RELAXED) < METER_NS) return;
-  int32_t idle = 0;
-  if (!__atomic_compare_exchange_n(&slot->meter_claim, &idle, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) return;
+  /* One reader at a time; a claim older than CLAIM_STALE_NS belonged to a process that died
+   * or stalled while reading, and is taken over. */
+  int64_t claimed = __atomic_load_n(&slot->meter_claimed_at_ns, __ATOMIC_ACQUIRE);
+  if (claimed != 0 && now - claimed < CLAIM_STALE_NS) return;
+  if (!__atomic_compare_exchange_n(&slot->meter_claimed_at_ns, &claimed, now, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+    return;
   if (now - __atomic_load_n(&slot->metered_at_ns, __ATOMIC_RELAXED) < METER_NS) {
-    __atomic_store_n(&slot->meter_claim, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&slot->meter_claimed_at_ns, 0, __ATOMIC_RELEASE);
     return;
   }
   __atomic_store_n(&slot->metered_at_ns, now, __ATOMIC_RELAXED);
   nvmlDevice_t handle = NULL;
   static nvmlProcessUtilizationSample_t samples[MAX_SAMPLES];
-  static pthread_mutex_t samples_lock = PTHREAD_MUTEX_INITIALIZER;
   unsigned pids[GS_MAX_PROCS];
   static int warned;
   if (gs_nvml_handle(device, &handle) != 0 && !__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
@@ -195,7 +200,7 @@ static void meter(int device, struct gs_device_slot *slot, int64_t now) {
     }
     pthread_mutex_unlock(&samples_lock);
   }
-  __atomic_store_n(&slot->meter_claim, 0, __ATOMIC_RELEASE);
+  __atomic_store_n(&slot->meter_claimed_at_ns, 0, __ATOMIC_RELEASE);
 }
 
 static int current_percent(int device, struct gs_device_slot *slot) {
@@ -486,4 +491,5 @@ void gs_limiter_atfork_child(void) {
   trackers = NULL;
   cached_tracker = NULL;
   captures_active = 0;
+  pthread_mutex_init(&samples_lock, NULL);
 }

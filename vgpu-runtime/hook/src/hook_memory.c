@@ -107,11 +107,20 @@ void gs_memory_context_destroyed(CUcontext ctx) {
     if (freed[d] > 0) gs_state_release(d, freed[d]);
 }
 
-void gs_memory_atfork_prepare(void) { pthread_mutex_lock(&table_lock); }
-void gs_memory_atfork_parent(void) { pthread_mutex_unlock(&table_lock); }
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void gs_memory_atfork_prepare(void) {
+  pthread_mutex_lock(&pool_lock);
+  pthread_mutex_lock(&table_lock);
+}
+void gs_memory_atfork_parent(void) {
+  pthread_mutex_unlock(&table_lock);
+  pthread_mutex_unlock(&pool_lock);
+}
 void gs_memory_atfork_child(void) {
   /* The parent's allocations stay the parent's: the child neither counts nor releases them. */
   pthread_mutex_init(&table_lock, NULL);
+  pthread_mutex_init(&pool_lock, NULL);
   gs_memory_forget_all();
 }
 
@@ -197,7 +206,6 @@ GS_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytes, unsigned i
 
 /* ---- stream-ordered pools: a pool is charged what it reserves from the device ---- */
 
-static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
   CUmemoryPool pool;
   int device;

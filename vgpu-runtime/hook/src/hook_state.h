@@ -25,9 +25,10 @@ struct gs_device_slot {
   int64_t foreign_window_ns;   /* the others' use over the current window, for burst mode */
   int64_t foreign_used_ns;
   int32_t foreign_percent;     /* the others' SM use over the last full window */
-  int32_t meter_claim;         /* 1 while a process reads NVML for the container */
+  int32_t reserved32;
   int64_t sampled_at_ns;       /* CLOCK_MONOTONIC when NVML last had a new sample */
-  uint64_t reserved[6];
+  int64_t meter_claimed_at_ns; /* non-zero while a process reads NVML for the container */
+  uint64_t reserved[5];
 };
 
 struct gs_proc_slot {
