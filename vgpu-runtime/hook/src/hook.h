@@ -63,6 +63,9 @@ void gs_memory_recharge_opaque(uint64_t key, uint64_t bytes);
 /* Returns the charge under key; the bytes that were charged. */
 uint64_t gs_memory_uncharge_opaque(uint64_t key);
 
+/* A graph launch: the growth of the device's graph memory pool it causes must fit first. */
+CUresult gs_memory_graph_launch(CUgraphExec exec, CUresult (*launch)(void *), void *args);
+
 /* hook_context.c: fork handlers of the context bookkeeping. */
 void gs_context_atfork_prepare(void);
 void gs_context_atfork_parent(void);

@@ -2,6 +2,7 @@
  * limit, free memory is what is left of it for all of the container's processes. */
 #include <pthread.h>
 #include <stdint.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "hook.h"
@@ -199,41 +200,77 @@ GS_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice device) {
   return primary_gone(gs_cuda.cuDevicePrimaryCtxReset_v2(device), device, 1);
 }
 
-/* ---- module images: charged what NVML shows the load took; refused when over the limit ---- */
+/* ---- module images: charged what NVML shows the load took, the image's size first ----
+ * Before the load, the image's size (a fatbin's or ELF cubin's own header; 1 MiB for anything
+ * else, such as PTX) must fit; afterwards the charge becomes the growth of the process's memory
+ * as NVML reports it, when it can tell. */
 
-static CUresult loaded_module(CUresult rc, CUmodule *module, int64_t before) {
-  int device;
-  if (rc != CUDA_SUCCESS || module == NULL || gs_device_of_current_context(&device) != 0 || before < 0) return rc;
-  int64_t after = gs_process_device_bytes(device);
-  if (after <= before) return rc;
-  if (gs_memory_charge_opaque((uint64_t)(uintptr_t)*module, device, (uint64_t)(after - before), 1) != 0) {
-    gs_cuda.cuModuleUnload(*module);
-    *module = NULL;
-    return CUDA_ERROR_OUT_OF_MEMORY;
+#define MODULE_ESTIMATE_BYTES (1ULL << 20)
+
+static uint64_t image_bytes(const void *image) {
+  const unsigned char *p = image;
+  if (p == NULL) return MODULE_ESTIMATE_BYTES;
+  uint32_t magic;
+  memcpy(&magic, p, sizeof magic);
+  if (magic == 0xBA55ED50u) { /* fatbin: u32 magic, u16 version, u16 header size, u64 payload size */
+    uint16_t header;
+    uint64_t payload;
+    memcpy(&header, p + 6, sizeof header);
+    memcpy(&payload, p + 8, sizeof payload);
+    if (payload < (1ULL << 40)) return header + payload;
+  } else if (p[0] == 0x7f && p[1] == 'E' && p[2] == 'L' && p[3] == 'F' && p[4] == 2) { /* ELF64 */
+    uint64_t section_offset;
+    uint16_t entry, count;
+    memcpy(&section_offset, p + 0x28, sizeof section_offset);
+    memcpy(&entry, p + 0x3A, sizeof entry);
+    memcpy(&count, p + 0x3C, sizeof count);
+    if (section_offset < (1ULL << 40)) return section_offset + (uint64_t)entry * count;
   }
-  return rc;
+  return MODULE_ESTIMATE_BYTES;
 }
 
-static int64_t bytes_before_load(void) {
-  int device;
-  if (gs_device_of_current_context(&device) != 0 || gs_runtime()->memory_limit_bytes[device] == GS_NO_MEMORY_LIMIT)
-    return -1;
-  return gs_process_device_bytes(device);
+static __thread uint64_t pending_module; /* key of the estimate charged before a load */
+
+static int module_before(const void *image, int *device, int64_t *before) {
+  *before = -1;
+  if (gs_device_of_current_context(device) != 0 || gs_runtime()->memory_limit_bytes[*device] == GS_NO_MEMORY_LIMIT)
+    return 0;
+  *before = gs_process_device_bytes(*device);
+  pending_module = 0xB0D0000000000000ULL | (uint64_t)(uintptr_t)&pending_module;
+  return gs_memory_charge_opaque(pending_module, *device, image_bytes(image), 1);
+}
+
+static CUresult loaded_module(CUresult rc, CUmodule *module, int device, int64_t before) {
+  if (before < 0 && pending_module == 0) return rc;
+  uint64_t key = pending_module;
+  pending_module = 0;
+  if (rc != CUDA_SUCCESS || module == NULL) {
+    gs_memory_uncharge_opaque(key);
+    return rc;
+  }
+  gs_memory_rekey_opaque(key, (uint64_t)(uintptr_t)*module);
+  int64_t after = before >= 0 ? gs_process_device_bytes(device) : -1;
+  if (after > before) gs_memory_recharge_opaque((uint64_t)(uintptr_t)*module, (uint64_t)(after - before));
+  return rc;
 }
 
 GS_EXPORT CUresult cuModuleLoadData(CUmodule *module, const void *image) {
   gs_runtime();
   if (gs_cuda.cuModuleLoadData == NULL) return CUDA_ERROR_NOT_FOUND;
-  int64_t before = bytes_before_load();
-  return loaded_module(gs_cuda.cuModuleLoadData(module, image), module, before);
+  int device;
+  int64_t before;
+  if (module_before(image, &device, &before) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  return loaded_module(gs_cuda.cuModuleLoadData(module, image), module, device, before);
 }
 
 GS_EXPORT CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int count, CUjit_option *options,
                                       void **values) {
   gs_runtime();
   if (gs_cuda.cuModuleLoadDataEx == NULL) return CUDA_ERROR_NOT_FOUND;
-  int64_t before = bytes_before_load();
-  return loaded_module(gs_cuda.cuModuleLoadDataEx(module, image, count, options, values), module, before);
+  int device;
+  int64_t before;
+  if (module_before(image, &device, &before) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  return loaded_module(gs_cuda.cuModuleLoadDataEx(module, image, count, options, values), module, device, before);
 }
 
 GS_EXPORT CUresult cuModuleUnload(CUmodule module) {

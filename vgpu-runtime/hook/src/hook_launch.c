@@ -108,16 +108,31 @@ GS_EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *launch, CUfunctio
   return gs_limited_launch(stream, 1, f, call_ex, &args);
 }
 
+struct limited_graph_launch {
+  struct graph_launch graph;
+  int per_thread;
+  int limited;
+};
+
+static CUresult call_limited_graph(void *args) {
+  struct limited_graph_launch *a = args;
+  if (!a->limited) return call_graph(&a->graph);
+  return gs_limited_launch(a->graph.stream, a->per_thread, a->graph.exec, call_graph, &a->graph);
+}
+
+/* A graph's memory nodes are charged (gs_memory_graph_launch), its kernels limited. */
 GS_EXPORT CUresult cuGraphLaunch(CUgraphExec exec, CUstream stream) {
-  PASS_THROUGH_UNLESS_LIMITED(gs_cuda.cuGraphLaunch, exec, stream);
-  struct graph_launch args = {gs_cuda.cuGraphLaunch, exec, stream};
-  return gs_limited_launch(stream, 0, exec, call_graph, &args);
+  const struct gs_config *config = gs_runtime();
+  if (gs_cuda.cuGraphLaunch == NULL) return CUDA_ERROR_NOT_FOUND;
+  struct limited_graph_launch args = {{gs_cuda.cuGraphLaunch, exec, stream}, 0, config->any_core_limit};
+  return gs_memory_graph_launch(exec, call_limited_graph, &args);
 }
 
 GS_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec exec, CUstream stream) {
-  PASS_THROUGH_UNLESS_LIMITED(gs_cuda.cuGraphLaunch_ptsz, exec, stream);
-  struct graph_launch args = {gs_cuda.cuGraphLaunch_ptsz, exec, stream};
-  return gs_limited_launch(stream, 1, exec, call_graph, &args);
+  const struct gs_config *config = gs_runtime();
+  if (gs_cuda.cuGraphLaunch_ptsz == NULL) return CUDA_ERROR_NOT_FOUND;
+  struct limited_graph_launch args = {{gs_cuda.cuGraphLaunch_ptsz, exec, stream}, 1, config->any_core_limit};
+  return gs_memory_graph_launch(exec, call_limited_graph, &args);
 }
 
 /* ---- streams: trackers freed with their stream; captures counted ---- */

@@ -637,3 +637,135 @@ void gs_memory_rekey_opaque(uint64_t from, uint64_t to) {
   uint64_t bytes;
   if (forget(from, KIND_OPAQUE, &device, &bytes) == 0) remember(to, KIND_OPAQUE, device, bytes);
 }
+
+/* ---- graph memory nodes: the device's graph pool is charged what it reserves ----
+ * A graph's allocation nodes take memory from a per-device pool when the graph is launched; the
+ * pool keeps it until cuDeviceGraphMemTrim. The hook notes the bytes of every graph's allocation
+ * nodes, carries them to the executable graph, checks before a launch that the pool's growth
+ * fits, and settles the pool's charge to what it reserves afterwards. */
+
+#define GRAPH_SLOTS 4096
+static pthread_mutex_t graph_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  const void *graph; /* a CUgraph or CUgraphExec */
+  uint64_t bytes;
+} graph_bytes[GRAPH_SLOTS];
+static int graph_entries; /* > 0: some graph has allocation nodes (checked on every graph launch) */
+static int graph_overflow; /* a graph did not fit the table: every graph launch is settled */
+
+static void note_graph(const void *graph, uint64_t add) {
+  pthread_mutex_lock(&graph_lock);
+  int slot = -1;
+  for (int i = 0; i < GRAPH_SLOTS; i++) {
+    if (graph_bytes[i].graph == graph) {
+      slot = i;
+      break;
+    }
+    if (slot < 0 && graph_bytes[i].graph == NULL) slot = i;
+  }
+  if (slot >= 0) {
+    if (graph_bytes[slot].graph == NULL) __atomic_add_fetch(&graph_entries, 1, __ATOMIC_RELAXED);
+    graph_bytes[slot].graph = graph;
+    graph_bytes[slot].bytes += add;
+  } else if (!__atomic_exchange_n(&graph_overflow, 1, __ATOMIC_RELAXED)) {
+    gs_log(GS_LOG_WARN, "more than %d graphs with memory nodes: the rest are charged only after launch", GRAPH_SLOTS);
+  }
+  pthread_mutex_unlock(&graph_lock);
+}
+
+static uint64_t graph_noted(const void *graph) {
+  uint64_t bytes = 0;
+  pthread_mutex_lock(&graph_lock);
+  for (int i = 0; i < GRAPH_SLOTS; i++)
+    if (graph_bytes[i].graph == graph) bytes = graph_bytes[i].bytes;
+  pthread_mutex_unlock(&graph_lock);
+  return bytes;
+}
+
+static uint64_t graph_pool_key(int device) { return 0x6A00000000000000ULL | (uint64_t)device; }
+
+/* Brings the device's graph pool charge (plus upfront) to what it reserves now, in one step. */
+static void settle_graph_pool(int device, uint64_t upfront) {
+  cuuint64_t reserved = 0;
+  int old_device;
+  uint64_t charged = 0;
+  if (forget(graph_pool_key(device), KIND_POOL, &old_device, &charged) != 0) old_device = device;
+  if (gs_cuda.cuDeviceGetGraphMemAttribute == NULL ||
+      gs_cuda.cuDeviceGetGraphMemAttribute(device, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT, &reserved) != CUDA_SUCCESS)
+    reserved = charged + upfront;
+  gs_state_adjust(device, charged + upfront, reserved);
+  if (reserved > 0) remember(graph_pool_key(device), KIND_POOL, device, reserved);
+}
+
+GS_EXPORT CUresult cuGraphAddMemAllocNode(CUgraphNode *node, CUgraph graph, const CUgraphNode *deps, size_t count,
+                                          CUDA_MEM_ALLOC_NODE_PARAMS *params) {
+  REAL_OR_NOT_FOUND(cuGraphAddMemAllocNode);
+  CUresult rc = gs_cuda.cuGraphAddMemAllocNode(node, graph, deps, count, params);
+  if (rc == CUDA_SUCCESS && params != NULL) note_graph(graph, params->bytesize);
+  return rc;
+}
+
+GS_EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *exec, CUgraph graph, unsigned long long flags) {
+  REAL_OR_NOT_FOUND(cuGraphInstantiateWithFlags);
+  CUresult rc = gs_cuda.cuGraphInstantiateWithFlags(exec, graph, flags);
+  if (rc == CUDA_SUCCESS && exec != NULL && __atomic_load_n(&graph_entries, __ATOMIC_RELAXED) > 0) {
+    uint64_t bytes = graph_noted(graph);
+    if (bytes > 0) note_graph(*exec, bytes);
+  }
+  return rc;
+}
+
+static void forget_graph(const void *graph) {
+  if (__atomic_load_n(&graph_entries, __ATOMIC_RELAXED) == 0) return;
+  pthread_mutex_lock(&graph_lock);
+  for (int i = 0; i < GRAPH_SLOTS; i++) {
+    if (graph_bytes[i].graph == graph) {
+      graph_bytes[i].graph = NULL;
+      graph_bytes[i].bytes = 0;
+      __atomic_sub_fetch(&graph_entries, 1, __ATOMIC_RELAXED);
+    }
+  }
+  pthread_mutex_unlock(&graph_lock);
+}
+
+GS_EXPORT CUresult cuGraphDestroy(CUgraph graph) {
+  REAL_OR_NOT_FOUND(cuGraphDestroy);
+  CUresult rc = gs_cuda.cuGraphDestroy(graph);
+  if (rc == CUDA_SUCCESS) forget_graph(graph);
+  return rc;
+}
+
+GS_EXPORT CUresult cuGraphExecDestroy(CUgraphExec exec) {
+  REAL_OR_NOT_FOUND(cuGraphExecDestroy);
+  CUresult rc = gs_cuda.cuGraphExecDestroy(exec);
+  if (rc == CUDA_SUCCESS) forget_graph(exec);
+  return rc;
+}
+
+GS_EXPORT CUresult cuDeviceGraphMemTrim(CUdevice device) {
+  REAL_OR_NOT_FOUND(cuDeviceGraphMemTrim);
+  CUresult rc = gs_cuda.cuDeviceGraphMemTrim(device);
+  if (rc == CUDA_SUCCESS && config_limited(device)) settle_graph_pool(device, 0);
+  return rc;
+}
+
+CUresult gs_memory_graph_launch(CUgraphExec exec, CUresult (*launch)(void *), void *args) {
+  if (__atomic_load_n(&graph_entries, __ATOMIC_RELAXED) == 0) return launch(args);
+  uint64_t needed = graph_noted(exec);
+  int device = current_device();
+  if (!config_limited(device)) return launch(args);
+  if (needed == 0) {
+    CUresult rc = launch(args);
+    if (__atomic_load_n(&graph_overflow, __ATOMIC_RELAXED)) settle_graph_pool(device, 0);
+    return rc;
+  }
+  cuuint64_t reserved = 0;
+  if (gs_cuda.cuDeviceGetGraphMemAttribute != NULL)
+    gs_cuda.cuDeviceGetGraphMemAttribute(device, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT, &reserved);
+  struct charge charge;
+  CUresult rc = charge_begin(device, needed > reserved ? needed - reserved : 0, &charge);
+  if (rc != CUDA_SUCCESS) return rc; /* the pool cannot grow that much under the limit */
+  rc = launch(args);
+  settle_graph_pool(device, charge.device >= 0 ? charge.bytes : 0);
+  return rc;
+}

@@ -54,7 +54,12 @@
   X(cuMemUnmap, "cuMemUnmap", 10020, 0)                                       \
   X(cuMemPoolCreate, "cuMemPoolCreate", 11020, 0)                             \
   X(cuMemPoolTrimTo, "cuMemPoolTrimTo", 11020, 0)                             \
-  X(cuMemPoolDestroy, "cuMemPoolDestroy", 11020, 0)
+  X(cuMemPoolDestroy, "cuMemPoolDestroy", 11020, 0)                           \
+  X(cuGraphAddMemAllocNode, "cuGraphAddMemAllocNode", 11040, 0)               \
+  X(cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags", 11040, 0)     \
+  X(cuDeviceGraphMemTrim, "cuDeviceGraphMemTrim", 11040, 0)                   \
+  X(cuGraphDestroy, "cuGraphDestroy", 10000, 0)                               \
+  X(cuGraphExecDestroy, "cuGraphExecDestroy", 10000, 0)
 
 /* Driver functions the hook calls but does not replace. */
 #define GS_USED_CUDA(X)       \
@@ -76,7 +81,8 @@
   X(cuDeviceGetUuid_v2)                 \
   X(cuDeviceGetUuid)                    \
   X(cuDeviceGetMemPool)                 \
-  X(cuMemPoolGetAttribute)
+  X(cuMemPoolGetAttribute)              \
+  X(cuDeviceGetGraphMemAttribute)
 
 #define GS_HOOKED_NVML(X)          \
   X(nvmlDeviceGetMemoryInfo)       \

@@ -884,6 +884,7 @@ static void launch_cost(CUfunction func, void **params, int64_t *duration_ns, in
 /* ---- graphs: kernel nodes run one after another on the launching stream ---- */
 
 struct stub_graph {
+  uint64_t mem_bytes; /* memory allocation nodes: allocated from the device's graph pool at launch */
   int nodes;
   int64_t duration_ns[STUB_GRAPH_NODES];
   int32_t sm_milli[STUB_GRAPH_NODES];
@@ -927,6 +928,53 @@ STUB_EXPORT CUresult cuGraphAddKernelNode_v2(CUgraphNode *node, CUgraph graph, c
   launch_cost(params->func, params->kernelParams, &duration, &sm);
   graph_add((struct stub_graph *)graph, duration, sm);
   if (node != NULL) *node = (CUgraphNode)graph;
+  return CUDA_SUCCESS;
+}
+
+STUB_EXPORT CUresult cuGraphAddMemAllocNode(CUgraphNode *node, CUgraph graph, const CUgraphNode *deps,
+                                            size_t ndeps, CUDA_MEM_ALLOC_NODE_PARAMS *params) {
+  ENTRY(cuGraphAddMemAllocNode);
+  (void)deps, (void)ndeps;
+  if (graph == NULL || params == NULL || params->bytesize == 0) return CUDA_ERROR_INVALID_VALUE;
+  struct stub_graph *g = (struct stub_graph *)graph;
+  params->dptr = (CUdeviceptr)(0x7e0000000000ULL + g->mem_bytes);
+  g->mem_bytes += params->bytesize;
+  if (node != NULL) *node = (CUgraphNode)graph;
+  return CUDA_SUCCESS;
+}
+
+STUB_EXPORT CUresult cuGraphAddMemFreeNode(CUgraphNode *node, CUgraph graph, const CUgraphNode *deps, size_t ndeps,
+                                           CUdeviceptr dptr) {
+  ENTRY(cuGraphAddMemFreeNode);
+  (void)deps, (void)ndeps, (void)dptr;
+  if (graph == NULL) return CUDA_ERROR_INVALID_VALUE;
+  if (node != NULL) *node = (CUgraphNode)graph;
+  return CUDA_SUCCESS;
+}
+
+/* The device's graph memory pool (per process, as the driver's): grows to what a launched
+ * graph needs and keeps it until cuDeviceGraphMemTrim. */
+static uint64_t graph_reserved[STUB_MAX_DEVICES];
+
+STUB_EXPORT CUresult cuDeviceGraphMemTrim(CUdevice dev) {
+  ENTRY(cuDeviceGraphMemTrim);
+  if (dev < 0 || dev >= device_count) return CUDA_ERROR_INVALID_DEVICE;
+  pthread_mutex_lock(&mem_lock);
+  uint64_t release = graph_reserved[dev];
+  graph_reserved[dev] = 0;
+  pthread_mutex_unlock(&mem_lock);
+  if (release > 0) gpu_mem_give(physical_of_ordinal[dev], release);
+  return CUDA_SUCCESS;
+}
+
+STUB_EXPORT CUresult cuDeviceGetGraphMemAttribute(CUdevice dev, CUgraphMem_attribute attr, void *value) {
+  ENTRY(cuDeviceGetGraphMemAttribute);
+  if (dev < 0 || dev >= device_count || value == NULL) return CUDA_ERROR_INVALID_VALUE;
+  if (attr != CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT && attr != CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT)
+    return CUDA_ERROR_INVALID_VALUE;
+  pthread_mutex_lock(&mem_lock);
+  *(cuuint64_t *)value = graph_reserved[dev];
+  pthread_mutex_unlock(&mem_lock);
   return CUDA_SUCCESS;
 }
 
@@ -1246,6 +1294,18 @@ STUB_EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunct
 static CUresult graph_launch(CUgraphExec exec, CUstream stream, int per_thread) {
   const struct stub_graph *g = (const struct stub_graph *)exec;
   if (g == NULL) return CUDA_ERROR_INVALID_VALUE;
+  if (g->mem_bytes > 0) {
+    int dev;
+    CUresult rc = need_ctx(&dev);
+    if (rc != CUDA_SUCCESS) return rc;
+    pthread_mutex_lock(&mem_lock);
+    uint64_t grow = g->mem_bytes > graph_reserved[dev] ? g->mem_bytes - graph_reserved[dev] : 0;
+    pthread_mutex_unlock(&mem_lock);
+    if (grow > 0 && gpu_mem_take(physical_of_ordinal[dev], grow) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+    pthread_mutex_lock(&mem_lock);
+    graph_reserved[dev] += grow;
+    pthread_mutex_unlock(&mem_lock);
+  }
   if (g->nodes == 0) return CUDA_SUCCESS;
   return enqueue(stream, per_thread, g->duration_ns, g->sm_milli, g->nodes);
 }
@@ -1510,6 +1570,10 @@ static const struct proc_entry proc_table[] = {
     P("cuGraphInstantiate", 11040, 0, cuGraphInstantiateWithFlags),
     P("cuGraphInstantiateWithFlags", 11040, 0, cuGraphInstantiateWithFlags),
     P("cuGraphExecDestroy", 10000, 0, cuGraphExecDestroy),
+    P("cuGraphAddMemAllocNode", 11040, 0, cuGraphAddMemAllocNode),
+    P("cuGraphAddMemFreeNode", 11040, 0, cuGraphAddMemFreeNode),
+    P("cuDeviceGraphMemTrim", 11040, 0, cuDeviceGraphMemTrim),
+    P("cuDeviceGetGraphMemAttribute", 11040, 0, cuDeviceGetGraphMemAttribute),
     P("cuGraphLaunch", 10000, 0, cuGraphLaunch),
     P("cuGraphLaunch", 10000, 1, cuGraphLaunch_ptsz),
     P("cuGetProcAddress", 11030, 0, cuGetProcAddress),

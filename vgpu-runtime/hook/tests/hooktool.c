@@ -618,6 +618,23 @@ static size_t free_now(void) {
 
 static long long truth(void) { return (long long)gpushareStubTenantMem(gpushareStubTenant(), 0); }
 
+/* An executable graph of one allocation node of `bytes` and one kernel. */
+static CUgraphExec graph_with_memory(CUfunction f, size_t bytes) {
+  CUgraph graph;
+  CUgraphExec exec;
+  CHECK(cuGraphCreate(&graph, 0));
+  CUDA_MEM_ALLOC_NODE_PARAMS alloc = {.poolProps = {.allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                                    .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE}},
+                                      .bytesize = bytes};
+  CHECK(cuGraphAddMemAllocNode(NULL, graph, NULL, 0, &alloc));
+  CUDA_KERNEL_NODE_PARAMS node = {.func = f, .gridDimX = 1, .gridDimY = 1, .gridDimZ = 1, .blockDimX = 1,
+                                  .blockDimY = 1, .blockDimZ = 1};
+  CHECK(cuGraphAddKernelNode(NULL, graph, NULL, 0, &node));
+  CHECK(cuGraphInstantiate(&exec, graph, 0));
+  CHECK(cuGraphDestroy(graph));
+  return exec;
+}
+
 static int memcase(const char *name) {
   const size_t mib = 1 << 20;
   printf("{\"case\": \"%s\", \"free0\": %zu, \"truth0\": %lld", name, free_now(), truth());
@@ -657,6 +674,23 @@ static int memcase(const char *name) {
     CHECK(cuCtxSetCurrent(other));
     printf(", \"device0_taken\": %zu, \"device1_taken\": %zu", free0 - after0, free1 - free_now());
     CHECK(cuCtxSetCurrent(context));
+  } else if (strcmp(name, "graphmem") == 0) { /* graph allocation nodes: the graph pool */
+    CUmodule module;
+    CUfunction f;
+    CUstream stream;
+    CHECK(cuModuleLoadData(&module, "stub"));
+    CHECK(cuModuleGetFunction(&f, module, "node_100us"));
+    CHECK(cuStreamCreate(&stream, 0));
+    CUgraphExec small = graph_with_memory(f, 512 * mib), big = graph_with_memory(f, 4096 * mib);
+    printf(", \"instantiated\": [%zu, %lld]", free_now(), truth());
+    printf(", \"small_rc\": %d", (int)cuGraphLaunch(small, stream));
+    CHECK(cuStreamSynchronize(stream));
+    printf(", \"launched\": [%zu, %lld]", free_now(), truth());
+    printf(", \"big_rc\": %d", (int)cuGraphLaunch(big, stream)); /* over the limit: refused */
+    printf(", \"refused\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuGraphExecDestroy(small));
+    CHECK(cuDeviceGraphMemTrim(0));
+    printf(", \"trimmed\": [%zu, %lld]", free_now(), truth());
   } else if (strcmp(name, "vmm") == 0) { /* released while mapped: still held until unmapped */
     CUmemGenericAllocationHandle handle;
     CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED, .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE}};
@@ -719,12 +753,17 @@ static int stress(const char *mode, double seconds) {
   const size_t mib = 1 << 20;
   CUstream stream;
   CUmemoryPool pool;
+  CUmodule module;
+  CUfunction f;
+  CHECK(cuModuleLoadData(&module, "stub"));
+  CHECK(cuModuleGetFunction(&f, module, "node_0ns"));
   CHECK(cuStreamCreate(&stream, 0));
   CHECK(cuDeviceGetDefaultMemPool(&pool, 0));
   struct held {
     CUdeviceptr ptr;
     CUmemGenericAllocationHandle handle;
-    int kind; /* 0 plain, 1 async, 2 vmm */
+    int kind; /* 0 plain, 1 async, 2 vmm, 3 graph */
+    CUgraphExec exec;
     size_t bytes;
   } held[512];
   int n = 0;
@@ -734,10 +773,18 @@ static int stress(const char *mode, double seconds) {
   CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED, .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE}};
   while (now_ns() < until) {
     size_t bytes = ((size_t)(rand_r(&seed) % 64) + 1) * mib;
-    int kind = strcmp(mode, "plain") == 0 ? 0 : strcmp(mode, "async") == 0 ? 1 : strcmp(mode, "vmm") == 0 ? 2 : rand_r(&seed) % 3;
-    struct held h = {0, 0, kind, bytes};
+    int kind = strcmp(mode, "plain") == 0   ? 0
+               : strcmp(mode, "async") == 0 ? 1
+               : strcmp(mode, "vmm") == 0   ? 2
+               : strcmp(mode, "graph") == 0 ? 3
+                                            : rand_r(&seed) % 4;
+    struct held h = {.kind = kind, .bytes = bytes};
     CUresult rc;
-    if (kind == 0) {
+    if (kind == 3) {
+      h.exec = graph_with_memory(f, bytes);
+      rc = cuGraphLaunch(h.exec, stream);
+      if (rc != CUDA_SUCCESS) cuGraphExecDestroy(h.exec);
+    } else if (kind == 0) {
       rc = cuMemAlloc(&h.ptr, bytes);
     } else if (kind == 1) {
       rc = cuMemAllocAsync(&h.ptr, bytes, stream);
@@ -758,10 +805,12 @@ static int stress(const char *mode, double seconds) {
       if (rand_r(&seed) % 2) continue;
       if (held[i].kind == 0) cuMemFree(held[i].ptr);
       else if (held[i].kind == 1) cuMemFreeAsync(held[i].ptr, stream);
-      else cuMemUnmap(held[i].ptr, held[i].bytes);
+      else if (held[i].kind == 2) cuMemUnmap(held[i].ptr, held[i].bytes);
+      else cuGraphExecDestroy(held[i].exec);
       held[i--] = held[--n];
     }
     if (rand_r(&seed) % 4 == 0) cuMemPoolTrimTo(pool, 0);
+    if (rand_r(&seed) % 4 == 0) cuDeviceGraphMemTrim(0);
   }
   printf("{\"granted\": %ld, \"refused\": %ld, \"peak\": %lld}\n", granted, refused,
          (long long)gpushareStubTenantMemPeak(gpushareStubTenant(), 0));
