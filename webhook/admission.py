@@ -60,6 +60,20 @@ def _creation_problems(pod: Mapping[str, Any], settings: Settings) -> list[str]:
 _ZERO = validation.PodGpuTotals(0, 0)
 
 
+def _sidecar_problems(
+    pod: Mapping[str, Any], report: validation.PodReport, settings: Settings
+) -> list[str]:
+    """Why the pod, as every mutating step left it, does not hold gpushare's own sidecar."""
+    found = injection.find_sidecar(pod)
+    if found is None:
+        return [
+            f'the accounting sidecar "{injection.SIDECAR_NAME}" is missing: GPU pods are'
+            " admitted only through gpushare's mutating webhook, which injects it"
+        ]
+    totals = validation.pod_totals(report.requests)
+    return injection.sidecar_problems(found, pod, settings, totals)
+
+
 def validate(request: AdmissionRequest, settings: Settings) -> Verdict:
     """The validating endpoint: GPU request rules on CREATE and UPDATE; on CREATE the pod as
     every mutating step left it must hold gpushare's own sidecar; on UPDATE the sidecar's
@@ -70,18 +84,7 @@ def validate(request: AdmissionRequest, settings: Settings) -> Verdict:
     report = validation.inspect_pod(pod, settings.request_bounds)
     problems = list(report.problems)
     if request.operation == "CREATE" and report.has_gpu and not problems:
-        problems += _creation_problems(pod, settings)
-        found = injection.find_sidecar(pod)
-        if problems:
-            pass
-        elif found is None:
-            problems.append(
-                f'the accounting sidecar "{injection.SIDECAR_NAME}" is missing: GPU pods are'
-                " admitted only through gpushare's mutating webhook, which injects it"
-            )
-        else:
-            totals = validation.pod_totals(report.requests)
-            problems += injection.sidecar_problems(found, pod, settings, totals)
+        problems = _creation_problems(pod, settings) or _sidecar_problems(pod, report, settings)
     if request.old_pod is not None:
         problem = injection.update_problem(request.old_pod, pod)
         if problem is not None:
