@@ -451,6 +451,15 @@ TIGHT = validation.RequestBounds(max_pod_core_units=800, max_pod_memory_units=64
             id="memory-10-to-the-20",
         ),
         pytest.param(
+            pod(container(limits={CORE: "100", MEMORY: "100E"})),
+            validation.DEFAULT_BOUNDS,
+            [
+                'container "train" asks tencent.com/vcuda-memory=100E; no node holds that much:'
+                " a pod may ask at most 16384 (4 TiB) in total"
+            ],
+            id="memory-10-to-the-20-as-the-api-server-writes-it",
+        ),
+        pytest.param(
             pod(container(limits={CORE: "100000"})),
             validation.DEFAULT_BOUNDS,
             [
