@@ -46,18 +46,14 @@ def _denied(problems: list[str]) -> Verdict:
     return Verdict(allowed=False, message="pod rejected: " + "; ".join(problems))
 
 
-def _creation_problems(pod: Mapping[str, Any], settings: Settings) -> list[str]:
+def _creation_problems(pod: Mapping[str, Any]) -> list[str]:
     """What refuses a new GPU pod whatever its budget: a reserved container or volume that its
     creator wrote into it, or a protected variable in its environment (whoever set it)."""
     problems = injection.written_by_user(pod)
-    sidecar_env = [entry["name"] for entry in injection.sidecar_container(settings, _ZERO)["env"]]
     for ref, item in validation.containers(pod):
-        allowed = sidecar_env if ref.name == injection.SIDECAR_NAME else ()
+        allowed = injection.SIDECAR_ENV_NAMES if ref.name == injection.SIDECAR_NAME else ()
         problems += isolation.container_problems(ref, item, allowed)
     return problems
-
-
-_ZERO = validation.PodGpuTotals(0, 0)
 
 
 def _sidecar_problems(
@@ -84,7 +80,7 @@ def validate(request: AdmissionRequest, settings: Settings) -> Verdict:
     report = validation.inspect_pod(pod, settings.request_bounds)
     problems = list(report.problems)
     if request.operation == "CREATE" and report.has_gpu and not problems:
-        problems = _creation_problems(pod, settings) or _sidecar_problems(pod, report, settings)
+        problems = _creation_problems(pod) or _sidecar_problems(pod, report, settings)
     if request.old_pod is not None:
         problem = injection.update_problem(request.old_pod, pod)
         if problem is not None:
@@ -106,7 +102,7 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
         return _denied(report.problems)
     if not report.has_gpu:
         return Verdict(allowed=True)
-    problems = _creation_problems(pod, settings)
+    problems = _creation_problems(pod)
     if problems:
         return _denied(problems)
 

@@ -24,6 +24,20 @@ SPOOL_VOLUME = "gpushare-spool"
 SPOOL_DIR = "/var/lib/gpushare/spool"
 
 
+SIDECAR_ENV_NAMES = (
+    "GPUSHARE_TIMEKEEPER_URL",
+    "GPUSHARE_TOKEN_FILE",
+    "GPUSHARE_POD_NAME",
+    "GPUSHARE_POD_NAMESPACE",
+    "GPUSHARE_POD_UID",
+    "GPUSHARE_VCUDA_CORE",
+    "GPUSHARE_VCUDA_MEMORY",
+    "GPUSHARE_REPORT_INTERVAL_SECONDS",
+    "GPUSHARE_SPOOL_DIR",
+)
+"""The sidecar's environment (its contract with the sidecar part), in the order injected."""
+
+
 def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
 

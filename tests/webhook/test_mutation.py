@@ -22,6 +22,7 @@ from tests.webhook.builders import (
     review,
     status,
 )
+from webhook import injection
 from webhook.app import create_app
 from webhook.settings import Settings
 
@@ -507,3 +508,9 @@ def test_settings_are_the_only_source_of_sidecar_resources() -> None:
     patched = apply_and_check(pod(), decode_patch(body))
     limits = patched["spec"]["initContainers"][0]["resources"]["limits"]
     assert limits == {"cpu": "250m", "memory": "1Gi"}
+
+
+def test_sidecar_env_names_are_the_injected_ones() -> None:
+    patched = apply_and_check(pod(), decode_patch(mutate(pod())))
+    names = tuple(entry["name"] for entry in patched["spec"]["initContainers"][0]["env"])
+    assert names == injection.SIDECAR_ENV_NAMES
