@@ -44,6 +44,16 @@ def _unavailable(message: str) -> None:
     pytest.skip(f"real control plane not available: {message}")
 
 
+def _ignoring_not_found(delete: Callable[..., object], *args: object) -> None:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        delete(*args)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
     try:
@@ -81,7 +91,8 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
         finally:
             # Deleting the namespace first stops controllers making new pods in it; bound pods
             # have no kubelet to confirm a graceful deletion, so they go with grace 0.
-            core.delete_namespace(name)
+            # (The test may have deleted the namespace itself: not found is fine.)
+            _ignoring_not_found(core.delete_namespace, name)
             core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
 
 
@@ -100,7 +111,7 @@ def make_node(control_plane: ControlPlane) -> Iterator[Callable[..., Any]]:
     with control_plane.api_client() as client:
         core = kubernetes.client.CoreV1Api(client)
         for name in made:
-            core.delete_node(name)
+            _ignoring_not_found(core.delete_node, name)
 
 
 @pytest.fixture
@@ -128,3 +139,15 @@ def helm(
         return run_tool("helm", args, home=home, input=input, check=check, timeout=timeout)
 
     return run
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[pytest.TestReport]:
+    """A failing test on the control plane shows the end of each component's log."""
+    report: pytest.TestReport = yield
+    plane = getattr(item, "funcargs", {}).get("control_plane")
+    if report.failed and report.when == "call" and isinstance(plane, ControlPlane):
+        report.sections.append(("control plane logs (last lines)", plane.logs()))
+    return report

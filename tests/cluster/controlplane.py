@@ -286,6 +286,11 @@ class ControlPlane:
         pki.mkdir()
         bundle = certs.generate(pki, ("localhost",), ip_addresses=("127.0.0.1",))
         self.ca_file = bundle.ca_cert
+        # The front-proxy CA (aggregation-layer request headers), as kubeadm makes one: the
+        # controller manager and schedulers read it for their delegated authentication.
+        front_proxy = pki / "front-proxy"
+        front_proxy.mkdir()
+        front_proxy_ca = certs.generate(front_proxy, ("front-proxy-client",)).ca_cert
         sa_key = pki / "sa.key"
         sa_key.write_bytes(_pem_key(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
         sa_key.chmod(0o600)
@@ -318,6 +323,7 @@ class ControlPlane:
                 f"--listen-peer-urls={peer_url}",
                 f"--initial-advertise-peer-urls={peer_url}",
                 f"--initial-cluster=test={peer_url}",
+                "--logger=zap",
                 "--log-level=warn",
             ],
         )
@@ -338,6 +344,11 @@ class ControlPlane:
                 f"--tls-cert-file={bundle.cert}",
                 f"--tls-private-key-file={bundle.key}",
                 f"--client-ca-file={bundle.ca_cert}",
+                f"--requestheader-client-ca-file={front_proxy_ca}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--token-auth-file={tokens_file}",
                 "--authorization-mode=Node,RBAC",
                 f"--service-account-issuer={self.service_account_issuer}",
