@@ -27,9 +27,11 @@ from typing import Any
 import kubernetes.client
 import yaml
 from kubernetes.client.rest import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.controlplane import ControlPlane
 from tests.polling import wait_until
+from tests.webhook.serving import Served
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deployment" / "chart"
@@ -173,6 +175,24 @@ def pods_of(control_plane: ControlPlane, namespace: str, selector: str) -> list[
     text = control_plane.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json")
     items: list[dict[str, Any]] = json.loads(text.stdout)["items"]
     return items
+
+
+def admissions_answered(webhook: Served, endpoint: str = "mutate") -> float:
+    """How many admission requests the served webhook has allowed on an endpoint (/metrics)."""
+    connection = webhook.connect()
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gpushare_webhook_requests_total" and sample.labels == {
+                "endpoint": endpoint,
+                "outcome": "allowed",
+            }:
+                return float(sample.value)
+    return 0.0
 
 
 def events_of(control_plane: ControlPlane, namespace: str) -> str:
