@@ -236,7 +236,7 @@ def _env_differences(container: Mapping[str, Any], expected: Mapping[str, Any]) 
     for entry in container.get("env") or []:
         name = entry.get("name") if isinstance(entry, dict) else None
         if isinstance(name, str) and name.startswith("GPUSHARE_"):
-            seen.setdefault(name, entry)
+            seen[name] = entry  # of two entries with one name, the container gets the last
     differences = []
     for name, entry in wanted.items():
         if name not in seen:

@@ -177,6 +177,10 @@ def core_changed(subject: dict[str, Any]) -> None:
     _env(subject, "GPUSHARE_VCUDA_CORE")["value"] = "1"
 
 
+def core_shadowed(subject: dict[str, Any]) -> None:
+    _sidecar(subject)["env"].append({"name": "GPUSHARE_VCUDA_CORE", "value": "1"})
+
+
 def url_missing(subject: dict[str, Any]) -> None:
     _sidecar(subject)["env"].remove(_env(subject, "GPUSHARE_TIMEKEEPER_URL"))
 
@@ -243,6 +247,11 @@ VOLUME_DIFFERS = (
             core_changed,
             _differs('env GPUSHARE_VCUDA_CORE is "1"; gpushare injects "50"'),
             id="gpu-totals-changed-after-injection",
+        ),
+        pytest.param(
+            core_shadowed,
+            _differs('env GPUSHARE_VCUDA_CORE is "1"; gpushare injects "50"'),
+            id="env-shadowed-by-a-later-entry",
         ),
         pytest.param(
             url_missing, _differs("env GPUSHARE_TIMEKEEPER_URL is missing"), id="env-removed"
