@@ -5,7 +5,8 @@ The timekeeper is unreachable from the start (a closed port): the webhook's fail
 webhook itself is stopped: updates and deletions of the pods already admitted go through (the
 Job controller removes its finalizer, `kubectl label`, `kubectl annotate`, `kubectl delete`),
 while a new GPU pod, or a change of the sidecar's image, is refused by the API server
-(`failurePolicy: Fail`), so nothing starts unaccounted.
+(`failurePolicy: Fail`), so nothing starts unaccounted. Which policy governs which request
+is read from the chart as the real helm renders it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import socket
 import subprocess
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import pytest
 import yaml
 
 from tests.cluster.admission import (
+    CHART,
     SELECTOR_LABEL,
     chart_priority_classes,
     chart_webhook_configurations,
@@ -168,3 +171,57 @@ def test_a_webhook_outage_never_blocks_existing_pods(
                 return result.stdout.strip() == ""
 
             wait_until(deleted, timeout=30, what="the deleted pod to go")
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        pytest.param(
+            [],
+            {
+                "mutate.gpushare.io": ("Fail", ["CREATE"], ["asks-for-gpu"]),
+                "validate.gpushare.io": ("Fail", ["CREATE"], ["asks-for-gpu"]),
+                "validate-update.gpushare.io": (
+                    "Fail",
+                    ["UPDATE"],
+                    ["asks-for-gpu", "changes-what-gpushare-checks"],
+                ),
+            },
+            id="defaults",
+        ),
+        pytest.param(
+            ["--set", "webhook.matchGpuPodsOnly=false"],
+            {
+                "mutate.gpushare.io": ("Fail", ["CREATE"], []),
+                "validate.gpushare.io": ("Fail", ["CREATE"], []),
+                # Every update would be sent: it may not block them while the webhook is down.
+                "validate-update.gpushare.io": ("Ignore", ["UPDATE"], []),
+            },
+            id="without-match-conditions",
+        ),
+    ],
+)
+def test_which_failure_policy_governs_what(
+    helm: Callable[..., subprocess.CompletedProcess[str]],
+    values: list[str],
+    expected: dict[str, tuple[str, list[str], list[str]]],
+) -> None:
+    text = helm(
+        "template",
+        "gpushare",
+        str(CHART),
+        "--show-only",
+        "templates/webhook-configurations.yaml",
+        *values,
+    ).stdout
+    found = {
+        webhook["name"]: (
+            webhook["failurePolicy"],
+            [op for rule in webhook["rules"] for op in rule["operations"]],
+            [condition["name"] for condition in webhook.get("matchConditions", [])],
+        )
+        for item in yaml.safe_load_all(text)
+        if item and item["kind"].endswith("WebhookConfiguration")
+        for webhook in item["webhooks"]
+    }
+    assert found == expected
