@@ -202,10 +202,12 @@ def assert_admitted(
 
 def test_bare_pod_with_the_default_service_account(admission: Admission, namespace: str) -> None:
     admission.label(namespace)
-    before = admissions_answered(admission.webhook)
+    before = [admissions_answered(admission.webhook, path) for path in ("mutate", "validate")]
     admission.create(namespace, gpu_pod("bare"))
-    # Called again after the ServiceAccount plugin changed the pod, and allowed it again.
-    assert admissions_answered(admission.webhook) - before == 2
+    after = [admissions_answered(admission.webhook, path) for path in ("mutate", "validate")]
+    # /mutate called again after the ServiceAccount plugin changed the pod, and allowing it
+    # again; /validate once, on the final pod, finding the sidecar gpushare's own.
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1]
     pod = read_pod(admission.control_plane, namespace, "bare")
     sidecar = assert_admitted(admission, pod)
     assert env_of(sidecar)["GPUSHARE_VCUDA_CORE"] == "50"
