@@ -12,6 +12,7 @@ Deployment and a Job (the controller manager makes their pods).
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,7 +69,9 @@ class Admission:
             "label", "namespace", namespace, f"{SELECTOR_LABEL}={self.run_id}"
         )
 
-    def create(self, namespace: str, *objects: dict[str, Any], check: bool = True) -> Any:
+    def create(
+        self, namespace: str, *objects: dict[str, Any], check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """`kubectl create` of the objects in the namespace; the CompletedProcess."""
         return self.control_plane.kubectl(
             "create", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objects), check=check
