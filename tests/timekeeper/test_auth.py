@@ -16,12 +16,15 @@ from typing import Any, ClassVar
 
 import jwt
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from flask import Flask
 from jwt.algorithms import RSAAlgorithm
 
 from tests.timekeeper.conftest import MakeApp, report_body
 from timekeeper.auth import Authenticator, KeySource, TokenVerifier
 from timekeeper.errors import Unauthenticated, Unavailable
+from timekeeper.models import usage_buckets
 from timekeeper.static_tokens import parse_tokens
 
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -427,3 +430,101 @@ def test_keys_fetched_again_after_an_outage_verify_and_unknown_keys_are_401(
     assert verifier.verify(sa_token()).namespace == "team-a"
     with pytest.raises(Unauthenticated, match="unknown key"):
         verifier.verify(sa_token(key=OTHER_KEY, kid="k9"))
+
+
+# --- charges stay in their namespace -----------------------------------------------------------
+
+
+def charged_core_microseconds(app: Flask, namespace: str) -> int:
+    """What the running totals charge `namespace` (vcuda-core units x microseconds)."""
+    engine = app.extensions["gpushare"]["engine"]
+    with engine.connect() as connection:
+        total = connection.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(usage_buckets.c.core_microseconds), 0)).where(
+                usage_buckets.c.namespace == namespace
+            )
+        ).scalar_one()
+    return int(total)
+
+
+def test_a_static_token_of_another_namespace_cannot_take_a_pod_key_first(
+    make_app: MakeApp, authenticator: Authenticator
+) -> None:
+    app = make_app(authenticator=authenticator)
+    client = app.test_client()
+    # team-b names team-a's pod UID and sequences first, over the same interval and the next.
+    for sequence, start, end in ((1, "05:49", "05:50"), (2, "05:50", "05:51")):
+        squat = report_body(
+            namespace="team-b",
+            sequence=sequence,
+            start=f"2026-11-21T{start}:00Z",
+            end=f"2026-11-21T{end}:00Z",
+            vcudaCore=1,
+        )
+        assert (
+            client.post("/api/v1/reports", json=squat, headers=bearer(STATIC_B)).status_code == 200
+        )
+    # team-a's genuine reports are stored and charged in full: no 409, no overlap.
+    for sequence, start, end in ((1, "05:49", "05:50"), (2, "05:50", "05:51")):
+        genuine = report_body(
+            sequence=sequence, start=f"2026-11-21T{start}:00Z", end=f"2026-11-21T{end}:00Z"
+        )
+        response = client.post("/api/v1/reports", json=genuine, headers=bearer(STATIC_A))
+        assert response.status_code == 200, response.get_json()
+        assert (response.get_json()["namespace"], response.get_json()["gpuSeconds"]) == (
+            "team-a",
+            30.0,
+        )
+        # A resend is still answered from the ledger, from team-a's own row.
+        again = client.post("/api/v1/reports", json=genuine, headers=bearer(STATIC_A))
+        assert again.get_json() == response.get_json()
+    assert charged_core_microseconds(app, "team-a") == 50 * 120 * 10**6
+    assert charged_core_microseconds(app, "team-b") == 1 * 120 * 10**6  # its own 1 % only
+    # Within team-a the pod's key and overlap rules still hold.
+    overlapping = report_body(sequence=3, start="2026-11-21T05:49:30Z", end="2026-11-21T05:52:00Z")
+    response = client.post("/api/v1/reports", json=overlapping, headers=bearer(STATIC_A))
+    assert response.status_code == 400
+    assert (
+        "overlaps sequence 2 (2026-11-21T05:50:00Z..2026-11-21T05:51:00Z) of pod "
+        in (response.get_json()["message"])
+    )
+    changed = report_body(sequence=1, vcudaCore=100)
+    response = client.post("/api/v1/reports", json=changed, headers=bearer(STATIC_A))
+    assert response.status_code == 409
+
+
+@pytest.mark.parametrize(
+    ("token", "body", "fragment"),
+    [
+        pytest.param(
+            sa_token(namespace="team-b", pod="eval-0", uid="uid-of-team-b-pod"),
+            report_body(namespace="team-b", pod="eval-0"),
+            "podUid: the token is for pod UID 'uid-of-team-b-pod'",
+            id="team-b-pod-names-team-a-pod-uid",
+        ),
+        pytest.param(
+            sa_token(namespace="team-b", pod=None),
+            report_body(namespace="team-b", pod="eval-0"),
+            "a report needs a ServiceAccount token bound to the reporting pod",
+            id="team-b-namespace-token",
+        ),
+        pytest.param(
+            sa_token(namespace="team-b", pod="eval-0", uid="uid-of-team-b-pod"),
+            report_body(),
+            "namespace: the token is for namespace 'team-b', the report is for 'team-a'",
+            id="team-b-pod-reports-for-team-a",
+        ),
+    ],
+)
+def test_a_service_account_token_cannot_report_another_pod_uid(
+    make_app: MakeApp, authenticator: Authenticator, token: str, body: dict[str, Any], fragment: str
+) -> None:
+    app = make_app(authenticator=authenticator)
+    client = app.test_client()
+    squat = client.post("/api/v1/reports", json=body, headers=bearer(token))
+    assert squat.status_code == 403
+    assert fragment in squat.get_json()["message"]
+    genuine = client.post("/api/v1/reports", json=report_body(), headers=bearer(sa_token()))
+    assert genuine.status_code == 200
+    assert charged_core_microseconds(app, "team-a") == 50 * 60 * 10**6
+    assert charged_core_microseconds(app, "team-b") == 0
