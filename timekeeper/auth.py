@@ -172,11 +172,18 @@ class KeySource:
             ) as response:
                 body = response.read(MAX_DOCUMENT_BYTES + 1)
         except urllib.error.HTTPError as err:
-            hint = {
-                401: " (the bearer token was refused: give a valid one with --oidc-token-file)",
-                403: " (the bearer token lacks the system:service-account-issuer-discovery role)",
-                406: " (the server offers another content type)",
-            }.get(err.code, "")
+            if self._bearer_file is None and err.code in (401, 403):
+                hint = (
+                    " (no bearer token was sent: give one with the role "
+                    "system:service-account-issuer-discovery with --oidc-token-file)"
+                )
+            else:
+                hint = {
+                    401: " (the bearer token was refused: check --oidc-token-file)",
+                    403: " (the bearer token lacks the system:service-account-issuer-discovery"
+                    " role)",
+                    406: " (the server offers another content type)",
+                }.get(err.code, "")
             raise ValueError(f"GET {url}: {err.code} {err.reason}{hint}") from err
         except urllib.error.URLError as err:
             raise ValueError(f"GET {url}: {err.reason}") from err

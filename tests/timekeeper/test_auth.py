@@ -31,6 +31,7 @@ ISSUER = "https://kubernetes.default.svc.cluster.local"
 STATIC_A = "static-token-team-a-0123456789"
 STATIC_B = "static-token-team-b-0123456789"
 UID = "7f1c1d3e-0000-4000-8000-000000000001"
+TOKEN_WITHOUT_THE_ROLE = "a-valid-token-without-the-discovery-role"
 
 
 def new_key() -> rsa.RSAPrivateKey:
@@ -272,7 +273,10 @@ class _IssuerHandler(http.server.BaseHTTPRequestHandler):
         }
         authorization = self.headers.get("Authorization")
         if self.bearer is not None and authorization != f"Bearer {self.bearer}":
-            status, document = (403 if authorization else 401), {"kind": "Status"}
+            # kube-apiserver: 401 for no token or one it does not know, 403 for a valid
+            # token without the role.
+            known = authorization == f"Bearer {TOKEN_WITHOUT_THE_ROLE}"
+            status, document = (403 if known else 401), {"kind": "Status"}
         elif document is None:
             status, document = 404, {"kind": "Status"}
         elif not accepted & {offered, "*/*", "application/*"}:
@@ -321,9 +325,19 @@ def test_oidc_discovery_finds_the_keys(
 @pytest.mark.parametrize(
     ("bearer_token", "fragment"),
     [
-        pytest.param(None, "401 Unauthorized (the bearer token was refused", id="no-bearer"),
         pytest.param(
-            "a-token-without-the-role",
+            None,
+            "401 Unauthorized (no bearer token was sent: give one with the role "
+            "system:service-account-issuer-discovery with --oidc-token-file)",
+            id="no-bearer",
+        ),
+        pytest.param(
+            "an-expired-or-unknown-token",
+            "401 Unauthorized (the bearer token was refused: check --oidc-token-file)",
+            id="bearer-refused",
+        ),
+        pytest.param(
+            TOKEN_WITHOUT_THE_ROLE,
             "403 Forbidden (the bearer token lacks the system:service-account-issuer-discovery",
             id="bearer-without-the-role",
         ),
