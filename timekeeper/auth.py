@@ -23,6 +23,7 @@ import ssl
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ MAX_DOCUMENT_BYTES: Final = 1024 * 1024
 """A discovery document or JWKS larger than this is refused before it is parsed."""
 TOKEN_LEEWAY_SECONDS: Final = 30.0
 """How far past `exp` (or before `nbf`) a token is still taken: clocks of nodes differ."""
+LOOPBACK_HOSTS: Final = ("127.0.0.1", "::1", "localhost")
 JWKS_ACCEPT: Final = "application/jwk-set+json, application/json;q=0.9"
 DISCOVERY_ACCEPT: Final = "application/json"
 
@@ -163,6 +165,12 @@ class KeySource:
     def _fetch(self, url: str, *, accept: str) -> Any:
         request = urllib.request.Request(url, headers={"Accept": accept})
         if self._bearer_file is not None:
+            host = urllib.parse.urlsplit(url).hostname or ""
+            if not url.startswith("https://") and host not in LOOPBACK_HOSTS:
+                raise ValueError(
+                    f"GET {url}: the bearer token is only sent over https:// (or to this "
+                    "machine): plain http would show it to the network"
+                )
             # Re-read each time: the kubelet rotates a projected token in place.
             bearer = self._bearer_file.read_text(encoding="utf-8").strip()
             request.add_header("Authorization", f"Bearer {bearer}")

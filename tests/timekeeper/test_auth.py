@@ -362,6 +362,14 @@ def test_keys_behind_a_bearer_token_say_what_is_missing(
     assert handler.bearer not in error.value.message
 
 
+def test_the_bearer_token_never_goes_over_plain_http_to_another_machine(tmp_path: Path) -> None:
+    bearer_file = tmp_path / "token"
+    bearer_file.write_text("the-timekeeper-own-service-account-token")
+    keys = KeySource(jwks_url="http://keys.example/openid/v1/jwks", bearer_file=bearer_file)
+    with pytest.raises(Unavailable, match="the bearer token is only sent over https://"):
+        TokenVerifier(keys).verify(sa_token())
+
+
 def test_the_jwks_is_asked_for_as_a_jwk_set(issuer: tuple[str, type[_IssuerHandler]]) -> None:
     # The stand-in refuses `Accept: application/json` alone for the keys, as kube-apiserver
     # does (406); the fetch must name `application/jwk-set+json`.
