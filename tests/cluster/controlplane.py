@@ -15,6 +15,7 @@ There is no kubelet: Nodes are API objects (`make_node`), Pods are bound but nev
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import os
 import secrets
@@ -40,9 +41,11 @@ from tests.polling import wait_until
 from webhook import certs
 
 ASSETS_VARIABLE = "KUBEBUILDER_ASSETS"
-REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager")
+REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 START_TIMEOUT = 90.0
 LOG_TAIL_LINES = 40
+START_ATTEMPTS = 3  # free ports are picked before use: another process may take one meanwhile
+PR_SET_PDEATHSIG = 1
 DEFAULT_SCHEDULER_CONFIG = (
     "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n"
 )
@@ -61,9 +64,11 @@ def find_assets(environ: Mapping[str, str] = os.environ) -> Path:
     if not folder:
         raise Unavailable(
             f"{ASSETS_VARIABLE} is not set: it must name a folder holding "
-            f"{', '.join(REQUIRED)} and kube-scheduler (see docs/testing.md)"
+            f"{', '.join(REQUIRED)} (see docs/testing.md)"
         )
     path = Path(folder)
+    if not path.is_dir():
+        raise Unavailable(f"{ASSETS_VARIABLE}={folder} is not a folder (see docs/testing.md)")
     missing = [name for name in REQUIRED if not os.access(path / name, os.X_OK)]
     if missing:
         raise Unavailable(
@@ -155,6 +160,7 @@ class Process:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         return cls(name, popen, log)
 
@@ -183,6 +189,13 @@ class Process:
         # Anything the binary left in its group (none expected) goes too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the test process dies, even killed without teardown."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
@@ -250,17 +263,21 @@ class ControlPlane:
         """
         shm = Path("/dev/shm")
         base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-        workdir = Path(tempfile.mkdtemp(prefix="gpushare-k8s-", dir=base))
-        plane = cls(assets=assets, workdir=workdir)
-        try:
-            plane._start()
-        except BaseException as err:
-            logs = "\n".join(
-                f"--- {p.name} ({p.log.name}) ---\n{tail(p.log)}" for p in plane.processes
-            )
-            plane.stop()
-            raise RuntimeError(f"the control plane did not start: {err}\n{logs}") from err
-        return plane
+        for attempt in range(1, START_ATTEMPTS + 1):
+            workdir = Path(tempfile.mkdtemp(prefix="gpushare-k8s-", dir=base))
+            plane = cls(assets=assets, workdir=workdir)
+            try:
+                plane._start()
+            except BaseException as err:
+                logs = "\n".join(
+                    f"--- {p.name} ({p.log.name}) ---\n{tail(p.log)}" for p in plane.processes
+                )
+                plane.stop()
+                if attempt < START_ATTEMPTS and "address already in use" in logs:
+                    continue
+                raise RuntimeError(f"the control plane did not start: {err}\n{logs}") from err
+            return plane
+        raise AssertionError("unreachable")
 
     def _start(self) -> None:
         pki = self.workdir / "pki"
