@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -372,6 +373,29 @@ def test_the_keys_need_the_cluster_ca_and_a_bearer_token(cluster: Cluster) -> No
         without_bearer.verify(token)
     chart_way = build_authenticator(cluster.settings("sqlite://"))
     assert chart_way.identify(f"Bearer {token}").pod == "train-0"
+
+
+def test_the_charts_binding_alone_lets_the_timekeeper_read_the_keys(cluster: Cluster) -> None:
+    # Kubernetes also grants the role to every ServiceAccount through the group
+    # `system:serviceaccounts`; impersonating the account without that group shows what the
+    # chart's own ClusterRoleBinding grants, as on a cluster where the default was removed.
+    def read_as(account: str, path: str) -> subprocess.CompletedProcess[str]:
+        return cluster.control_plane.kubectl(
+            "get",
+            "--raw",
+            path,
+            f"--as=system:serviceaccount:{account}",
+            "--as-group=system:authenticated",
+            check=False,
+        )
+
+    for path in ("/.well-known/openid-configuration", "/openid/v1/jwks"):
+        allowed = read_as(f"{cluster.team_a}:{TIMEKEEPER_ACCOUNT}", path)
+        assert allowed.returncode == 0, (path, allowed.stderr)
+        assert json.loads(allowed.stdout), path
+    refused = read_as(f"{cluster.team_b}:default", "/openid/v1/jwks")
+    assert refused.returncode != 0
+    assert 'cannot get path "/openid/v1/jwks"' in refused.stderr, refused.stderr
 
 
 def test_the_server_started_the_way_the_chart_starts_it_charges_a_pod(
