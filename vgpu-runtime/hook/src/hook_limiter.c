@@ -145,6 +145,20 @@ static int contains(const unsigned *sorted, int n, unsigned pid) {
   return bsearch(&pid, sorted, (size_t)n, sizeof pid, compare_pids) != NULL;
 }
 
+/* Learns what the provisional estimates are worth: metered SM time over the provisional
+ * charge of the same interval, a moving average in thousandths, within [0.05, 2]. */
+static void calibrate(struct gs_device_slot *slot, int64_t metered_ns) {
+  int64_t provisional = __atomic_load_n(&slot->provisional_ns, __ATOMIC_RELAXED);
+  int64_t calibration = __atomic_load_n(&slot->calibration_permille, __ATOMIC_RELAXED);
+  if (calibration <= 0) calibration = 1000;
+  if (provisional < 1000000) return; /* too little to learn from */
+  int64_t raw = provisional * 1000 / calibration; /* the estimates before scaling */
+  int64_t ratio = metered_ns * 1000 / (raw > 0 ? raw : 1);
+  if (ratio < 50) ratio = 50;
+  if (ratio > 2000) ratio = 2000;
+  __atomic_store_n(&slot->calibration_permille, (calibration * 3 + ratio) / 4, __ATOMIC_RELAXED);
+}
+
 /* Debits the bucket with the SM time the container used since the previous reading. */
 static void meter(int device, struct gs_device_slot *slot, int64_t now) {
   if (now - __atomic_load_n(&slot->metered_at_ns, __ATOMIC_RELAXED) < METER_NS) return;
@@ -176,7 +190,6 @@ static void meter(int device, struct gs_device_slot *slot, int64_t now) {
       uint64_t newest = last_seen;
       for (unsigned i = 0; i < count; i++)
         if (samples[i].timeStamp > newest) newest = samples[i].timeStamp;
-      if (newest > last_seen) __atomic_store_n(&slot->sampled_at_ns, now, __ATOMIC_RELAXED);
       if (last_seen != 0 && newest > last_seen) {
         int64_t window_ns = (int64_t)(newest - last_seen) * 1000;
         int64_t own = 0, foreign = 0;
@@ -187,6 +200,7 @@ static void meter(int device, struct gs_device_slot *slot, int64_t now) {
           else foreign += used;
         }
         if (own > 0) __atomic_sub_fetch(&slot->tokens_ns, own, __ATOMIC_ACQ_REL);
+        calibrate(slot, own);
         __atomic_add_fetch(&slot->used_sm_ns, own, __ATOMIC_RELAXED);
         int64_t fw = __atomic_add_fetch(&slot->foreign_window_ns, window_ns, __ATOMIC_RELAXED);
         int64_t fu = __atomic_add_fetch(&slot->foreign_used_ns, foreign, __ATOMIC_RELAXED);
@@ -195,6 +209,10 @@ static void meter(int device, struct gs_device_slot *slot, int64_t now) {
           __atomic_store_n(&slot->foreign_window_ns, 0, __ATOMIC_RELAXED);
           __atomic_store_n(&slot->foreign_used_ns, 0, __ATOMIC_RELAXED);
         }
+      }
+      if (newest > last_seen) { /* a new sample: it covers what was estimated so far */
+        __atomic_store_n(&slot->sampled_at_ns, now, __ATOMIC_RELAXED);
+        __atomic_store_n(&slot->provisional_ns, 0, __ATOMIC_RELAXED);
       }
       __atomic_store_n(&slot->meter_last_seen_us, newest, __ATOMIC_RELAXED);
     }
@@ -299,7 +317,8 @@ static void close_batch(struct tracker *t) {
 
 /* Retires completed markers (oldest first): their launches leave "in flight" and the stream
  * time they took updates the estimate. */
-static void harvest(struct tracker *t) {
+static void harvest(struct tracker *t, struct gs_device_slot *slot) {
+  int64_t completed = 0;
   while (t->count > 0) {
     struct marker *m = &t->ring[t->head];
     CUresult q = gs_cuda.cuEventQuery(m->end);
@@ -312,6 +331,7 @@ static void harvest(struct tracker *t) {
       t->measured = 1;
     }
     t->inflight_ns -= m->estimate_ns;
+    completed += m->estimate_ns;
     give_event(t, m->start);
     give_event(t, t->last_end);
     t->last_end = m->end;
@@ -319,6 +339,13 @@ static void harvest(struct tracker *t) {
     t->count--;
   }
   if (t->count == 0 && t->batch_launches == 0) t->inflight_ns = 0;
+  /* Until NVML reports it, completed work counts at its estimate, scaled by what NVML's readings
+   * have shown the estimates to be worth (stream time overstates SM time when streams share). */
+  if (completed > 0 && slot != NULL) {
+    int64_t calibration = __atomic_load_n(&slot->calibration_permille, __ATOMIC_RELAXED);
+    if (calibration <= 0) calibration = 1000;
+    __atomic_add_fetch(&slot->provisional_ns, completed / 1000 * calibration, __ATOMIC_RELAXED);
+  }
 }
 
 static void free_tracker(struct tracker *t) {
@@ -429,11 +456,12 @@ static void admit(struct tracker *t, struct gs_device_slot *slot) {
   CUstreamCaptureMode mode = relax_capture_mode();
   for (;;) {
     int64_t now = now_ns();
-    harvest(t);
+    harvest(t, slot);
     int percent = current_percent(t->device, slot);
     refill(slot, now, percent);
     meter(t->device, slot, now);
-    int64_t tokens = __atomic_load_n(&slot->tokens_ns, __ATOMIC_ACQUIRE);
+    int64_t tokens = __atomic_load_n(&slot->tokens_ns, __ATOMIC_ACQUIRE) -
+                     __atomic_load_n(&slot->provisional_ns, __ATOMIC_RELAXED);
     if (tokens - t->inflight_ns >= 0) break;
     close_batch(t); /* so that what is queued can be seen complete */
     int64_t deficit = t->inflight_ns - tokens;

@@ -28,7 +28,9 @@ struct gs_device_slot {
   int32_t reserved32;
   int64_t sampled_at_ns;       /* CLOCK_MONOTONIC when NVML last had a new sample */
   int64_t meter_claimed_at_ns; /* non-zero while a process reads NVML for the container */
-  uint64_t reserved[5];
+  int64_t provisional_ns;      /* launches seen complete since NVML's last sample, estimated */
+  int64_t calibration_permille; /* metered SM time / estimates, learnt (0: not yet) */
+  uint64_t reserved[3];
 };
 
 struct gs_proc_slot {
