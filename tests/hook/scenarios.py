@@ -46,6 +46,11 @@ SCENARIOS: dict[str, list[Container]] = {
     # alone for 0.4 + 1.5 s, then a busy neighbour starts
     "burst": [Container("one", core=30, soft=60), Container("one", begin_s=WARMUP_S + 1.5)],
     "capture": [Container("capture", core=10)],
+    # NVML sampled every 167 ms, as a driver does, beside a busy neighbour
+    "sampled-nvml": [
+        Container("streams3", core=50, extra={"GPUSHARE_STUB_NVML_PERIOD_MS": "167"}),
+        Container("one", extra={"GPUSHARE_STUB_NVML_PERIOD_MS": "167"}),
+    ],
     # NVML knows the container's processes by other pids (a PID namespace), with a neighbour
     "pid-namespace": [
         Container("streams3", core=40, extra={"GPUSHARE_STUB_PID_OFFSET": "100000"}),
@@ -123,4 +128,5 @@ def share_errors(reports: dict[str, list[Any]]) -> dict[str, float]:
     errors["burst-backed-off-30"] = abs(sum(windows[10:]) / len(windows[10:]) * 100 - 30)
     errors["captured-graph-10"] = abs(reports["capture"][0]["share"] * 100 - 10)
     errors["pid-namespace-40"] = abs(reports["pid-namespace"][0]["share"] * 100 - 40)
+    errors["sampled-nvml-50"] = abs(reports["sampled-nvml"][0]["share"] * 100 - 50)
     return errors

@@ -33,6 +33,13 @@ def test_delivered_share_is_the_limit(reports: dict[str, list[Any]], name: str) 
     assert abs(report["share"] - core / 100) <= tolerance, report
 
 
+def test_share_holds_when_nvml_samples_like_a_driver(reports: dict[str, list[Any]]) -> None:
+    # per-process utilisation only every 167 ms: between samples the calibrated estimate counts
+    throttled, neighbour = reports["sampled-nvml"]
+    assert abs(throttled["share"] - 0.50) <= TOLERANCE, throttled
+    assert neighbour["share"] >= 0.45, neighbour
+
+
 def test_share_holds_when_nvml_knows_the_processes_by_other_pids(
     reports: dict[str, list[Any]],
 ) -> None:
