@@ -464,10 +464,7 @@ static void admit(struct tracker *t, struct gs_device_slot *slot) {
                      __atomic_load_n(&slot->provisional_ns, __ATOMIC_RELAXED);
     if (tokens - t->inflight_ns >= 0) break;
     close_batch(t); /* so that what is queued can be seen complete */
-    int64_t deficit = t->inflight_ns - tokens;
-    int64_t wait = percent > 0 ? deficit / percent * 100 : WAIT_MAX_NS;
-    if (wait < WAIT_MIN_NS) wait = WAIT_MIN_NS;
-    if (wait > WAIT_MAX_NS) wait = WAIT_MAX_NS;
+    int64_t wait = gs_bucket_wait_ns(t->inflight_ns - tokens, percent, WAIT_MIN_NS, WAIT_MAX_NS);
     struct timespec ts = {0, (long)wait};
     if (nanosleep(&ts, NULL) != 0 && errno == EINTR) break; /* a signal: let the program see it */
   }

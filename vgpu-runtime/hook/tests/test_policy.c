@@ -85,10 +85,11 @@ static void test_bucket(void) {
   EXPECT_EQ("refill capped", gs_bucket_refill(0, 1000000000, 30), gs_bucket_capacity_ns(30));
   EXPECT_EQ("refill from debt", gs_bucket_refill(-5000000, 10000000, 50), 0);
   EXPECT_EQ("refill negative elapsed", gs_bucket_refill(7, -5, 50), 7);
-  EXPECT_EQ("wait none when not negative", gs_bucket_wait_ns(0, 10, 100000, 50000000), 0);
-  EXPECT_EQ("wait to resume level", gs_bucket_wait_ns(-1000000, 10, 100000, 50000000), 20000000);
-  EXPECT_EQ("wait at least min", gs_bucket_wait_ns(-1, 100, 100000, 50000000), 1000001 > 100000 ? 1000001 : 100000);
-  EXPECT_EQ("wait at most max", gs_bucket_wait_ns(-1000000000, 1, 100000, 50000000), 50000000);
+  EXPECT_EQ("wait none when nothing is short", gs_bucket_wait_ns(0, 10, 20000, 2000000), 0);
+  EXPECT_EQ("wait for the refill", gs_bucket_wait_ns(100000, 10, 20000, 2000000), 1000000);
+  EXPECT_EQ("wait at least min", gs_bucket_wait_ns(1, 100, 20000, 2000000), 20000);
+  EXPECT_EQ("wait at most max", gs_bucket_wait_ns(1000000000, 1, 20000, 2000000), 2000000);
+  EXPECT_EQ("wait with no rate", gs_bucket_wait_ns(5, 0, 20000, 2000000), 2000000);
   EXPECT_EQ("soft when idle", gs_effective_percent(30, 60, 5, 10), 60);
   EXPECT_EQ("hard when busy", gs_effective_percent(30, 60, 40, 10), 30);
   EXPECT_EQ("no soft", gs_effective_percent(30, 30, 0, 10), 30);
