@@ -141,6 +141,18 @@ static int compare_pids(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+static int compare_stamps(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* Nanoseconds between a sample's timestamp (µs) and the sampling before it (sorted stamps). */
+static int64_t period_before(const uint64_t *stamps, unsigned n, uint64_t stamp) {
+  uint64_t previous = stamps[0];
+  for (unsigned i = 1; i < n && stamps[i] < stamp; i++) previous = stamps[i];
+  return (int64_t)(stamp - previous) * 1000;
+}
+
 static int contains(const unsigned *sorted, int n, unsigned pid) {
   return bsearch(&pid, sorted, (size_t)n, sizeof pid, compare_pids) != NULL;
 }
@@ -191,11 +203,19 @@ static void meter(int device, struct gs_device_slot *slot, int64_t now) {
       for (unsigned i = 0; i < count; i++)
         if (samples[i].timeStamp > newest) newest = samples[i].timeStamp;
       if (last_seen != 0 && newest > last_seen) {
+        /* A driver returns one sample per process per sampling period since last_seen: each
+         * covers the time since the period before it (the first, since last_seen). */
+        static uint64_t stamps[MAX_SAMPLES + 1];
+        unsigned periods = 0;
+        stamps[periods++] = last_seen;
+        for (unsigned i = 0; i < count; i++)
+          if (samples[i].timeStamp > last_seen) stamps[periods++] = samples[i].timeStamp;
+        qsort(stamps, periods, sizeof stamps[0], compare_stamps);
         int64_t window_ns = (int64_t)(newest - last_seen) * 1000;
         int64_t own = 0, foreign = 0;
         for (unsigned i = 0; i < count; i++) {
           if (samples[i].pid == 0 || samples[i].timeStamp <= last_seen) continue;
-          int64_t used = window_ns * (int64_t)samples[i].smUtil / 100;
+          int64_t used = period_before(stamps, periods, samples[i].timeStamp) * (int64_t)samples[i].smUtil / 100;
           if (contains(pids, n, samples[i].pid)) own += used;
           else foreign += used;
         }
