@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from tests.webhook.builders import FakeBudgets, container, gpu, pod, review
+from tests.webhook.builders import FakeBudgets, admitted, container, gpu, pod, review
 from webhook.app import create_app
 from webhook.settings import Settings
 
@@ -23,7 +23,26 @@ UID = review(None)["request"]["uid"]
 @pytest.mark.parametrize(
     ("subject", "operation", "namespace", "expected"),
     [
-        pytest.param(pod(), "CREATE", "team-a", {"uid": UID, "allowed": True}, id="valid-create"),
+        pytest.param(
+            admitted(pod()), "CREATE", "team-a", {"uid": UID, "allowed": True}, id="valid-create"
+        ),
+        pytest.param(
+            pod(),
+            "CREATE",
+            "team-a",
+            {
+                "uid": UID,
+                "allowed": False,
+                "status": {
+                    "code": 403,
+                    "reason": "Forbidden",
+                    "message": 'pod rejected: the accounting sidecar "gpushare-sidecar" is'
+                    " missing: GPU pods are admitted only through gpushare's mutating webhook,"
+                    " which injects it",
+                },
+            },
+            id="create-without-sidecar-refused",
+        ),
         pytest.param(pod(), "UPDATE", "team-a", {"uid": UID, "allowed": True}, id="valid-update"),
         pytest.param(
             pod(container(limits=gpu(50, 0))),
@@ -402,7 +421,7 @@ def test_update_may_not_swap_the_sidecar_image(
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_bodies_larger_than_one_read_chunk(client: FlaskClient, chunked: bool) -> None:
-    data = json.dumps(review(pod(annotations={"big": "x" * 300_000}))).encode()
+    data = json.dumps(review(admitted(pod(annotations={"big": "x" * 300_000})))).encode()
     headers = {"Transfer-Encoding": "chunked"} if chunked else {}
     response = client.post(
         "/validate",

@@ -85,3 +85,29 @@ def test_wsgi_module_builds_the_app_from_the_environment(
     monkeypatch.setenv("GPUSHARE_WEBHOOK_FAILURE_POLICY", "sometimes")
     with pytest.raises(SettingsError, match="GPUSHARE_WEBHOOK_FAILURE_POLICY"):
         _ = webhook.wsgi.app
+
+
+def test_request_bounds_are_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "GPUSHARE_WEBHOOK_TIMEKEEPER_URL": "http://tk:8080",
+            "GPUSHARE_WEBHOOK_MAX_POD_VCUDA_CORE": "800",
+            "GPUSHARE_WEBHOOK_MAX_POD_VCUDA_MEMORY": "640",
+        }
+    )
+    assert (settings.request_bounds.max_pod_core_units, settings.max_pod_vcuda_memory) == (
+        800,
+        640,
+    )
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(
+            {
+                "GPUSHARE_WEBHOOK_TIMEKEEPER_URL": "http://tk:8080",
+                "GPUSHARE_WEBHOOK_MAX_POD_VCUDA_CORE": "50",
+                "GPUSHARE_WEBHOOK_MAX_POD_VCUDA_MEMORY": "0",
+            }
+        )
+    assert caught.value.problems == [
+        "GPUSHARE_WEBHOOK_MAX_POD_VCUDA_CORE: must be 100..1000000000 (one GPU or more) (got 50)",
+        "GPUSHARE_WEBHOOK_MAX_POD_VCUDA_MEMORY: must be 1..1000000000 (got 0)",
+    ]
