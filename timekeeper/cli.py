@@ -45,7 +45,8 @@ _BOOLEANS = ("allow_unauthenticated_reports", "read_requires_token")
 
 
 def register(subcommands: argparse._SubParsersAction[Any]) -> None:
-    """Add this part's subcommands: `timekeeper`, `usage`, `db`, `budgets check`."""
+    """Add this part's subcommands: `timekeeper`, `usage`, `db`, `budgets check`,
+    `quotas sync`."""
     budgets = subcommands.add_parser(
         "budgets", help="work with budgets files", description="Work with budgets files."
     )
@@ -106,6 +107,49 @@ def register(subcommands: argparse._SubParsersAction[Any]) -> None:
     usage.add_argument("--url", default=DEFAULT_URL, help=f"timekeeper URL (default {DEFAULT_URL})")
     usage.add_argument("--token", help="bearer token, when reads require one")
     usage.set_defaults(func=usage_command)
+
+    quotas = subcommands.add_parser(
+        "quotas",
+        help="keep the budgets file's concurrent caps as ResourceQuotas",
+        description="Work with the ResourceQuotas that enforce maxVcudaCore/maxVcudaMemory.",
+    )
+    quota_commands = quotas.add_subparsers(dest="quotas_command", metavar="ACTION")
+    quota_commands.required = True
+    sync = quota_commands.add_parser(
+        "sync",
+        help="create, update and remove the gpushare-gpu ResourceQuotas (a controller loop)",
+        description="Keep one ResourceQuota named gpushare-gpu (label "
+        "app.kubernetes.io/managed-by=gpushare-quotas) in every namespace whose budget sets "
+        "maxVcudaCore or maxVcudaMemory, and remove it where the budget no longer does. "
+        "Quotas without that label are never touched. Runs until stopped, a round every "
+        "--interval-seconds and at once when the budgets file changes.",
+    )
+    sync.add_argument("--budgets", type=Path, required=True, help="the budgets YAML file")
+    sync.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: the in-cluster ServiceAccount)"
+    )
+    sync.add_argument(
+        "--namespace-selector",
+        default="",
+        help="only namespaces with these labels (a label selector, e.g. gpushare.io/quotas=on); "
+        "default: every namespace",
+    )
+    sync.add_argument(
+        "--exclude-namespace",
+        action="append",
+        metavar="NAME",
+        help="a namespace the defaults never give a quota (repeatable; default: kube-system, "
+        "kube-public, kube-node-lease); a namespace listed by name in the file still gets one",
+    )
+    sync.add_argument(
+        "--interval-seconds",
+        type=float,
+        default=30.0,
+        help="seconds between rounds, which also catch new namespaces (default 30)",
+    )
+    sync.add_argument("--once", action="store_true", help="one round, then exit")
+    sync.add_argument("--log-format", choices=("text", "json"), default="text")
+    sync.set_defaults(func=quotas_sync_command)
 
     db = subcommands.add_parser(
         "db", help="database migrations", description="Database schema migrations (alembic)."
@@ -198,6 +242,60 @@ def serve_command(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"gpushare timekeeper: {problem}", file=sys.stderr)
         return 2
+
+
+def quotas_sync_command(args: argparse.Namespace) -> int:
+    """`gpushare quotas sync`."""
+    import signal
+    import threading
+
+    from gpushare import logs
+    from timekeeper.budgets import BudgetsError
+    from timekeeper.policy_source import PolicySource
+    from timekeeper.quota_sync import KubernetesQuotaApi, QuotaApiError, QuotaController
+    from timekeeper.quotas import DEFAULT_EXCLUDED_NAMESPACES
+
+    name = "gpushare quotas sync"
+    if not 1 <= args.interval_seconds <= 86400:
+        print(
+            f"{name}: --interval-seconds: must be 1..86400 (got {args.interval_seconds:g})",
+            file=sys.stderr,
+        )
+        return 2
+    logs.configure(log_format=args.log_format, level="INFO")
+    try:
+        source = PolicySource(args.budgets)
+        api = KubernetesQuotaApi.from_environment(args.kubeconfig)
+    except BudgetsError as err:
+        for problem in err.problems:
+            print(f"{name}: --budgets: {problem}", file=sys.stderr)
+        return 2
+    except QuotaApiError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return 2
+    controller = QuotaController(
+        api,
+        source,
+        namespace_selector=args.namespace_selector,
+        excluded_namespaces=tuple(args.exclude_namespace or DEFAULT_EXCLUDED_NAMESPACES),
+    )
+    if args.once:
+        try:
+            result = controller.sync_once()
+        except QuotaApiError as err:
+            print(f"{name}: {err}", file=sys.stderr)
+            return 1
+        plan = result.plan
+        print(
+            f"quotas: {len(plan.create)} created, {len(plan.update)} updated, "
+            f"{len(plan.delete)} removed, {len(plan.foreign)} left alone (not gpushare's)"
+        )
+        return 1 if result.errors else 0
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    controller.run(interval_seconds=args.interval_seconds, stop=stop)
+    return 0
 
 
 def db_command(args: argparse.Namespace) -> int:
@@ -300,15 +398,22 @@ def describe_budget(budget: Budget) -> str:
         period = f"over the last {budget.period.rolling_days} days"
     else:
         period = f"per {budget.period.kind} ({budget.timezone})"
+    caps = []
+    if budget.max_vcuda_core is not None:
+        caps.append(f"vcuda-core {budget.max_vcuda_core}")
+    if budget.max_vcuda_memory is not None:
+        caps.append(f"vcuda-memory {budget.max_vcuda_memory}")
+    held = f"; at most {' and '.join(caps)} held at once" if caps else ""
     if budget.gpu_hours is None:
-        return f"unlimited GPU-hours {period}"
+        return f"unlimited GPU-hours {period}{held}"
     warning = (
         "no warning"
         if budget.warn_at_percent >= 100
         else f"warning at {_number(budget.warn_at_percent)}%"
     )
     return (
-        f"{_number(budget.gpu_hours)} GPU-hours {period}, {warning}, then {budget.when_exhausted}"
+        f"{_number(budget.gpu_hours)} GPU-hours {period}, {warning}, then "
+        f"{budget.when_exhausted}{held}"
     )
 
 

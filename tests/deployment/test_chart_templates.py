@@ -243,7 +243,7 @@ def test_every_pod_names_a_service_account_the_chart_creates() -> None:
         named.update(re.findall(r"serviceAccountName: (.+)$", text, re.M))
     assert created == {
         f'{{{{ include "gpushare.componentName" "{part}" }}}}'
-        for part in ("timekeeper", "webhook", "nodemanager")
+        for part in ("timekeeper", "webhook", "nodemanager", "quotas")
     }
     assert named == created
 
@@ -262,7 +262,14 @@ def test_cluster_role_bindings_bind_the_chart_service_accounts() -> None:
 
 # Kubernetes client calls → (resource, verb); a call missing here fails the test below, so a
 # new API call in a part's code is noticed together with the RBAC rule it needs.
-_VERBS = {"list": "list", "read": "get", "patch": "patch", "create": "create", "delete": "delete"}
+_VERBS = {
+    "list": "list",
+    "read": "get",
+    "patch": "patch",
+    "create": "create",
+    "delete": "delete",
+    "replace": "update",
+}
 
 
 def api_calls(source: str) -> set[tuple[str, str]]:
@@ -270,7 +277,8 @@ def api_calls(source: str) -> set[tuple[str, str]]:
     found = set()
     for method, called in re.findall(r"\._core\.(\w+)(\(?)", source):
         action, _, rest = method.partition("_")
-        resource = rest.replace("namespaced_", "").replace("_for_all_namespaces", "") + "s"
+        resource = rest.replace("namespaced_", "").replace("_for_all_namespaces", "")
+        resource = resource.replace("_", "") + "s"  # resource_quota → resourcequotas
         assert action in _VERBS, f"unknown Kubernetes client call {method}"
         # A list method handed to watch.Watch().stream (not called) is a watch.
         found.add((resource, _VERBS[action] if called else "watch"))
@@ -290,6 +298,7 @@ def granted(template: str) -> set[tuple[str, str]]:
             ["vgpu-runtime/nodemanager/kube.py"], "nodemanager-rbac.yaml", id="nodemanager"
         ),
         pytest.param(["webhook/nodecapacity.py"], "webhook.yaml", id="webhook-node-cache"),
+        pytest.param(["timekeeper/quota_sync.py"], "quotas.yaml", id="quotas"),
     ],
 )
 def test_cluster_roles_grant_what_the_code_calls(sources: list[str], template: str) -> None:
@@ -305,4 +314,8 @@ def test_only_these_adapters_call_the_kubernetes_api() -> None:
         for path in (chart.ROOT / part).glob("*.py")
         if "._core." in path.read_text()
     )
-    assert callers == ["vgpu-runtime/nodemanager/kube.py", "webhook/nodecapacity.py"]
+    assert callers == [
+        "timekeeper/quota_sync.py",
+        "vgpu-runtime/nodemanager/kube.py",
+        "webhook/nodecapacity.py",
+    ]
