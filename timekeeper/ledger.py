@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from gpushare.charge import gpu_seconds, memory_byte_seconds
+from gpushare.charge import gpu_seconds, memory_byte_seconds, used_gpu_seconds
 from timekeeper.buckets import MICROSECONDS_PER_SECOND
 from timekeeper.database import head_revision, schema_revision
 from timekeeper.errors import Conflict, ReportRejected, Unavailable
@@ -60,6 +60,27 @@ class UsageRow:
     reports: int
     first_start: datetime
     last_end: datetime
+    used_gpu_seconds: float = 0.0
+    """GPU time really used, over the intervals that carried a measurement."""
+    measured_gpu_seconds: float = 0.0
+    """The allocated GPU time of the intervals that carried a measurement."""
+    namespace: str = ""
+    vcuda_core: int = 0
+    """The pod's latest allocation (pod rows only)."""
+
+    @property
+    def idle_share(self) -> float | None:
+        """Share of the measured allocation left unused (0..1); None when nothing measured."""
+        if self.measured_gpu_seconds <= 0:
+            return None
+        return max(0.0, 1.0 - self.used_gpu_seconds / self.measured_gpu_seconds)
+
+    @property
+    def delivered_share(self) -> float | None:
+        """Used over allocated GPU time where measured (1: got all it was promised)."""
+        if self.measured_gpu_seconds <= 0:
+            return None
+        return self.used_gpu_seconds / self.measured_gpu_seconds
 
 
 class Ledger:
@@ -167,44 +188,62 @@ class Ledger:
         Reports that straddle the range (or a day boundary) are charged in proportion to the
         time inside it.
         """
+        return self._grouped(start, end, group_by=group_by, day_zone=day_zone, namespace=namespace)
+
+    def pods(
+        self, start: datetime, end: datetime, *, namespace: str | None = None
+    ) -> list[UsageRow]:
+        """Use per pod within `[start, end)`, of every namespace (or only `namespace`)."""
+        return self._grouped(start, end, group_by="pod", day_zone=UTC, namespace=namespace)
+
+    def _grouped(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        group_by: str,
+        day_zone: Any,
+        namespace: str | None,
+    ) -> list[UsageRow]:
         table = usage_reports
         query = sa.select(
+            table.c.namespace,
             table.c.pod,
             table.c.pod_uid,
             table.c.start_at,
             table.c.end_at,
             table.c.vcuda_core,
             table.c.vcuda_memory,
+            table.c.sm_utilization,
         ).where(
-            table.c.namespace == namespace,
             table.c.start_at < end,
             table.c.start_at >= start - self.max_interval,
             table.c.end_at > start,
         )
-        groups: dict[tuple[str, str | None], list[Any]] = {}
+        if namespace is not None:
+            query = query.where(table.c.namespace == namespace)
+        groups: dict[tuple[str, str, str | None], _Group] = {}
         with self._read() as connection:
             rows = connection.execute(query).all()
         for row in rows:
             piece_start, piece_end = max(row.start_at, start), min(row.end_at, end)
             if group_by == "pod":
-                pieces = [((row.pod, row.pod_uid), piece_start, piece_end)]
+                pieces = [((row.namespace, row.pod, row.pod_uid), piece_start, piece_end)]
             else:
                 pieces = [
-                    ((day, None), day_start, day_end)
+                    ((row.namespace, day, None), day_start, day_end)
                     for day, day_start, day_end in _days(piece_start, piece_end, day_zone)
                 ]
             for key, begin, finish in pieces:
                 seconds = (finish - begin).total_seconds()
-                entry = groups.setdefault(key, [0.0, 0.0, 0, begin, finish])
-                entry[0] += gpu_seconds(row.vcuda_core, seconds)
-                entry[1] += memory_byte_seconds(row.vcuda_memory, seconds)
-                entry[2] += 1
-                entry[3] = min(entry[3], begin)
-                entry[4] = max(entry[4], finish)
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = _Group(begin, finish)
+                group.add(row, begin, finish, seconds)
         return [
-            UsageRow(key[0], key[1], entry[0], entry[1], entry[2], entry[3], entry[4])
-            for key, entry in sorted(
-                groups.items(), key=lambda item: (item[0][0], item[0][1] or "")
+            group.row(namespace_name, key, uid)
+            for (namespace_name, key, uid), group in sorted(
+                groups.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or "")
             )
         ]
 
@@ -227,6 +266,50 @@ class Ledger:
             return self.engine.connect()
         except sa.exc.OperationalError as err:
             raise Unavailable(f"database unreachable: {err.orig}") from err
+
+
+class _Group:
+    """Running sums of one usage row."""
+
+    def __init__(self, first_start: datetime, last_end: datetime) -> None:
+        self.gpu_seconds = 0.0
+        self.memory_byte_seconds = 0.0
+        self.used_gpu_seconds = 0.0
+        self.measured_gpu_seconds = 0.0
+        self.reports = 0
+        self.first_start = first_start
+        self.last_end = last_end
+        self.latest_start: datetime | None = None
+        self.vcuda_core = 0
+
+    def add(self, row: Any, begin: datetime, finish: datetime, seconds: float) -> None:
+        charge = gpu_seconds(row.vcuda_core, seconds)
+        self.gpu_seconds += charge
+        self.memory_byte_seconds += memory_byte_seconds(row.vcuda_memory, seconds)
+        if row.sm_utilization is not None:
+            self.used_gpu_seconds += used_gpu_seconds(row.vcuda_core, row.sm_utilization, seconds)
+            self.measured_gpu_seconds += charge
+        self.reports += 1
+        self.first_start = min(self.first_start, begin)
+        self.last_end = max(self.last_end, finish)
+        if self.latest_start is None or row.start_at > self.latest_start:
+            self.latest_start = row.start_at
+            self.vcuda_core = row.vcuda_core
+
+    def row(self, namespace: str, key: str, pod_uid: str | None) -> UsageRow:
+        return UsageRow(
+            key=key,
+            pod_uid=pod_uid,
+            gpu_seconds=self.gpu_seconds,
+            memory_byte_seconds=self.memory_byte_seconds,
+            reports=self.reports,
+            first_start=self.first_start,
+            last_end=self.last_end,
+            used_gpu_seconds=self.used_gpu_seconds,
+            measured_gpu_seconds=self.measured_gpu_seconds,
+            namespace=namespace,
+            vcuda_core=self.vcuda_core,
+        )
 
 
 def _receipt_for_resend(row: StoredReport, report: Report) -> Receipt:

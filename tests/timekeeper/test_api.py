@@ -491,6 +491,9 @@ def test_usage_by_pod_json_and_csv(client: FlaskClient) -> None:
         "reports",
         "firstStart",
         "lastEnd",
+        "usedGpuHours",
+        "measuredGpuHours",
+        "idleShare",
     ]
     assert [(row[0], row[3], row[5]) for row in rows[1:]] == [
         ("train-0", "90.0", "3"),
