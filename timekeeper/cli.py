@@ -100,10 +100,50 @@ def register(subcommands: argparse._SubParsersAction[Any]) -> None:
     usage = subcommands.add_parser(
         "usage",
         help="print budgets and usage from the timekeeper",
-        description="A table of budget and usage read from the timekeeper's API: every "
-        "namespace, or one namespace's pods in its current period.",
+        description="Budget and usage read from the timekeeper's API: every namespace; one "
+        "namespace's pods (allocated, used and idle GPU-hours) in its current period; every "
+        "namespace's pods (-A, a chargeback export with -o csv); or the pods that held a GPU "
+        "share and left it idle (--idle).",
     )
-    usage.add_argument("namespace", nargs="?", help="one namespace: its use by pod")
+    usage.add_argument(
+        "namespace", nargs="?", help="one namespace: its use by pod (with --idle: only it)"
+    )
+    usage.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="the pods of every namespace with a budget entry or use",
+    )
+    usage.add_argument(
+        "--idle",
+        action="store_true",
+        help="pods whose measured use stayed below --threshold of their share",
+    )
+    usage.add_argument(
+        "--threshold",
+        type=float,
+        default=0.1,
+        help="with --idle: used / allocated below this is idle (default 0.1)",
+    )
+    usage.add_argument(
+        "--window-hours",
+        type=float,
+        default=24.0,
+        help="with --idle: how far back to look (default 24)",
+    )
+    usage.add_argument(
+        "--from", dest="start", metavar="TIME", help="start (RFC 3339; default: period start)"
+    )
+    usage.add_argument(
+        "--to", dest="end", metavar="TIME", help="end (RFC 3339; default: period end)"
+    )
+    usage.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table (default), json (the API's answer) or csv",
+    )
     usage.add_argument("--url", default=DEFAULT_URL, help=f"timekeeper URL (default {DEFAULT_URL})")
     usage.add_argument("--token", help="bearer token, when reads require one")
     usage.set_defaults(func=usage_command)
@@ -347,11 +387,26 @@ def migrate(action: Any, url: str, revision: str) -> str | None:
 
 def usage_command(args: argparse.Namespace) -> int:
     """`gpushare usage [NAMESPACE]`."""
-    from timekeeper.usage_table import UsageClientError, check_url, print_usage
+    from timekeeper.usage_table import UsageClientError, UsageQuery, check_url, print_usage
 
     problem = check_url(args.url)
     if problem is not None:
         print(f"gpushare usage: --url: {problem} (got {args.url!r})", file=sys.stderr)
+        return 2
+    problems = []
+    if not 0 <= args.threshold <= 1:
+        problems.append(f"--threshold: must be a number in 0..1 (got {args.threshold:g})")
+    if not 0 < args.window_hours <= 9600:
+        problems.append(
+            f"--window-hours: must be above 0 and at most 9600 (got {args.window_hours:g})"
+        )
+    if args.all_namespaces and (args.namespace or args.idle):
+        problems.append("-A: lists every namespace; give no NAMESPACE and no --idle with it")
+    if args.idle and (args.start or args.end):
+        problems.append("--from/--to: not with --idle, which looks back --window-hours")
+    for problem in problems:
+        print(f"gpushare usage: {problem}", file=sys.stderr)
+    if problems:
         return 2
     token = args.token
     if token is not None and not re.fullmatch(r"[\x21-\x7e]+", token):
@@ -362,11 +417,27 @@ def usage_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    query = UsageQuery(
+        namespace=args.namespace,
+        all_namespaces=args.all_namespaces,
+        idle=args.idle,
+        threshold=args.threshold,
+        window_hours=args.window_hours,
+        output=args.output,
+        start=args.start,
+        end=args.end,
+    )
     try:
-        print_usage(args.url, args.namespace, token=args.token, out=sys.stdout)
+        print_usage(args.url, query, token=args.token, out=sys.stdout)
+        sys.stdout.flush()
     except UsageClientError as err:
         print(f"gpushare usage: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `gpushare usage | head`: the reader left; stop quietly, as other tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return 0
 
 

@@ -323,6 +323,11 @@ def openapi_document() -> dict[str, Any]:
                             "if it uses nothing more; null when not exhausted or never",
                             "oneOf": [_TIME, {"type": "null"}],
                         },
+                        "period": {
+                            "type": "string",
+                            "description": "day, week, month or rolling:<N>d; a rolling "
+                            "window never resets at periodEnd, it slides",
+                        },
                     },
                 },
                 "NamespaceList": {

@@ -267,6 +267,7 @@ def test_namespace_status_follows_the_budget(make_app: MakeApp) -> None:
         "burnRateGpuHoursPerDay": status["burnRateGpuHoursPerDay"],
         "projectedGpuHours": status["projectedGpuHours"],
         "refillsAt": None,
+        "period": "month",
     }
     assert status["burnRateGpuHoursPerDay"] == pytest.approx(50 / 60 / 20.25, abs=1e-6)
     for index in range(51, 61):
