@@ -45,6 +45,7 @@ from timekeeper.report_endpoint import ReportEndpoint, error_response
 from timekeeper.reports import parse_rfc3339
 from timekeeper.settings import Settings
 from timekeeper.states import rfc3339, status_to_json
+from timekeeper.web import register_pages
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +252,15 @@ def create_app(
             unmeasuredPods=len(pods) - len(measured),
             pods=[_idle_json(row) for row in idle],
         )
+
+    register_pages(
+        app,
+        accounting=accounting,
+        ledger=ledger,
+        policy_source=policy_source,
+        clock=clock,
+        require_reader=require_reader,
+    )
 
     app.wsgi_app = ReportEndpoint(  # type: ignore[method-assign]
         app.wsgi_app, auth=auth, accounting=accounting, metrics=metrics

@@ -186,6 +186,36 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/ui/": {
+                "get": {
+                    "operationId": "usagePage",
+                    "summary": "Web page: every namespace's budget, use, burn rate, projection",
+                    "description": "Read-only HTML with SVG charts; needs a token exactly "
+                    "when the API's reads do.",
+                    "responses": {
+                        "200": {
+                            "description": "HTML page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        "401": _ERROR_REF,
+                    },
+                }
+            },
+            "/ui/namespaces/{namespace}": {
+                "get": {
+                    "operationId": "namespacePage",
+                    "summary": "Web page: one namespace's daily use, top pods and idle share",
+                    "parameters": [namespace_parameter],
+                    "responses": {
+                        "200": {
+                            "description": "HTML page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        "400": _ERROR_REF,
+                        "401": _ERROR_REF,
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
