@@ -67,6 +67,8 @@ class UsageRow:
     namespace: str = ""
     vcuda_core: int = 0
     """The pod's latest allocation (pod rows only)."""
+    delivery_delay_seconds: float = 0.0
+    """How long after its end the pod's latest report arrived (pod rows only)."""
 
     @property
     def idle_share(self) -> float | None:
@@ -215,6 +217,7 @@ class Ledger:
             table.c.vcuda_core,
             table.c.vcuda_memory,
             table.c.sm_utilization,
+            table.c.received_at,
         ).where(
             table.c.start_at < end,
             table.c.start_at >= start - self.max_interval,
@@ -281,6 +284,7 @@ class _Group:
         self.last_end = last_end
         self.latest_start: datetime | None = None
         self.vcuda_core = 0
+        self.delivery_delay_seconds = 0.0
 
     def add(self, row: Any, begin: datetime, finish: datetime, seconds: float) -> None:
         charge = gpu_seconds(row.vcuda_core, seconds)
@@ -295,6 +299,7 @@ class _Group:
         if self.latest_start is None or row.start_at > self.latest_start:
             self.latest_start = row.start_at
             self.vcuda_core = row.vcuda_core
+            self.delivery_delay_seconds = max(0.0, (row.received_at - row.end_at).total_seconds())
 
     def row(self, namespace: str, key: str, pod_uid: str | None) -> UsageRow:
         return UsageRow(
@@ -309,6 +314,7 @@ class _Group:
             measured_gpu_seconds=self.measured_gpu_seconds,
             namespace=namespace,
             vcuda_core=self.vcuda_core,
+            delivery_delay_seconds=self.delivery_delay_seconds,
         )
 
 

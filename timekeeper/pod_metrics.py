@@ -4,7 +4,9 @@ Computed from the ledger when scraped, over the reports of the last `window_seco
 every worker answers the same and a pod that stopped reporting drops out. Both gauges are in
 GPUs: `promised` is the pod's vcuda-core / 100 (its latest report), `delivered` the GPUs it
 really used on average while measured (`smUtilization` x the GPUs it spans). Pods whose
-reports carry no measurement have only the promised gauge.
+reports carry no measurement have only the promised gauge. `report_delay_seconds` is how
+late the pod's latest report arrived after its interval ended: a sidecar that spools
+(timekeeper unreachable from its pod, reports refused) delivers late.
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ class PodShareCollector(Collector):
             "GPUs a pod really used on average over its measured reports of the last 15 minutes",
             labels=labels,
         )
+        delay = GaugeMetricFamily(
+            f"{PREFIX}_pod_report_delay_seconds",
+            "How long after its end a pod's latest report arrived: grows while its sidecar "
+            "delivers a backlog from its spool",
+            labels=labels,
+        )
         now = self._clock()
         try:
             rows = self._ledger.pods(now - self._window, now)
@@ -61,8 +69,10 @@ class PodShareCollector(Collector):
         for row in rows:
             share = row.vcuda_core / CORE_UNITS_PER_GPU
             promised.add_metric([row.namespace, row.key], share)
+            delay.add_metric([row.namespace, row.key], round(row.delivery_delay_seconds, 3))
             ratio = row.delivered_share
             if ratio is not None:
                 delivered.add_metric([row.namespace, row.key], round(share * ratio, 6))
         yield promised
         yield delivered
+        yield delay

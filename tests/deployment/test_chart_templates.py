@@ -19,7 +19,13 @@ SCHEMAS = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
 # matchConditions need 1.28 (Chart.yaml kubeVersion); the newest schemas kubernetes-validate has.
 KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
 # Kinds of other projects that the chart may create (cert-manager, optional).
-FOREIGN_KINDS = {("cert-manager.io/v1", "Certificate"), ("cert-manager.io/v1", "Issuer")}
+FOREIGN_KINDS = {
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 
 
 def template_text(name: str) -> str:
