@@ -195,19 +195,32 @@ def register(subcommands: argparse._SubParsersAction[Any]) -> None:
         "db", help="database migrations", description="Database schema migrations (alembic)."
     )
     actions = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    for action, text in (("upgrade", "migrate up"), ("downgrade", "migrate down")):
-        parser = actions.add_parser(action, help=f"{text} (default: to the newest / by one)")
+    for action, summary in (
+        ("upgrade", "migrate the schema up (default: to the newest revision)"),
+        ("downgrade", "migrate the schema down to a revision you name"),
+    ):
+        parser = actions.add_parser(action, help=summary, description=summary + ".")
         parser.add_argument(
             "--database-url",
             help="SQLAlchemy URL; default: $GPUSHARE_DATABASE_URL, else the timekeeper's "
             "SQLite file",
         )
-        parser.add_argument(
-            "revision",
-            nargs="?",
-            default="head" if action == "upgrade" else "-1",
-            help="target revision (upgrade: head; downgrade: -1, or base for none)",
-        )
+        if action == "upgrade":
+            parser.add_argument(
+                "revision", nargs="?", default="head", help="target revision (default: head)"
+            )
+        else:
+            parser.add_argument(
+                "revision",
+                help="target revision, e.g. 0001; 'base' deletes every table, the usage "
+                "ledger included",
+            )
+            parser.add_argument(
+                "--delete-ledger",
+                action="store_true",
+                help="confirm a downgrade that drops the usage ledger (to base); without it "
+                "such a downgrade is refused",
+            )
         parser.set_defaults(func=db_command, action=action)
 
 
@@ -352,6 +365,30 @@ def db_command(args: argparse.Namespace) -> int:
     from timekeeper import database
 
     action = database.upgrade if args.action == "upgrade" else database.downgrade
+    if args.action == "downgrade" and not args.delete_ledger:
+        try:
+            dropped = database.ledger_dropped_by_downgrade(settings.database, args.revision)
+        except sa.exc.OperationalError as err:
+            shown = sa.make_url(settings.database).render_as_string(hide_password=True)
+            print(
+                f"gpushare db downgrade: cannot reach the database {shown}: "
+                f"{str(err.orig).strip()}",
+                file=sys.stderr,
+            )
+            return 1
+        except ValueError as err:
+            print(
+                f"gpushare db downgrade: revision: {err} (got {args.revision!r})", file=sys.stderr
+            )
+            return 1
+        if dropped is not None:
+            print(
+                f"gpushare db downgrade: revision: downgrading to {args.revision} drops the "
+                f"usage ledger ({dropped} stored reports) and the running totals; add "
+                "--delete-ledger to confirm",
+                file=sys.stderr,
+            )
+            return 1
     problem = migrate(action, settings.database, args.revision)
     if problem is not None:
         print(f"gpushare db {args.action}: {problem}", file=sys.stderr)
