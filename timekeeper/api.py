@@ -41,6 +41,7 @@ from timekeeper.openapi import openapi_document
 from timekeeper.periods import period_window
 from timekeeper.pod_metrics import PodShareCollector
 from timekeeper.policy_source import PolicySource
+from timekeeper.policy_store import StoredPolicySource
 from timekeeper.report_endpoint import ReportEndpoint, error_response
 from timekeeper.reports import parse_rfc3339
 from timekeeper.settings import Settings
@@ -95,8 +96,14 @@ def create_app(
     engine = engine if engine is not None else make_engine(settings.database)
     ledger = Ledger(engine, max_interval_seconds=settings.max_interval_seconds)
     if policy_source is None:
-        policy_source = PolicySource(
-            settings.budgets_path, check_interval_seconds=settings.budgets_check_seconds
+        policy_source = (
+            StoredPolicySource(
+                settings.budgets_path,
+                engine,
+                check_interval_seconds=settings.budgets_check_seconds,
+            )
+            if settings.budgets_path is not None
+            else PolicySource(None)
         )
     accounting = Accounting(
         ledger,

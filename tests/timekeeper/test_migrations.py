@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 from gpushare.cli import main
 from timekeeper import database
 
-TABLES = {"usage_reports", "usage_buckets"}
+TABLES = {"usage_reports", "usage_buckets", "budget_policies", "budget_policy_rejections"}
 
 
 def tables(url: str) -> set[str]:
@@ -280,7 +280,8 @@ def test_db_downgrade_never_wipes_the_ledger_unasked(empty_database_url: str) ->
     missing = gpushare("downgrade")
     assert missing.returncode == 2
     assert "the following arguments are required: revision" in missing.stderr
-    for target in ("base", "-1"):
+    steps = len(list(ScriptDirectory.from_config(database.alembic_config()).walk_revisions()))
+    for target in ("base", f"-{steps}"):
         refused = gpushare("downgrade", target)
         assert refused.returncode == 1
         assert refused.stderr.strip() == (
