@@ -7,18 +7,29 @@
   ServiceAccount; deleted (its pods at once) after the test.
 - `make_node(name, capacity, labels=None)`: creates a Node API object; deleted after the test.
 - `scheduler`: a kube-scheduler with the default configuration, stopped after the test.
+- `helm` (session): runs the real helm with no cluster (`helm template`, `helm lint`); needs
+  only the helm binary, not the control plane.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cluster.controlplane import ControlPlane, Scheduler, Unavailable, find_assets
+from tests.cluster.controlplane import (
+    ControlPlane,
+    Scheduler,
+    Unavailable,
+    find_assets,
+    find_tool,
+    run_tool,
+)
 
 NAMESPACE_LABEL = "gpushare-test"
 
@@ -31,6 +42,16 @@ def _unavailable(message: str) -> None:
     if _in_ci():
         pytest.fail(f"{message} (CI=true: the real-control-plane tests must run)", pytrace=False)
     pytest.skip(f"real control plane not available: {message}")
+
+
+def _ignoring_not_found(delete: Callable[..., object], *args: object) -> None:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        delete(*args)
+    except ApiException as err:
+        if err.status != 404:
+            raise
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +91,8 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
         finally:
             # Deleting the namespace first stops controllers making new pods in it; bound pods
             # have no kubelet to confirm a graceful deletion, so they go with grace 0.
-            core.delete_namespace(name)
+            # (The test may have deleted the namespace itself: not found is fine.)
+            _ignoring_not_found(core.delete_namespace, name)
             core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
 
 
@@ -89,7 +111,7 @@ def make_node(control_plane: ControlPlane) -> Iterator[Callable[..., Any]]:
     with control_plane.api_client() as client:
         core = kubernetes.client.CoreV1Api(client)
         for name in made:
-            core.delete_node(name)
+            _ignoring_not_found(core.delete_node, name)
 
 
 @pytest.fixture
@@ -99,3 +121,33 @@ def scheduler(control_plane: ControlPlane) -> Iterator[Scheduler]:
         yield handle
     finally:
         handle.stop()
+
+
+@pytest.fixture(scope="session")
+def helm(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    try:
+        find_tool("helm")
+    except Unavailable as err:
+        _unavailable(str(err))
+    home: Path = tmp_path_factory.mktemp("helm-home")
+
+    def run(
+        *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return run_tool("helm", args, home=home, input=input, check=check, timeout=timeout)
+
+    return run
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[pytest.TestReport]:
+    """A failing test on the control plane shows the end of each component's log."""
+    report: pytest.TestReport = yield
+    plane = getattr(item, "funcargs", {}).get("control_plane")
+    if report.failed and report.when == "call" and isinstance(plane, ControlPlane):
+        report.sections.append(("control plane logs (last lines)", plane.logs()))
+    return report

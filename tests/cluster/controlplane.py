@@ -15,6 +15,7 @@ There is no kubelet: Nodes are API objects (`make_node`), Pods are bound but nev
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import os
 import secrets
@@ -40,9 +41,11 @@ from tests.polling import wait_until
 from webhook import certs
 
 ASSETS_VARIABLE = "KUBEBUILDER_ASSETS"
-REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager")
+REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 START_TIMEOUT = 90.0
 LOG_TAIL_LINES = 40
+START_ATTEMPTS = 3  # free ports are picked before use: another process may take one meanwhile
+PR_SET_PDEATHSIG = 1
 DEFAULT_SCHEDULER_CONFIG = (
     "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n"
 )
@@ -61,9 +64,11 @@ def find_assets(environ: Mapping[str, str] = os.environ) -> Path:
     if not folder:
         raise Unavailable(
             f"{ASSETS_VARIABLE} is not set: it must name a folder holding "
-            f"{', '.join(REQUIRED)} and kube-scheduler (see docs/testing.md)"
+            f"{', '.join(REQUIRED)} (see docs/testing.md)"
         )
     path = Path(folder)
+    if not path.is_dir():
+        raise Unavailable(f"{ASSETS_VARIABLE}={folder} is not a folder (see docs/testing.md)")
     missing = [name for name in REQUIRED if not os.access(path / name, os.X_OK)]
     if missing:
         raise Unavailable(
@@ -82,6 +87,45 @@ def find_tool(name: str) -> str:
     if found is None:
         raise Unavailable(f"no {name} beside {sys.executable} or on PATH (run `make build`)")
     return found
+
+
+def run_tool(
+    name: str,
+    args: Sequence[str],
+    *,
+    home: Path,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 120,
+    kubeconfig: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `helm` or `kubectl` with its own HOME (no user's config or cache leaks in).
+
+    Without `kubeconfig` it points at no cluster (`helm template`, `helm lint`). With `check`,
+    a non-zero exit fails with the command's output.
+    """
+    environ = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "KUBECONFIG": str(kubeconfig or home / "no-cluster.kubeconfig"),
+        "HELM_CACHE_HOME": str(home / "helm-cache"),
+        "HELM_CONFIG_HOME": str(home / "helm-config"),
+        "HELM_DATA_HOME": str(home / "helm-data"),
+    }
+    result = subprocess.run(
+        [find_tool(name), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{name} {' '.join(args)} exited {result.returncode}:\n{result.stderr}\n{result.stdout}"
+        )
+    return result
 
 
 def free_port() -> int:
@@ -116,6 +160,7 @@ class Process:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         return cls(name, popen, log)
 
@@ -144,6 +189,13 @@ class Process:
         # Anything the binary left in its group (none expected) goes too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the test process dies, even killed without teardown."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
@@ -211,23 +263,34 @@ class ControlPlane:
         """
         shm = Path("/dev/shm")
         base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-        workdir = Path(tempfile.mkdtemp(prefix="gpushare-k8s-", dir=base))
-        plane = cls(assets=assets, workdir=workdir)
-        try:
-            plane._start()
-        except BaseException as err:
-            logs = "\n".join(
-                f"--- {p.name} ({p.log.name}) ---\n{tail(p.log)}" for p in plane.processes
-            )
-            plane.stop()
-            raise RuntimeError(f"the control plane did not start: {err}\n{logs}") from err
-        return plane
+        for attempt in range(1, START_ATTEMPTS + 1):
+            workdir = Path(tempfile.mkdtemp(prefix="gpushare-k8s-", dir=base))
+            plane = cls(assets=assets, workdir=workdir)
+            try:
+                plane._start()
+            except BaseException as err:
+                logs = "\n".join(
+                    f"--- {p.name} ({p.log.name}) ---\n{tail(p.log)}" for p in plane.processes
+                )
+                plane.stop()
+                if not isinstance(err, Exception):
+                    raise  # interrupted: nothing to report
+                if attempt < START_ATTEMPTS and "address already in use" in logs:
+                    continue
+                raise RuntimeError(f"the control plane did not start: {err}\n{logs}") from err
+            return plane
+        raise AssertionError("unreachable")
 
     def _start(self) -> None:
         pki = self.workdir / "pki"
         pki.mkdir()
         bundle = certs.generate(pki, ("localhost",), ip_addresses=("127.0.0.1",))
         self.ca_file = bundle.ca_cert
+        # The front-proxy CA (aggregation-layer request headers), as kubeadm makes one: the
+        # controller manager and schedulers read it for their delegated authentication.
+        front_proxy = pki / "front-proxy"
+        front_proxy.mkdir()
+        front_proxy_ca = certs.generate(front_proxy, ("front-proxy-client",)).ca_cert
         sa_key = pki / "sa.key"
         sa_key.write_bytes(_pem_key(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
         sa_key.chmod(0o600)
@@ -260,6 +323,7 @@ class ControlPlane:
                 f"--listen-peer-urls={peer_url}",
                 f"--initial-advertise-peer-urls={peer_url}",
                 f"--initial-cluster=test={peer_url}",
+                "--logger=zap",
                 "--log-level=warn",
             ],
         )
@@ -280,6 +344,11 @@ class ControlPlane:
                 f"--tls-cert-file={bundle.cert}",
                 f"--tls-private-key-file={bundle.key}",
                 f"--client-ca-file={bundle.ca_cert}",
+                f"--requestheader-client-ca-file={front_proxy_ca}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--token-auth-file={tokens_file}",
                 "--authorization-mode=Node,RBAC",
                 f"--service-account-issuer={self.service_account_issuer}",
@@ -417,30 +486,15 @@ class ControlPlane:
     def _tool(
         self, name: str, args: Sequence[str], input: str | None, check: bool, timeout: float
     ) -> subprocess.CompletedProcess[str]:
-        home = self.workdir / "home"
-        environ = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(home),
-            "KUBECONFIG": str(self.kubeconfig),
-            "HELM_CACHE_HOME": str(home / "helm-cache"),
-            "HELM_CONFIG_HOME": str(home / "helm-config"),
-            "HELM_DATA_HOME": str(home / "helm-data"),
-        }
-        result = subprocess.run(
-            [find_tool(name), *args],
+        return run_tool(
+            name,
+            args,
             input=input,
-            capture_output=True,
-            text=True,
-            env=environ,
+            check=check,
             timeout=timeout,
-            check=False,
+            home=self.workdir / "home",
+            kubeconfig=self.kubeconfig,
         )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"{name} {' '.join(args)} exited {result.returncode}:\n"
-                f"{result.stderr}\n{result.stdout}"
-            )
-        return result
 
     # -- schedulers and nodes ---------------------------------------------------------------
 
