@@ -168,3 +168,102 @@ def test_budgets_caps_become_quotas_the_api_server_enforces(
         assert foreign_after == foreign_before
         kept = core.read_namespaced_resource_quota("gpushare-gpu", other_namespace)
         assert dict(kept.spec.hard) == {CORE: "7"}
+
+
+def chart_cluster_role() -> dict[str, Any]:
+    """The quota controller's ClusterRole as the real helm renders it from the chart."""
+    import yaml
+
+    from tests.cluster.controlplane import find_tool
+
+    root = Path(__file__).resolve().parents[2]
+    rendered = subprocess.run(
+        [
+            find_tool("helm"),
+            "template",
+            "t",
+            str(root / "deployment" / "chart"),
+            "--namespace",
+            "gpushare-system",
+            "--show-only",
+            "templates/quotas.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    (role,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "ClusterRole"]
+    return dict(role)
+
+
+def test_the_charts_rbac_is_enough_for_the_controller(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """`gpushare quotas sync` as a ServiceAccount holding only the chart's ClusterRole."""
+    unique = f"gpushare-quotas-test-{uuid.uuid4().hex[:6]}"
+    role = chart_cluster_role()
+    role["metadata"] = {"name": unique}
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text(f"namespaces:\n  {namespace}: {{maxVcudaCore: 300}}\n")
+    with control_plane.api_client() as client:
+        core = kubernetes.client.CoreV1Api(client)
+        rbac = kubernetes.client.RbacAuthorizationV1Api(client)
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": "quotas"}})
+        token = core.create_namespaced_service_account_token(
+            "quotas", namespace, {"spec": {"expirationSeconds": 600}}
+        ).status.token
+        kubeconfig = control_plane.kubeconfig_for(
+            f"system:serviceaccount:{namespace}:quotas", token
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "gpushare",
+            "quotas",
+            "sync",
+            "--once",
+            f"--budgets={budgets}",
+            f"--kubeconfig={kubeconfig}",
+            f"--namespace-selector={NAMESPACE_LABEL}={namespace}",
+        ]
+
+        def run() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+        refused = run()
+        assert refused.returncode == 1
+        assert "HTTP 403" in refused.stderr, "without the role the API server must refuse"
+
+        rbac.create_cluster_role(role)
+        try:
+            rbac.create_cluster_role_binding(
+                {
+                    "metadata": {"name": unique},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": unique,
+                    },
+                    "subjects": [
+                        {"kind": "ServiceAccount", "name": "quotas", "namespace": namespace}
+                    ],
+                }
+            )
+            try:
+
+                def synced() -> bool:
+                    done = run()
+                    return done.returncode == 0 and "1 created" in done.stdout
+
+                wait_until(synced, timeout=30, what="the binding to take effect")
+                quota = core.read_namespaced_resource_quota("gpushare-gpu", namespace)
+                assert dict(quota.spec.hard) == {CORE: "300"}
+                budgets.write_text(f"namespaces:\n  {namespace}: {{maxVcudaCore: 200}}\n")
+                assert run().stdout.strip().startswith("quotas: 0 created, 1 updated")
+                budgets.write_text(f"namespaces:\n  {namespace}: {{}}\n")
+                assert run().stdout.strip().startswith("quotas: 0 created, 0 updated, 1 removed")
+            finally:
+                rbac.delete_cluster_role_binding(unique)
+        finally:
+            rbac.delete_cluster_role(unique)
