@@ -62,6 +62,8 @@ STATUS_CODES: Final[dict[type[TimekeeperError], int]] = {
     Unavailable: 503,
 }
 GROUPS: Final = ("pod", "day")
+MAX_IDLE_WINDOW_HOURS: Final = 744.0
+"""The idle-pods query reads every namespace's reports of its window: at most 31 days."""
 FORMATS: Final = ("json", "csv")
 
 
@@ -236,7 +238,12 @@ def create_app(
     def get_idle() -> Response:
         require_reader()
         window = _number(
-            "window_hours", request.args.get("window_hours"), 24.0, 0.0, 9600.0, above_low=True
+            "window_hours",
+            request.args.get("window_hours"),
+            24.0,
+            0.0,
+            MAX_IDLE_WINDOW_HOURS,
+            above_low=True,
         )
         threshold = _number("threshold", request.args.get("threshold"), 0.1, 0.0, 1.0)
         only = request.args.get("namespace")

@@ -433,9 +433,9 @@ def usage_command(args: argparse.Namespace) -> int:
     problems = []
     if not 0 <= args.threshold <= 1:
         problems.append(f"--threshold: must be a number in 0..1 (got {args.threshold:g})")
-    if not 0 < args.window_hours <= 9600:
+    if not 0 < args.window_hours <= 744:
         problems.append(
-            f"--window-hours: must be above 0 and at most 9600 (got {args.window_hours:g})"
+            f"--window-hours: must be above 0 and at most 744 (got {args.window_hours:g})"
         )
     if args.all_namespaces and (args.namespace or args.idle):
         problems.append("-A: lists every namespace; give no NAMESPACE and no --idle with it")

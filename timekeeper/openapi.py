@@ -157,7 +157,7 @@ def openapi_document() -> dict[str, Any]:
                             "schema": {
                                 "type": "number",
                                 "exclusiveMinimum": 0,
-                                "maximum": 9600,
+                                "maximum": 744,
                                 "default": 24,
                             },
                         },

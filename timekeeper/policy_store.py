@@ -37,7 +37,7 @@ import sqlalchemy as sa
 
 from timekeeper.budgets import BudgetPolicy, BudgetsError
 from timekeeper.models import budget_policies, budget_policy_rejections
-from timekeeper.policy_source import PolicySource, _digest, _parse, _read
+from timekeeper.policy_source import PolicySource, content_digest, parse_content, read_content
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class StoredPolicySource(PolicySource):
         file_error: BudgetsError | None = None
         content: bytes | None = None
         try:
-            content = _read(path)
+            content = read_content(path)
         except BudgetsError as err:
             file_error = err
         try:
@@ -92,12 +92,12 @@ class StoredPolicySource(PolicySource):
             if file_error is not None:
                 raise file_error from err
             assert content is not None
-            self._policy = _parse(content)  # a bad file: BudgetsError, nothing to serve
+            self._policy = parse_content(content)  # a bad file: BudgetsError, nothing to serve
             logger.warning(
                 "budgets: the database cannot be used (%s); serving the file until it can",
                 err.orig,
             )
-            self._digest = self._file_digest = _digest(content)
+            self._digest = self._file_digest = content_digest(content)
             self._loaded_at = wall_clock()
         else:
             if self._policy is None:  # nothing stored, and the file is bad
@@ -115,10 +115,10 @@ class StoredPolicySource(PolicySource):
         """Store the file if it is good and new, load the newest version; the file's error."""
         error = file_error
         if content is not None:
-            digest = _digest(content)
+            digest = content_digest(content)
             self._file_digest = digest
             try:
-                _parse(content)
+                parse_content(content)
             except BudgetsError as err:
                 error = err
                 self._record_rejection(digest, err)
@@ -148,19 +148,19 @@ class StoredPolicySource(PolicySource):
 
     def _check_file(self, path: Path) -> bool:
         try:
-            content = _read(path)
+            content = read_content(path)
         except BudgetsError as err:
             digest = f"unreadable:{err.problems}"
             if digest != self._file_digest:
                 self._file_digest = digest
                 self._record_rejection(digest, err)
             return False
-        digest = _digest(content)
+        digest = content_digest(content)
         if digest == self._file_digest:
             return False
         self._file_digest = digest
         try:
-            _parse(content)
+            parse_content(content)
         except BudgetsError as err:
             self._record_rejection(digest, err)
             return False
@@ -247,7 +247,7 @@ class StoredPolicySource(PolicySource):
                 sa.select(table.c.content).where(table.c.version == newest.version)
             ).scalar_one()
         try:
-            policy = _parse(content.encode("utf-8"))
+            policy = parse_content(content.encode("utf-8"))
         except BudgetsError as err:
             # A newer timekeeper stored keys this version does not know: keep what we have.
             if self._failed_digest != newest.sha256:
@@ -274,4 +274,4 @@ class StoredPolicySource(PolicySource):
 
 def _key(digest: str) -> str:
     """A content's SHA-256, or the hash of an unreadable file's reasons (64 characters)."""
-    return digest if len(digest) == 64 else _digest(digest.encode("utf-8"))
+    return digest if len(digest) == 64 else content_digest(digest.encode("utf-8"))

@@ -130,7 +130,7 @@ def test_idle_lists_pods_that_left_their_share_unused(
         ),
         pytest.param(
             ["--idle", "--window-hours", "0"],
-            "gpushare usage: --window-hours: must be above 0 and at most 9600 (got 0)",
+            "gpushare usage: --window-hours: must be above 0 and at most 744 (got 0)",
             id="window",
         ),
         pytest.param(

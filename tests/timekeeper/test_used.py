@@ -96,12 +96,12 @@ def test_idle_lists_pods_below_the_threshold_across_namespaces(client: FlaskClie
     [
         pytest.param(
             "window_hours=0",
-            "window_hours: must be a number above 0 and at most 9600 (got '0')",
+            "window_hours: must be a number above 0 and at most 744 (got '0')",
             id="empty-window",
         ),
         pytest.param(
             "window_hours=lots",
-            "window_hours: must be a number above 0 and at most 9600 (got 'lots')",
+            "window_hours: must be a number above 0 and at most 744 (got 'lots')",
             id="not-a-number",
         ),
         pytest.param(
