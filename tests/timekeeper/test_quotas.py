@@ -278,3 +278,33 @@ def test_controller_round_fails_cleanly_when_unreachable(tmp_path: Path) -> None
     api.unreachable = False
     controller.sync_once()
     assert api.quotas == {"a": (True, {CORE: "300"})}
+
+
+def test_the_loop_acts_at_once_on_a_file_change_and_stops(tmp_path: Path) -> None:
+    import threading
+
+    from tests.polling import wait_until
+
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text("namespaces:\n  a: {maxVcudaCore: 100}\n")
+    api = FakeQuotaApi(["a"])
+    controller = QuotaController(api, PolicySource(budgets, check_interval_seconds=0.05))
+    rounds: list[object] = []
+    stop = threading.Event()
+    loop = threading.Thread(
+        target=controller.run,
+        kwargs={"interval_seconds": 3600, "stop": stop, "on_round": rounds.append},
+    )
+    loop.start()
+    try:
+        wait_until(lambda: api.quotas.get("a") == (True, {CORE: "100"}), what="the first round")
+        budgets.write_text("namespaces:\n  a: {maxVcudaCore: 700}\n")
+        wait_until(
+            lambda: api.quotas.get("a") == (True, {CORE: "700"}),
+            what="a round soon after the edit, long before the hour's interval",
+        )
+    finally:
+        stop.set()
+        loop.join(timeout=5)
+    assert not loop.is_alive()
+    assert len(rounds) == 2
