@@ -16,10 +16,11 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from gpushare.charge import gpu_seconds, memory_byte_seconds, used_gpu_seconds
+from gpushare.resources import CORE_UNITS_PER_GPU, MEMORY_UNIT_BYTES
 from timekeeper.buckets import MICROSECONDS_PER_SECOND
 from timekeeper.database import head_revision, schema_revision
 from timekeeper.errors import Conflict, ReportRejected, Unavailable
-from timekeeper.models import usage_buckets, usage_reports
+from timekeeper.models import UtcDateTime, usage_buckets, usage_reports
 from timekeeper.report_writer import NewRow, ReportWriter, StoredReport
 from timekeeper.reports import Report
 
@@ -195,8 +196,95 @@ class Ledger:
     def pods(
         self, start: datetime, end: datetime, *, namespace: str | None = None
     ) -> list[UsageRow]:
-        """Use per pod within `[start, end)`, of every namespace (or only `namespace`)."""
-        return self._grouped(start, end, group_by="pod", day_zone=UTC, namespace=namespace)
+        """Use per pod within `[start, end)`, of every namespace (or only `namespace`).
+
+        Summed in the database (one pass; only each pod's totals reach Python), so the
+        idle-pods query and the per-pod gauges cost one scan of the window's reports.
+        """
+        table = usage_reports
+        window_start = sa.bindparam("window_start", start, UtcDateTime)
+        window_end = sa.bindparam("window_end", end, UtcDateTime)
+        seconds: Any
+        if self.engine.dialect.name == "postgresql":
+            begin = sa.func.greatest(table.c.start_at, window_start)
+            finish = sa.func.least(table.c.end_at, window_end)
+            seconds = sa.func.extract("epoch", finish - begin)
+        else:
+            begin = sa.func.max(table.c.start_at, window_start)
+            finish = sa.func.min(table.c.end_at, window_end)
+            seconds = (sa.func.julianday(finish) - sa.func.julianday(begin)) * 86400.0
+        gpus = sa.case(
+            (table.c.vcuda_core < CORE_UNITS_PER_GPU, 1),
+            else_=(table.c.vcuda_core + CORE_UNITS_PER_GPU - 1) // CORE_UNITS_PER_GPU,
+        )
+        core_seconds = table.c.vcuda_core * seconds
+        conditions = [
+            table.c.start_at < end,
+            table.c.start_at >= start - self.max_interval,
+            table.c.end_at > start,
+        ]
+        if namespace is not None:
+            conditions.append(table.c.namespace == namespace)
+        totals = (
+            sa.select(
+                table.c.namespace,
+                table.c.pod,
+                table.c.pod_uid,
+                sa.func.sum(core_seconds).label("core_seconds"),
+                sa.func.sum(table.c.vcuda_memory * seconds).label("memory_unit_seconds"),
+                sa.func.sum(
+                    sa.case((table.c.sm_utilization.is_not(None), core_seconds), else_=0.0)
+                ).label("measured_core_seconds"),
+                sa.func.sum(sa.func.coalesce(table.c.sm_utilization, 0.0) * gpus * seconds).label(
+                    "used_seconds"
+                ),
+                sa.func.count().label("reports"),
+                sa.func.min(table.c.start_at).label("first_start"),
+                sa.func.max(table.c.end_at).label("last_end"),
+                sa.func.max(table.c.start_at).label("latest_start"),
+            )
+            .where(*conditions)
+            .group_by(table.c.namespace, table.c.pod, table.c.pod_uid)
+            .subquery()
+        )
+        latest = usage_reports.alias("latest")
+        query = (
+            sa.select(
+                totals,
+                latest.c.vcuda_core.label("latest_core"),
+                latest.c.end_at.label("latest_end"),
+                latest.c.received_at.label("latest_received"),
+            )
+            .join(
+                latest,
+                sa.and_(
+                    latest.c.pod_uid == totals.c.pod_uid,
+                    latest.c.start_at == totals.c.latest_start,
+                ),
+            )
+            .order_by(totals.c.namespace, totals.c.pod, totals.c.pod_uid)
+        )
+        with self._read() as connection:
+            rows = connection.execute(query).all()
+        return [
+            UsageRow(
+                key=row.pod,
+                pod_uid=row.pod_uid,
+                gpu_seconds=float(row.core_seconds or 0.0) / CORE_UNITS_PER_GPU,
+                memory_byte_seconds=float(row.memory_unit_seconds or 0.0) * MEMORY_UNIT_BYTES,
+                reports=int(row.reports),
+                first_start=max(_utc(row.first_start), start),
+                last_end=min(_utc(row.last_end), end),
+                used_gpu_seconds=float(row.used_seconds or 0.0),
+                measured_gpu_seconds=float(row.measured_core_seconds or 0.0) / CORE_UNITS_PER_GPU,
+                namespace=row.namespace,
+                vcuda_core=int(row.latest_core),
+                delivery_delay_seconds=max(
+                    0.0, (_utc(row.latest_received) - _utc(row.latest_end)).total_seconds()
+                ),
+            )
+            for row in rows
+        ]
 
     def _grouped(
         self,
@@ -370,6 +458,13 @@ def _days(start: datetime, end: datetime, zone: Any) -> list[tuple[str, datetime
         pieces.append((local.date().isoformat(), cursor, piece_end))
         cursor = piece_end
     return pieces
+
+
+def _utc(value: Any) -> datetime:
+    """An aggregate's datetime: SQLite hands back text, PostgreSQL an aware datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _iso(instant: datetime) -> str:

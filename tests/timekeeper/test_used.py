@@ -134,3 +134,22 @@ def test_metrics_show_promised_and_delivered_share_per_pod(client: FlaskClient) 
         line for line in lines if line.startswith("gpushare_timekeeper_pod_delivered")
     )
     assert 'pod="gone"' not in text, "a pod with no report in the last 15 minutes drops out"
+
+
+@pytest.mark.parametrize(
+    ("core", "sm", "used_share"),
+    [
+        pytest.param(30, 0.15, 0.5, id="share-half-used"),
+        pytest.param(100, 0.25, 0.25, id="one-gpu-quarter"),
+        pytest.param(200, 0.5, 0.5, id="two-gpus-half-busy"),
+        pytest.param(150, 0.6, 0.8, id="share-plus-gpu-spans-two"),
+    ],
+)
+def test_the_database_sums_use_like_the_charge_model(
+    client: FlaskClient, core: int, sm: float, used_share: float
+) -> None:
+    post(client, measured(1, sm, pod="p", core=core))
+    (pod,) = client.get("/api/v1/idle?threshold=1").get_json()["pods"]
+    expected_used = used_gpu_seconds(core, sm, 60.0) / 3600
+    assert pod["usedGpuHours"] == round(expected_used, 6)
+    assert pod["usedShare"] == used_share
