@@ -158,6 +158,17 @@ class QuotaController:
             waited += check_seconds
 
 
+def _api_message(body: Any) -> str:
+    """The `message` of an API server's Status answer, shortened; '' when there is none."""
+    import json
+
+    try:
+        message = json.loads(body).get("message", "")
+    except (TypeError, ValueError, AttributeError):
+        return ""
+    return str(message)[:300]
+
+
 def _show(hard: Mapping[str, str]) -> str:
     return ", ".join(f"{key}={value}" for key, value in sorted(hard.items()))
 
@@ -194,7 +205,9 @@ class KubernetesQuotaApi:
         try:
             return call()
         except ApiException as err:
-            raise QuotaApiError(f"{what}: HTTP {err.status} {err.reason}") from err
+            message = _api_message(err.body)
+            detail = f": {message}" if message else ""
+            raise QuotaApiError(f"{what}: HTTP {err.status} {err.reason}{detail}") from err
         except (HTTPError, OSError) as err:
             raise QuotaApiError(f"{what}: API server unreachable ({err})") from err
 

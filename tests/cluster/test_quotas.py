@@ -267,3 +267,31 @@ def test_the_charts_rbac_is_enough_for_the_controller(
                 rbac.delete_cluster_role_binding(unique)
         finally:
             rbac.delete_cluster_role(unique)
+
+
+def test_a_bad_selector_is_refused_with_the_api_servers_reason(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    budgets = tmp_path / "budgets.yaml"
+    # No cap on the defaults: whatever the selector did, no other test's namespace is touched.
+    budgets.write_text("namespaces:\n  no-such-namespace-here: {maxVcudaCore: 100}\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpushare",
+            "quotas",
+            "sync",
+            "--once",
+            f"--budgets={budgets}",
+            f"--kubeconfig={control_plane.kubeconfig}",
+            "--namespace-selector=not a selector!",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("gpushare quotas sync: list namespaces: HTTP 400 Bad Request: ")
+    assert "unable to parse requirement" in done.stderr
