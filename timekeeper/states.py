@@ -56,6 +56,8 @@ class BudgetStatus:
     """When an exhausted namespace stops being exhausted if it uses nothing more: the period's
     end for calendar periods, the moment enough use has slid out of a rolling window (see
     `refill_time`). None when not exhausted, or never (a budget of 0)."""
+    period: str = ""
+    """The period kind as the budgets file writes it: `day`, `week`, `month`, `rolling:<N>d`."""
 
 
 def budget_state(budget: Budget, used_gpu_hours: float) -> str:
@@ -107,6 +109,7 @@ def budget_status(
         burn_rate_gpu_hours_per_day=burn_per_day,
         projected_gpu_hours=projected,
         refills_at=end if refills else None,
+        period=str(budget.period),
     )
 
 
@@ -156,6 +159,7 @@ def status_to_json(status: BudgetStatus) -> dict[str, object]:
         "burnRateGpuHoursPerDay": _hours(status.burn_rate_gpu_hours_per_day),
         "projectedGpuHours": _hours(status.projected_gpu_hours),
         "refillsAt": None if status.refills_at is None else rfc3339(status.refills_at),
+        "period": status.period,
     }
 
 

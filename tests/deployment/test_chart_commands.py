@@ -27,7 +27,14 @@ def gpushare_containers() -> list[chart.Container]:
         for container in chart.containers(path, values)
         if container.argv[:1] == ["gpushare"]
     ]
-    assert {c.argv[1] for c in found} == {"timekeeper", "db", "webhook", "nodemanager", "extender"}
+    assert {c.argv[1] for c in found} == {
+        "timekeeper",
+        "db",
+        "webhook",
+        "nodemanager",
+        "extender",
+        "quotas",
+    }
     return found
 
 
@@ -131,7 +138,7 @@ def known_variables(part: str) -> set[str]:
         return {name for name, _, _ in webhook_settings.describe()}
     if part in ("timekeeper", "db"):
         return set(timekeeper_settings.ENV_NAMES.values())
-    if part in ("nodemanager", "extender"):
+    if part in ("nodemanager", "extender", "quotas"):
         return set()
     raise AssertionError(f"no settings known for {part}")
 

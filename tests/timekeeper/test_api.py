@@ -267,6 +267,7 @@ def test_namespace_status_follows_the_budget(make_app: MakeApp) -> None:
         "burnRateGpuHoursPerDay": status["burnRateGpuHoursPerDay"],
         "projectedGpuHours": status["projectedGpuHours"],
         "refillsAt": None,
+        "period": "month",
     }
     assert status["burnRateGpuHoursPerDay"] == pytest.approx(50 / 60 / 20.25, abs=1e-6)
     for index in range(51, 61):
@@ -491,6 +492,9 @@ def test_usage_by_pod_json_and_csv(client: FlaskClient) -> None:
         "reports",
         "firstStart",
         "lastEnd",
+        "usedGpuHours",
+        "measuredGpuHours",
+        "idleShare",
     ]
     assert [(row[0], row[3], row[5]) for row in rows[1:]] == [
         ("train-0", "90.0", "3"),

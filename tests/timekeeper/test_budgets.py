@@ -354,7 +354,7 @@ DNS_RULE = (
             "namespaces:\n  team-a: {priority: 3}\n",
             (
                 "namespaces.team-a.priority: unknown key; known keys: period, timezone, "
-                "gpuHours, warnAtPercent, whenExhausted",
+                "gpuHours, warnAtPercent, whenExhausted, maxVcudaCore, maxVcudaMemory",
             ),
             id="unknown-key-unrelated",
         ),
@@ -561,6 +561,8 @@ budget_values = st.builds(
     st.one_of(st.none(), st.floats(0, 1e9, allow_nan=False, allow_infinity=False)),
     st.floats(0, 100, exclude_min=True),
     st.sampled_from(["deprioritize", "deny"]),
+    max_vcuda_core=st.one_of(st.none(), st.integers(0, 10_000_000)),
+    max_vcuda_memory=st.one_of(st.none(), st.integers(0, 1_000_000_000)),
 )
 
 
@@ -571,6 +573,8 @@ def render(b: Budget, keys: set[str]) -> str:
         "gpuHours": "unlimited" if b.gpu_hours is None else repr(b.gpu_hours),
         "warnAtPercent": repr(b.warn_at_percent),
         "whenExhausted": b.when_exhausted,
+        "maxVcudaCore": "unlimited" if b.max_vcuda_core is None else str(b.max_vcuda_core),
+        "maxVcudaMemory": "unlimited" if b.max_vcuda_memory is None else str(b.max_vcuda_memory),
     }
     return "{" + ", ".join(f"{key}: {values[key]}" for key in sorted(keys)) + "}"
 
@@ -599,6 +603,10 @@ def test_rendered_policies_parse_back(
             b.gpu_hours if "gpuHours" in keys else defaults.gpu_hours,
             b.warn_at_percent if "warnAtPercent" in keys else defaults.warn_at_percent,
             b.when_exhausted if "whenExhausted" in keys else defaults.when_exhausted,
+            max_vcuda_core=b.max_vcuda_core if "maxVcudaCore" in keys else defaults.max_vcuda_core,
+            max_vcuda_memory=(
+                b.max_vcuda_memory if "maxVcudaMemory" in keys else defaults.max_vcuda_memory
+            ),
         )
         assert parsed.namespaces[name] == expected
 
