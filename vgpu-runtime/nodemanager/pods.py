@@ -103,7 +103,7 @@ def _fraction_percent(text: object) -> int | None:
     return int(value * 100)
 
 
-def _soft_limit(annotations: Mapping[str, str], core: int) -> int | None:
+def burst_limit(annotations: Mapping[str, str], core: int) -> int | None:
     """The pod's burst limit for this core request: the smaller of its ceilings
     (`tencent.com/vcuda-core-limit`, `gpushare.io/quota-limit`) never below `core`; None for
     whole GPUs and when the pod gives no valid ceiling."""
@@ -158,7 +158,7 @@ def pending_containers(pods: Iterable[Mapping[str, Any]]) -> list[ContainerReque
                     ),
                     core=core,
                     memory=memory,
-                    soft_limit=_soft_limit(annotations, core),
+                    soft_limit=burst_limit(annotations, core),
                     sm_partition=_sm_partition(annotations),
                 )
             )
