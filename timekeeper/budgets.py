@@ -32,16 +32,25 @@ from timekeeper.yaml_nodes import (
 )
 
 PeriodKind: TypeAlias = Literal["day", "week", "month", "rolling"]
-ExhaustedAction: TypeAlias = Literal["deprioritize", "deny"]
+ExhaustedAction: TypeAlias = Literal["deprioritize", "deny", "throttle"]
 
 UNLIMITED: Final = "unlimited"
 ROLLING_MAX_DAYS: Final = 366
 """Longest rolling window: a year (leap or not) of 15-minute buckets."""
 
-EXHAUSTED_ACTIONS: Final[tuple[ExhaustedAction, ...]] = ("deprioritize", "deny")
+EXHAUSTED_ACTIONS: Final[tuple[ExhaustedAction, ...]] = ("deprioritize", "deny", "throttle")
+DEFAULT_THROTTLE_PERCENT: Final = 10.0
+"""`throttleToPercent` when not given: throttled containers keep a tenth of their share."""
 CALENDAR_PERIODS: Final[tuple[PeriodKind, ...]] = ("day", "week", "month")
 
-BUDGET_KEYS: Final = ("period", "timezone", "gpuHours", "warnAtPercent", "whenExhausted")
+BUDGET_KEYS: Final = (
+    "period",
+    "timezone",
+    "gpuHours",
+    "warnAtPercent",
+    "whenExhausted",
+    "throttleToPercent",
+)
 TOP_LEVEL_KEYS: Final = ("defaults", "namespaces")
 
 _ROLLING_RE: Final = re.compile(r"rolling:([0-9]+)d")
@@ -73,6 +82,8 @@ class Budget:
     warn_at_percent: float
     """The state is `warning` from this percentage of `gpu_hours` used (100: never warn)."""
     when_exhausted: ExhaustedAction
+    throttle_to_percent: float = DEFAULT_THROTTLE_PERCENT
+    """With `throttle`: the percent of its share each running shared container keeps."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +227,8 @@ def parse_period(text: str) -> Period:
 _PERIOD_RULE: Final = "must be day, week, month or rolling:<N>d"
 _GPU_HOURS_RULE: Final = "must be a number >= 0 or 'unlimited'"
 _WARN_RULE: Final = "must be a number above 0 and at most 100"
+_THROTTLE_RULE: Final = "must be a number above 0 and at most 100 (percent of each pod's share)"
+_ACTION_RULE: Final = "must be deprioritize, deny or throttle"
 
 
 def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Problem]) -> Budget:
@@ -228,6 +241,7 @@ def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Probl
     entries = mapping_entries(node, path, problems, known_keys=BUDGET_KEYS)
     period, timezone, gpu_hours = base.period, base.timezone, base.gpu_hours
     warn_at_percent, when_exhausted = base.warn_at_percent, base.when_exhausted
+    throttle_to_percent = base.throttle_to_percent
 
     for key, (_, value) in entries.items():
         field_path = f"{path}.{key}"
@@ -243,15 +257,24 @@ def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Probl
                 if not 0 < warn_at_percent <= 100:
                     raise ValueError(_WARN_RULE)
             elif key == "whenExhausted":
-                action = string(value, "must be deprioritize or deny")
+                action = string(value, _ACTION_RULE)
                 if action not in EXHAUSTED_ACTIONS:
-                    raise ValueError(
-                        "must be deprioritize or deny" + did_you_mean(action, EXHAUSTED_ACTIONS)
-                    )
+                    raise ValueError(_ACTION_RULE + did_you_mean(action, EXHAUSTED_ACTIONS))
                 when_exhausted = action
+            elif key == "throttleToPercent":
+                throttle_to_percent = number(value, _THROTTLE_RULE)
+                if not 0 < throttle_to_percent <= 100:
+                    raise ValueError(_THROTTLE_RULE)
         except ValueError as err:
             problems.append(Problem(field_path, f"{err} (got {describe(value)})", line_of(value)))
-    return Budget(period, timezone, gpu_hours, warn_at_percent, when_exhausted)
+    return Budget(
+        period,
+        timezone,
+        gpu_hours,
+        warn_at_percent,
+        when_exhausted,
+        throttle_to_percent=throttle_to_percent,
+    )
 
 
 def parse_timezone(name: str) -> str:
