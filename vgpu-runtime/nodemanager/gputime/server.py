@@ -68,6 +68,7 @@ class GpuTimeServer:
         self._schedulers: dict[str, GpuScheduler] = {}
         self._containers: dict[str, _Container] = {}
         self._connections: dict[int, _Connection] = {}
+        self._by_session_id: dict[int, _Connection] = {}
         self._selector = selectors.DefaultSelector()
         self._todo: list[Callable[[], None]] = []
         self._wake_read, self._wake_write = socket.socketpair()
@@ -78,7 +79,9 @@ class GpuTimeServer:
         self._thread: threading.Thread | None = None
         self._sessions = 0
         self.decision_seconds: collections.deque[float] = collections.deque(maxlen=100_000)
-        """How long each decision took (the benchmark reads it)."""
+        """How long each decision on a free token took (the benchmark reads it)."""
+        self.cpu_seconds = 0.0
+        """CPU time used by the serving thread so far."""
         self.quota_changes: collections.deque[tuple[str, float]] = collections.deque(maxlen=1000)
         """(allocation ID, clock) of each quota change, for tests and the benchmark."""
 
@@ -237,6 +240,7 @@ class GpuTimeServer:
                         if connection is not None:
                             self._read(connection)
                 self._schedule()
+            self.cpu_seconds = time.thread_time()
 
     def _timeout(self) -> float | None:
         now = self._clock()
@@ -261,6 +265,8 @@ class GpuTimeServer:
                         now - revoked.end,
                     )
                     self._send(connection, protocol.revoke(revoked.sequence))
+            if scheduler.holder is not None:
+                continue
             started = time.perf_counter()
             grant = scheduler.decide(now)
             self.decision_seconds.append(time.perf_counter() - started)
@@ -270,10 +276,7 @@ class GpuTimeServer:
                     self._send(connection, protocol.grant(grant.sequence, grant.length_seconds))
 
     def _by_session(self, session: int) -> _Connection | None:
-        for connection in self._connections.values():
-            if connection.session == session:
-                return connection
-        return None
+        return self._by_session_id.get(session)
 
     def _accept(self, allocation_id: str) -> None:
         container = self._containers.get(allocation_id)
@@ -287,6 +290,7 @@ class GpuTimeServer:
         self._sessions += 1
         connection = _Connection(sock, allocation_id, self._sessions)
         self._connections[sock.fileno()] = connection
+        self._by_session_id[connection.session] = connection
         container.connections.add(sock.fileno())
         self._selector.register(sock, selectors.EVENT_READ, 0)
 
@@ -363,6 +367,7 @@ class GpuTimeServer:
         if fd < 0:
             return
         self._connections.pop(fd, None)
+        self._by_session_id.pop(connection.session, None)
         container = self._containers.get(connection.allocation_id)
         if container is not None:
             container.connections.discard(fd)
