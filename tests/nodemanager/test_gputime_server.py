@@ -247,3 +247,22 @@ def test_restart_serves_the_same_sockets_again(root: Path) -> None:
             again.release(token, 0.001)
     finally:
         second.stop()
+
+
+def test_connections_per_container_are_bounded(server: GpuTimeServer, root: Path) -> None:
+    from nodemanager.gputime.server import MAX_SESSIONS_PER_CONTAINER
+
+    path = _container(server, root, "a", Quota(0.5, 1))
+    clients = [GpuTimeClient(path).connect() for _ in range(MAX_SESSIONS_PER_CONTAINER)]
+    try:
+        refused = _raw(path, b"")  # told on connecting, before it says anything
+        assert refused == b"ERR limit at most 64 connections per container\n"
+        clients.pop().close()
+        wait_until(
+            lambda: server.session_count("a") < MAX_SESSIONS_PER_CONTAINER, what="a slot freed"
+        )
+        with GpuTimeClient(path).connect() as again:
+            assert again.quota is not None
+    finally:
+        for client in clients:
+            client.close()

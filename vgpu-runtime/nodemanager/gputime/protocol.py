@@ -15,7 +15,8 @@ time). A client speaks first:
 
 Error codes: `version` (the HELLO asks a version the server does not speak; the text lists
 those it does), `syntax` (a line that is not one of the above, or too long), `state` (a
-command out of turn, e.g. ACQUIRE before HELLO).
+command out of turn, e.g. ACQUIRE before HELLO), `limit` (the container has too many
+connections open already; sent on connecting).
 """
 
 from __future__ import annotations

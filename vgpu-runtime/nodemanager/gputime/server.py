@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 SOCKET_NAME = "gputime.sock"
 """The socket's name in a container's state directory."""
+MAX_SESSIONS_PER_CONTAINER = 64
+"""Connections one container may hold open at once (one per process using the GPU); more
+are refused, so that no container can exhaust the node manager's file descriptors."""
 
 
 class ServerError(Exception):
@@ -285,6 +288,15 @@ class GpuTimeServer:
         try:
             sock, _ = container.listener.accept()
         except (BlockingIOError, OSError):
+            return
+        if len(container.connections) >= MAX_SESSIONS_PER_CONTAINER:
+            with contextlib.suppress(OSError):
+                sock.send(
+                    protocol.error(
+                        "limit", f"at most {MAX_SESSIONS_PER_CONTAINER} connections per container"
+                    )
+                )
+            sock.close()
             return
         sock.setblocking(False)
         self._sessions += 1
