@@ -132,7 +132,7 @@ def known_variables(part: str) -> set[str]:
     if part in ("timekeeper", "db"):
         return set(timekeeper_settings.ENV_NAMES.values())
     if part == "nodemanager":
-        return set()
+        return {nodemanager_settings.TIMEKEEPER_URL_ENV}
     raise AssertionError(f"no settings known for {part}")
 
 

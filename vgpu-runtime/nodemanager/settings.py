@@ -11,6 +11,9 @@ from pathlib import Path
 from nodemanager.inventory import parse_simulate_gpus
 from nodemanager.placement import Policy
 
+TIMEKEEPER_URL_ENV = "GPUSHARE_NODEMANAGER_TIMEKEEPER_URL"
+"""Where --timekeeper-url comes from when the flag is not given (the chart sets it)."""
+
 
 class SettingsError(Exception):
     """One or more flags are invalid; the message lists them all."""
@@ -107,7 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--gpu-time-window", help="seconds of the GPU time scheduler's window (default: 1)")
     add("--gpu-time-min-token", help="seconds of the shortest GPU time token (default: 0.01)")
     add("--gpu-time-max-token", help="seconds of the longest GPU time token (default: 0.025)")
-    add("--timekeeper-url", help="timekeeper whose budget states throttle pods (default: none)")
+    add(
+        "--timekeeper-url",
+        help=f"timekeeper whose budget states throttle pods (default: ${TIMEKEEPER_URL_ENV})",
+    )
     add("--timekeeper-token-file", help="bearer token file for the timekeeper (default: none)")
     add("--budget-poll-interval", help="seconds between pulls of budget states (default: 10)")
 
@@ -165,7 +171,7 @@ def parse_settings(args: argparse.Namespace) -> Settings:
             f" (got min token {min_token:g}, max token {max_token:g}, window {window:g})"
         )
     budget_poll = number("--budget-poll-interval", args.budget_poll_interval, 10.0, 0.1)
-    timekeeper_url = args.timekeeper_url or None
+    timekeeper_url = args.timekeeper_url or os.environ.get(TIMEKEEPER_URL_ENV) or None
     if timekeeper_url is not None and not timekeeper_url.startswith(("http://", "https://")):
         errors.append(
             f"--timekeeper-url: must be an http:// or https:// URL (got {timekeeper_url!r})"
