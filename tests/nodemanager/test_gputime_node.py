@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -183,6 +184,19 @@ def _quota_is(client: GpuTimeClient, guarantee: float, cap: float, throttled: bo
     )
 
 
+def _metrics(daemon: Daemon) -> str:
+    url = f"http://127.0.0.1:{daemon.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as page:
+        return str(page.read().decode())
+
+
+def _sample(page: str, name: str, pod: str) -> float | None:
+    for line in page.splitlines():
+        if line.startswith(f"gpushare_container_gpu_time_{name}{{") and f'pod="{pod}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def test_annotations_and_budget_states_reach_a_running_container(
     short_dir: Path, apiserver: FakeApiServer, timekeeper: FakeTimekeeper
 ) -> None:
@@ -212,6 +226,10 @@ def test_annotations_and_budget_states_reach_a_running_container(
 
         apiserver.annotate_pod("train", {"gpushare.io/quota-limit": "0.8"})
         wait_until(lambda: _quota_is(active, 0.2, 0.8, False), what="the new quota-limit")
+        page = _metrics(daemon)
+        assert _sample(page, "cap_percent", "train") == 80.0
+        assert _sample(page, "guarantee_percent", "train") == 20.0
+        assert _sample(page, "clients", "train") == 1.0
 
         timekeeper.states["team-a"] = {
             "state": "exhausted",
@@ -219,6 +237,7 @@ def test_annotations_and_budget_states_reach_a_running_container(
             "throttleToPercent": 10,
         }
         wait_until(lambda: _quota_is(active, 0.03, 0.03, True), what="throttled to the floor")
+        assert _sample(_metrics(daemon), "throttled", "train") == 1.0
         timekeeper.down = True  # the last state stays in force
         timekeeper.states["team-a"] = {"state": "in-budget", "whenExhausted": "throttle"}
         budgets = daemon.gpu_time.budgets if daemon.gpu_time else None

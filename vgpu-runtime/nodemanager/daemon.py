@@ -10,6 +10,7 @@ from types import FrameType
 
 from gpushare import logs
 from nodemanager.gputime.budgetstates import BudgetStates, HttpFetch
+from nodemanager.gputime.metrics import GpuTimeCollector
 from nodemanager.gputime.scheduler import SchedulerConfig
 from nodemanager.gputime.server import SOCKET_NAME, GpuTimeServer
 from nodemanager.gputime.service import GpuTimeService
@@ -102,6 +103,10 @@ class Daemon:
         from prometheus_client import start_http_server
 
         registry = registry_for(self.manager, ProcEnvironAttribution())
+        if self.gpu_time is not None:
+            registry.register(
+                GpuTimeCollector(self.settings.node_name, self.gpu_time.server, self.manager)
+            )
         server, _ = start_http_server(
             self.settings.port, addr=self.settings.host, registry=registry
         )
