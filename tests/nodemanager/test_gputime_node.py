@@ -292,3 +292,59 @@ def test_restart_loses_no_container(
     finally:
         again.stop()
         kubelet.stop()
+
+
+class _Allocations:
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    def allocations(self) -> list[Any]:
+        return self.items
+
+
+class _Pods:
+    def __init__(self) -> None:
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.synced = True
+
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pods.get((namespace, name)) if self.synced else None
+
+
+def test_quota_kept_while_the_pod_cache_is_out_of_sync(short_dir: Path) -> None:
+    from nodemanager.devices import Kind
+    from nodemanager.gputime.scheduler import SchedulerConfig
+    from nodemanager.gputime.server import GpuTimeServer
+    from nodemanager.gputime.service import GpuTimeService
+    from nodemanager.ledger import Allocation, Owner
+
+    (short_dir / "a1").mkdir()
+    allocation = Allocation(
+        id="a1",
+        kind=Kind.CORE,
+        device_ids=("x",),
+        units_by_gpu={"GPU-0": 40},
+        created_at=0.0,
+        owner=Owner("team-a", "p", "main", "uid-p"),
+        state_dir=str(short_dir / "a1"),
+        core_limit=40,
+        core_soft_limit=40,
+    )
+    pods = _Pods()
+    pods.pods[("team-a", "p")] = {
+        "metadata": {"uid": "uid-p", "annotations": {"gpushare.io/quota-request": "0"}}
+    }
+    server = GpuTimeServer(SchedulerConfig())
+    service = GpuTimeService(server, _Allocations([allocation]), pods=pods)
+    try:
+        service.sync()
+        assert server.quota("a1") == Quota(0, 0.4)
+        pods.synced = False  # the API server is away
+        service.sync()
+        assert server.quota("a1") == Quota(0, 0.4), "fell back to the defaults"
+        pods.synced = True
+        pods.pods[("team-a", "p")]["metadata"]["uid"] = "uid-other"  # a new pod, same name
+        service.sync()
+        assert server.quota("a1") == Quota(0, 0.4), "another pod's annotations taken"
+    finally:
+        server.stop()

@@ -58,6 +58,9 @@ class GpuTimeService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed: set[str] = set()
+        self._annotations: dict[str, Mapping[str, str]] = {}
+        """The last annotations seen of each allocation's pod, kept while the pod cache is out
+        of sync, so that a quota never falls back to the defaults because of the API server."""
 
     def wake(self) -> None:
         """Something changed: sync now."""
@@ -83,6 +86,8 @@ class GpuTimeService:
         for allocation_id in set(served) - set(wanted):
             self.server.remove_container(allocation_id)
             self._failed.discard(allocation_id)
+        for allocation_id in set(self._annotations) - set(wanted):
+            del self._annotations[allocation_id]
         for allocation_id, (item, quota) in wanted.items():
             if allocation_id not in served:
                 gpu = next(iter(item.units_by_gpu))
@@ -104,7 +109,7 @@ class GpuTimeService:
                 )
 
     def _quota(self, item: Allocation) -> Quota:
-        annotations: Mapping[str, str] | None = None
+        annotations = self._annotations.get(item.id)
         owner = item.owner
         if owner is not None and self._pods is not None:
             pod = self._pods.pod(owner.namespace, owner.pod)
@@ -112,6 +117,7 @@ class GpuTimeService:
             if pod is not None and (not owner.uid or metadata.get("uid") == owner.uid):
                 found = metadata.get("annotations") or {}
                 annotations = found if isinstance(found, dict) else {}
+                self._annotations[item.id] = annotations
         throttle = None
         if owner is not None and self.budgets is not None:
             throttle = self.budgets.floor(owner.namespace)
