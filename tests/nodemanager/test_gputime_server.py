@@ -274,3 +274,31 @@ def test_connections_per_container_are_bounded(server: GpuTimeServer, root: Path
     finally:
         for client in clients:
             client.close()
+
+
+def test_open_to_all_never_follows_a_swapped_path(root: Path) -> None:
+    """The socket's directory belongs to the container: a symlink or a file put in the
+    socket's place is refused, and the file it points to keeps its mode."""
+    from nodemanager.gputime.server import open_to_all
+
+    target = root / "host-file"
+    target.write_text("secret")
+    target.chmod(0o600)
+    link = root / "link.sock"
+    link.symlink_to(target)
+    with pytest.raises(OSError):
+        open_to_all(link)
+    plain = root / "plain.sock"
+    plain.write_text("")
+    with pytest.raises(OSError, match="no longer the socket"):
+        open_to_all(plain)
+    assert target.stat().st_mode & 0o777 == 0o600
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        made = root / "real.sock"
+        sock.bind(str(made))
+        made.chmod(0o600)
+        open_to_all(made)
+        assert made.stat().st_mode & 0o777 == 0o666
+    finally:
+        sock.close()

@@ -19,6 +19,7 @@ import logging
 import os
 import selectors
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,23 @@ are refused, so that no container can exhaust the node manager's file descriptor
 
 class ServerError(Exception):
     """A container's socket cannot be served (e.g. its directory is not writable)."""
+
+
+def open_to_all(path: Path) -> None:
+    """Make the socket just bound at `path` connectable by any user (mode 0666).
+
+    The directory is the container's own and writable by it, so the path may have been
+    swapped for a symlink since the bind; a plain chmod would follow it (to any file of the
+    host). The inode is pinned with O_PATH|O_NOFOLLOW, checked to be a socket, and changed
+    through that descriptor only.
+    """
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is no longer the socket just made")
+        os.chmod(f"/proc/self/fd/{fd}", 0o666)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -101,7 +119,7 @@ class GpuTimeServer:
             try:
                 path.unlink(missing_ok=True)
                 listener.bind(str(path))
-                os.chmod(path, 0o666)  # the container's processes may run as any user
+                open_to_all(path)  # the container's processes may run as any user
                 listener.listen(16)
                 listener.setblocking(False)
             except OSError as err:
