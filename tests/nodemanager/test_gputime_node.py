@@ -348,3 +348,78 @@ def test_quota_kept_while_the_pod_cache_is_out_of_sync(short_dir: Path) -> None:
         assert server.quota("a1") == Quota(0, 0.4), "another pod's annotations taken"
     finally:
         server.stop()
+
+
+def _parse(argv: list[str]) -> Any:
+    from nodemanager.settings import parse_settings
+
+    from gpushare import cli
+
+    return parse_settings(cli.build_parser().parse_args(["nodemanager", "--node-name", "n", *argv]))
+
+
+def test_gpu_time_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUSHARE_NODEMANAGER_TIMEKEEPER_URL", "http://tk.example:8080")
+    settings = _parse(["--gpu-time-window", "2", "--gpu-time-min-token", "0.02"])
+    assert (settings.gpu_time, settings.gpu_time_window_seconds) == (True, 2.0)
+    assert settings.gpu_time_min_token_seconds == 0.02
+    assert settings.timekeeper_url == "http://tk.example:8080"
+    flagged = _parse(["--no-gpu-time", "--timekeeper-url", "https://other:1"])
+    assert (flagged.gpu_time, flagged.timekeeper_url) == (False, "https://other:1")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(
+            ["--gpu-time-min-token", "0.5", "--gpu-time-max-token", "0.1"],
+            "--gpu-time-max-token: must be between --gpu-time-min-token and --gpu-time-window"
+            " (got min token 0.5, max token 0.1, window 1)",
+            id="min-above-max",
+        ),
+        pytest.param(
+            ["--gpu-time-window", "0.001"],
+            "--gpu-time-window: must be at least 0.01 (got '0.001')",
+            id="window-too-short",
+        ),
+        pytest.param(
+            ["--timekeeper-url", "tk:8080"],
+            "--timekeeper-url: must be an http:// or https:// URL (got 'tk:8080')",
+            id="url-without-scheme",
+        ),
+        pytest.param(
+            ["--budget-poll-interval", "never"],
+            "--budget-poll-interval: must be a number (got 'never')",
+            id="poll-not-a-number",
+        ),
+    ],
+)
+def test_bad_gpu_time_flags(argv: list[str], message: str) -> None:
+    from nodemanager.settings import SettingsError
+
+    with pytest.raises(SettingsError) as info:
+        _parse(argv)
+    assert message in str(info.value)
+
+
+def test_without_the_scheduler_no_socket_is_handed_out(
+    short_dir: Path, apiserver: FakeApiServer
+) -> None:
+    kubelet = FakeKubelet(short_dir / "dp", short_dir / "pr.sock").start()
+    base = simulated_daemon(short_dir, apiserver)
+    daemon = Daemon(
+        replace(base.settings, gpu_time=False),
+        inventory=SimulatedInventory(2, 16 * GIB),
+        kubernetes=KubernetesApi.for_url(apiserver.url),
+    )
+    daemon.start()
+    try:
+        wait_until(lambda: len(kubelet.health("tencent.com/vcuda-memory")) == 128, what="devices")
+        pod = make_pod("p", [("main", 30, 4)])
+        apiserver.add_pod(pod)
+        granted = kubelet.admit(pod)["main"]
+        assert "GPUSHARE_SCHEDULER_SOCKET" not in granted.envs
+        assert daemon.gpu_time is None
+    finally:
+        daemon.stop()
+        kubelet.stop()
