@@ -240,28 +240,33 @@ class GpuTimeServer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                timeout = self._timeout()
-            ready = self._selector.select(timeout)
-            with self._lock:
-                todo, self._todo = self._todo, []
-                for action in todo:
-                    action()
-                for key, _ in ready:
-                    if key.fileobj is self._wake_read:
-                        try:
-                            while self._wake_read.recv(4096):
-                                pass
-                        except (BlockingIOError, OSError):
-                            pass
-                    elif isinstance(key.data, str):
-                        self._accept(key.data)
-                    else:
-                        connection = self._connections.get(key.fd)
-                        if connection is not None:
-                            self._read(connection)
-                self._schedule()
+            try:
+                self._serve_once()
+            except Exception:  # one bad event must not stop the scheduling of every GPU
+                log.exception("GPU time server: unexpected error; serving on")
+                self._stop.wait(0.01)  # never a tight loop of the same error
             self.cpu_seconds = time.thread_time()
+
+    def _serve_once(self) -> None:
+        with self._lock:
+            timeout = self._timeout()
+        ready = self._selector.select(timeout)
+        with self._lock:
+            todo, self._todo = self._todo, []
+            for action in todo:
+                action()
+            for key, _ in ready:
+                if key.fileobj is self._wake_read:
+                    with contextlib.suppress(BlockingIOError, OSError):
+                        while self._wake_read.recv(4096):
+                            pass
+                elif isinstance(key.data, str):
+                    self._accept(key.data)
+                else:
+                    connection = self._connections.get(key.fd)
+                    if connection is not None:
+                        self._read(connection)
+            self._schedule()
 
     def _timeout(self) -> float | None:
         now = self._clock()
