@@ -163,3 +163,20 @@ def test_invalid_quotas_are_refused(guarantee: float, cap: float) -> None:
 def test_invalid_config_is_refused() -> None:
     with pytest.raises(ValueError, match="min token <= max token <= window"):
         SchedulerConfig(window_seconds=0.01, min_token_seconds=0.005, max_token_seconds=0.02)
+
+
+def test_asking_again_while_holding_queues_for_the_next_token() -> None:
+    scheduler = GpuScheduler(CONFIG)
+    scheduler.set_account("a", Quota(0.5, 1))
+    scheduler.open_session(1, "a")
+    scheduler.request(1)
+    first = scheduler.decide(0.0)
+    assert first is not None
+    scheduler.request(1)  # pipelined: the next one
+    scheduler.request(1)  # asked twice: still one place in the queue
+    assert scheduler.decide(0.001) is None  # still held
+    scheduler.release(1, first.sequence, 0.005, 0.005)
+    second = scheduler.decide(0.005)
+    assert second is not None and second.session == 1
+    scheduler.release(1, second.sequence, 0.005, 0.01)
+    assert scheduler.decide(0.01) is None  # nothing more asked

@@ -173,12 +173,11 @@ class GpuScheduler:
         return self._holder
 
     def request(self, session: int) -> None:
-        """The session wants a token (answered by a later `decide`)."""
+        """The session wants a token (answered by a later `decide`). Asked while it holds
+        one, it wants the next: it waits and may be granted again once it has released."""
         state = self._accounts[self._session_account[session]]
-        holder = self._holder
-        if session in state.waiting or (holder is not None and holder.session == session):
-            return
-        state.waiting.append(session)
+        if session not in state.waiting:
+            state.waiting.append(session)
 
     def release(self, session: int, sequence: int, used_seconds: float, now: float) -> bool:
         """The session returns its token, having used the GPU `used_seconds` under it; False
