@@ -55,7 +55,7 @@ def parse(value: object) -> Decimal:
     try:
         number = Decimal(match["number"])
         suffix = match["suffix"]
-        if suffix[:1] in ("e", "E"):
+        if len(suffix) > 1 and suffix[0] in ("e", "E"):  # "E" alone is exa
             return number.scaleb(int(suffix[1:]))
         return number * _SUFFIXES[suffix]
     except (InvalidOperation, KeyError) as err:

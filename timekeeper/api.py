@@ -22,7 +22,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from timekeeper.accounting import Accounting, utc_now
-from timekeeper.auth import Authenticator, KeySource, TokenVerifier, load_tokens
+from timekeeper.auth import Authenticator, KeySource, TokenVerifier
 from timekeeper.budgets import parse_timezone
 from timekeeper.database import make_engine
 from timekeeper.errors import (
@@ -44,6 +44,7 @@ from timekeeper.report_endpoint import ReportEndpoint, error_response
 from timekeeper.reports import parse_rfc3339
 from timekeeper.settings import Settings
 from timekeeper.states import rfc3339, status_to_json
+from timekeeper.static_tokens import TokenTable
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,13 @@ def build_authenticator(settings: Settings) -> Authenticator:
         )
         verifier = TokenVerifier(keys, issuer=settings.token_issuer or settings.oidc_issuer)
     return Authenticator(
-        static_tokens=load_tokens(settings.tokens_path) if settings.tokens_path else None,
+        static_tokens=(
+            TokenTable.from_file(
+                settings.tokens_path, check_interval_seconds=settings.tokens_check_seconds
+            )
+            if settings.tokens_path
+            else None
+        ),
         verifier=verifier,
         allow_anonymous_reports=settings.allow_unauthenticated_reports,
     )

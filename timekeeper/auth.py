@@ -1,41 +1,59 @@
 """Who is calling: static tokens (standalone) and ServiceAccount tokens (in a cluster).
 
 A sidecar presents `Authorization: Bearer <token>`. Standalone, a tokens file maps static
-tokens to namespaces. In a cluster the token is the pod's projected ServiceAccount token (a
-JWT for the audience `gpushare-timekeeper`), verified against the API server's published
-signing keys (JWKS from a file, a URL, or OIDC discovery of the issuer); the namespace, pod
-name and pod UID come from its `kubernetes.io` claims. Tokens are never logged.
+tokens to namespaces (`static_tokens`). In a cluster the token is the pod's projected
+ServiceAccount token (a JWT for the audience `gpushare-timekeeper`, bound to the pod),
+verified against the API server's published signing keys (JWKS from a file, a URL, or OIDC
+discovery of the issuer); the namespace, pod name and pod UID come from its `kubernetes.io`
+claims. Tokens are never logged.
+
+kube-apiserver serves its keys at `/openid/v1/jwks` as `application/jwk-set+json` only (a
+request that accepts only `application/json` gets 406) and its discovery document at
+`/.well-known/openid-configuration` as `application/json`; both need a bearer token with the
+`system:service-account-issuer-discovery` role, over TLS signed by the cluster's CA.
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import logging
+import math
 import ssl
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import jwt
-import yaml
 
 from gpushare.annotations import TIMEKEEPER_AUDIENCE
 from timekeeper.errors import ConfigError, Forbidden, Unauthenticated, Unavailable
-from timekeeper.reports import Report, is_namespace_name
+from timekeeper.reports import Report
+from timekeeper.static_tokens import TokenTable
 
 logger = logging.getLogger(__name__)
 
-ALGORITHMS: Final = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256")
-MIN_TOKEN_LENGTH: Final = 16
+_RSA_ALGORITHMS: Final = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+ALGORITHMS: Final = (*_RSA_ALGORITHMS, "ES256", "ES384", "ES512")
+"""Signature algorithms a ServiceAccount token may use; each key allows only its own."""
 JWKS_REFRESH_SECONDS: Final = 300.0
-"""Keys are refetched this often, and at most this often... unless an unknown key id shows up."""
+"""Keys are refetched this often, and at most every `JWKS_MIN_REFETCH_SECONDS` when a token
+names an unknown key id (a rotation)."""
 JWKS_MIN_REFETCH_SECONDS: Final = 10.0
 FETCH_TIMEOUT_SECONDS: Final = 5.0
+MAX_DOCUMENT_BYTES: Final = 1024 * 1024
+"""A discovery document or JWKS larger than this is refused before it is parsed."""
+TOKEN_LEEWAY_SECONDS: Final = 30.0
+"""How far past `exp` (or before `nbf`) a token is still taken: clocks of nodes differ."""
+LOOPBACK_HOSTS: Final = ("127.0.0.1", "::1", "localhost")
+JWKS_ACCEPT: Final = "application/jwk-set+json, application/json;q=0.9"
+DISCOVERY_ACCEPT: Final = "application/json"
 
 
 @dataclass(frozen=True)
@@ -48,83 +66,14 @@ class Identity:
     pod_uid: str | None = None
     subject: str = ""
     """For logs: `static token for team-a`, `system:serviceaccount:ns:name`; never a token."""
+    service_account: bool = False
+    """A ServiceAccount token: it can carry a pod, so a report needs one bound to its pod."""
 
 
 ANONYMOUS: Final = Identity(namespace=None, subject="anonymous")
 
 
-# --- static tokens -------------------------------------------------------------------------
-
-
-def load_tokens(path: Path) -> dict[str, str]:
-    """The tokens file as {sha256(token): namespace}; `ConfigError` lists every problem."""
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError([f"{path}: cannot read a YAML document ({err})"]) from err
-    return parse_tokens(document, source=str(path))
-
-
-def parse_tokens(document: Any, *, source: str = "tokens file") -> dict[str, str]:
-    problems: list[str] = []
-    table: dict[str, str] = {}
-    if not isinstance(document, dict) or set(document) != {"tokens"}:
-        raise ConfigError(
-            [f"{source}: must be a mapping with one key `tokens` (got {_shape(document)})"]
-        )
-    entries = document["tokens"]
-    if not isinstance(entries, list):
-        raise ConfigError([f"{source}: tokens: must be a list (got {_shape(entries)})"])
-    if not entries:
-        # With no token every report is refused: a mistake, never a set-up.
-        raise ConfigError(
-            [f"{source}: tokens: must list at least one {{token, namespace}} (got an empty list)"]
-        )
-    for index, entry in enumerate(entries):
-        where = f"{source}: tokens[{index}]"
-        if not isinstance(entry, dict):
-            problems.append(
-                f"{where}: must be a mapping {{token, namespace}} (got {_shape(entry)})"
-            )
-            continue
-        for key in sorted(set(entry) - {"token", "namespace"}, key=str):
-            problems.append(f"{where}.{key}: unknown key (the keys are token, namespace)")
-        token, namespace = entry.get("token"), entry.get("namespace")
-        if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
-            # The value is a secret: describe it, never print it.
-            problems.append(
-                f"{where}.token: must be a string of at least {MIN_TOKEN_LENGTH} characters "
-                f"(got {_shape(token)})"
-            )
-            token = None
-        if not isinstance(namespace, str) or not is_namespace_name(namespace):
-            problems.append(
-                f"{where}.namespace: must be a namespace name (RFC 1123 label) (got {namespace!r})"
-            )
-            namespace = None
-        if token is not None and namespace is not None:
-            digest = _digest(token)
-            if digest in table:
-                problems.append(f"{where}.token: the same token is listed twice")
-            table[digest] = namespace
-    if problems:
-        raise ConfigError(problems)
-    return table
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def _shape(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, str):
-        return f"a string of {len(value)} characters"
-    return f"a {type(value).__name__}"
-
-
-# --- ServiceAccount tokens (JWT) -----------------------------------------------------------
+# --- the signing keys ----------------------------------------------------------------------
 
 
 class KeySource:
@@ -147,14 +96,14 @@ class KeySource:
         self._ssl = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
         self._bearer_file = bearer_file
         self._lock = threading.Lock()
-        self._keys: dict[str, Any] = {}
+        self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")
         self._fetch_error: str | None = None
         if jwks_file is not None:
             self._keys = _parse_jwks(_read_json_file(jwks_file), source=str(jwks_file))
             self._fetched_at = float("inf")
 
-    def key_for(self, kid: str | None) -> Any:
+    def key_for(self, kid: str | None) -> jwt.PyJWK:
         """The public key with id `kid` (or the only key, when the token names none)."""
         now = time.monotonic()
         key = self._pick(kid)
@@ -176,7 +125,7 @@ class KeySource:
             raise Unauthenticated(f"token signed with an unknown key (kid {kid!r})")
         return key
 
-    def _pick(self, kid: str | None) -> Any:
+    def _pick(self, kid: str | None) -> jwt.PyJWK | None:
         if kid is not None:
             return self._keys.get(kid)
         if len(self._keys) == 1:
@@ -187,7 +136,7 @@ class KeySource:
         self._fetched_at = time.monotonic()
         try:
             url = self._jwks_url or self._discover()
-            self._keys = _parse_jwks(self._fetch(url), source=url)
+            self._keys = _parse_jwks(self._fetch(url, accept=JWKS_ACCEPT), source=url)
             self._fetch_error = None
         except (OSError, ValueError, ConfigError, http.client.HTTPException) as err:
             # Keep the keys we had; a token whose key we cannot find gets 503 (retry) while
@@ -197,21 +146,61 @@ class KeySource:
 
     def _discover(self) -> str:
         assert self._issuer is not None
-        document = self._fetch(self._issuer.rstrip("/") + "/.well-known/openid-configuration")
-        uri = document.get("jwks_uri") if isinstance(document, dict) else None
-        if not isinstance(uri, str):
-            raise ValueError(f"the issuer {self._issuer} publishes no jwks_uri")
+        url = self._issuer.rstrip("/") + "/.well-known/openid-configuration"
+        document = self._fetch(url, accept=DISCOVERY_ACCEPT)
+        if not isinstance(document, dict):
+            raise ValueError(f"{url}: the discovery document is not a JSON object")
+        issuer, uri = document.get("issuer"), document.get("jwks_uri")
+        if isinstance(issuer, str) and issuer.rstrip("/") != self._issuer.rstrip("/"):
+            # OpenID Connect Discovery: the document must name the issuer it was fetched for;
+            # the tokens would fail the issuer check anyway, and this says why.
+            raise ValueError(
+                f"{url}: the document is for the issuer {issuer!r}, not {self._issuer!r} "
+                "(set the issuer to the API server's --service-account-issuer)"
+            )
+        if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
+            raise ValueError(f"{url}: the issuer publishes no jwks_uri (got {uri!r})")
         return uri
 
-    def _fetch(self, url: str) -> Any:
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    def _fetch(self, url: str, *, accept: str) -> Any:
+        request = urllib.request.Request(url, headers={"Accept": accept})
         if self._bearer_file is not None:
+            host = urllib.parse.urlsplit(url).hostname or ""
+            if not url.startswith("https://") and host not in LOOPBACK_HOSTS:
+                raise ValueError(
+                    f"GET {url}: the bearer token is only sent over https:// (or to this "
+                    "machine): plain http would show it to the network"
+                )
+            # Re-read each time: the kubelet rotates a projected token in place.
             bearer = self._bearer_file.read_text(encoding="utf-8").strip()
             request.add_header("Authorization", f"Bearer {bearer}")
-        with urllib.request.urlopen(
-            request, timeout=FETCH_TIMEOUT_SECONDS, context=self._ssl
-        ) as response:
-            return json.loads(response.read())
+        try:
+            with urllib.request.urlopen(
+                request, timeout=FETCH_TIMEOUT_SECONDS, context=self._ssl
+            ) as response:
+                body = response.read(MAX_DOCUMENT_BYTES + 1)
+        except urllib.error.HTTPError as err:
+            if self._bearer_file is None and err.code in (401, 403):
+                hint = (
+                    " (no bearer token was sent: give one with the role "
+                    "system:service-account-issuer-discovery with --oidc-token-file)"
+                )
+            else:
+                hint = {
+                    401: " (the bearer token was refused: check --oidc-token-file)",
+                    403: " (the bearer token lacks the system:service-account-issuer-discovery"
+                    " role)",
+                    406: " (the server offers another content type)",
+                }.get(err.code, "")
+            raise ValueError(f"GET {url}: {err.code} {err.reason}{hint}") from err
+        except urllib.error.URLError as err:
+            raise ValueError(f"GET {url}: {err.reason}") from err
+        if len(body) > MAX_DOCUMENT_BYTES:
+            raise ValueError(f"GET {url}: more than {MAX_DOCUMENT_BYTES} bytes")
+        try:
+            return json.loads(body)
+        except ValueError as err:
+            raise ValueError(f"GET {url}: not a JSON document ({err})") from err
 
 
 def _read_json_file(path: Path) -> Any:
@@ -221,45 +210,82 @@ def _read_json_file(path: Path) -> Any:
         raise ConfigError([f"{path}: cannot read a JSON document ({err})"]) from err
 
 
-def _parse_jwks(document: Any, *, source: str) -> dict[str, Any]:
+def _parse_jwks(document: Any, *, source: str) -> dict[str, jwt.PyJWK]:
     try:
         key_set = jwt.PyJWKSet.from_dict(document)
     except (jwt.PyJWKError, jwt.PyJWKSetError, TypeError, AttributeError) as err:
         raise ConfigError([f"{source}: not a usable JWKS ({err})"]) from err
-    keys: dict[str, Any] = {}
+    keys: dict[str, jwt.PyJWK] = {}
     for index, key in enumerate(key_set.keys):
-        keys[key.key_id or f"#{index}"] = key.key
+        keys[key.key_id or f"#{index}"] = key
     return keys
 
 
-class TokenVerifier:
-    """Verifies projected ServiceAccount tokens: signature, expiry, audience, issuer."""
+# --- ServiceAccount tokens (JWT) -----------------------------------------------------------
 
-    def __init__(self, keys: KeySource, *, issuer: str | None = None) -> None:
+
+class TokenVerifier:
+    """Verifies projected ServiceAccount tokens: algorithm, signature, validity window,
+    audience, issuer.
+
+    `clock` gives the time (seconds since the epoch) against which `exp` and `nbf` are
+    checked, with `leeway_seconds` either side.
+    """
+
+    def __init__(
+        self,
+        keys: KeySource,
+        *,
+        issuer: str | None = None,
+        leeway_seconds: float = TOKEN_LEEWAY_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._keys = keys
         self._issuer = issuer
+        self._leeway_seconds = leeway_seconds
+        self._clock = clock
 
     def verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
-            key = self._keys.key_for(header.get("kid"))
+        except jwt.PyJWTError as err:
+            raise Unauthenticated(f"token rejected: {err}") from err
+        algorithm = header.get("alg")
+        if algorithm not in ALGORITHMS:
+            raise Unauthenticated(
+                f"token rejected: algorithm {_short(algorithm)} is not one of "
+                f"{', '.join(ALGORITHMS)}"
+            )
+        key = self._keys.key_for(header.get("kid"))
+        if key.algorithm_name != algorithm:
+            # An RSA key only verifies RS*/PS* signatures, an EC key only its curve's ES*:
+            # a token naming another algorithm cannot be one the key signed.
+            raise Unauthenticated(
+                f"token rejected: its algorithm {algorithm} does not fit the key "
+                f"{_short(key.key_id)} ({key.key_type}, {key.algorithm_name})"
+            )
+        try:
             claims = jwt.decode(
                 token,
-                key,
-                algorithms=list(ALGORITHMS),
+                key.key,
+                algorithms=[algorithm],
                 audience=TIMEKEEPER_AUDIENCE,
                 issuer=self._issuer,
-                options={"require": ["exp", "aud"]},
-                leeway=30,
+                # The validity window is checked below against this verifier's clock.
+                options={
+                    "require": ["exp", "aud"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError as err:
-            raise Unauthenticated("token expired") from err
         except jwt.InvalidAudienceError as err:
             raise Unauthenticated(f"token is not for the audience {TIMEKEEPER_AUDIENCE}") from err
         except jwt.InvalidIssuerError as err:
             raise Unauthenticated(f"token not issued by {self._issuer}") from err
         except jwt.PyJWTError as err:
             raise Unauthenticated(f"token rejected: {err}") from err
+        self._check_window(claims)
         kubernetes = claims.get("kubernetes.io")
         if not isinstance(kubernetes, dict) or not isinstance(kubernetes.get("namespace"), str):
             raise Unauthenticated("token has no kubernetes.io namespace claim")
@@ -270,7 +296,33 @@ class TokenVerifier:
             pod=pod.get("name") if isinstance(pod.get("name"), str) else None,
             pod_uid=pod.get("uid") if isinstance(pod.get("uid"), str) else None,
             subject=str(claims.get("sub", "service account")),
+            service_account=True,
         )
+
+    def _check_window(self, claims: dict[str, Any]) -> None:
+        now = self._clock()
+        expires, not_before = claims.get("exp"), claims.get("nbf")
+        if not _is_number(expires) or (not_before is not None and not _is_number(not_before)):
+            raise Unauthenticated("token rejected: exp and nbf must be numbers")
+        assert isinstance(expires, int | float)
+        if now > expires + self._leeway_seconds:
+            raise Unauthenticated(
+                f"token expired {now - expires:.0f} s ago (leeway {self._leeway_seconds:g} s)"
+            )
+        if isinstance(not_before, int | float) and now < not_before - self._leeway_seconds:
+            raise Unauthenticated(
+                f"token not valid for another {not_before - now:.0f} s "
+                f"(leeway {self._leeway_seconds:g} s)"
+            )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # --- the authenticator the API uses --------------------------------------------------------
@@ -282,11 +334,13 @@ class Authenticator:
     def __init__(
         self,
         *,
-        static_tokens: dict[str, str] | None = None,
+        static_tokens: TokenTable | dict[str, str] | None = None,
         verifier: TokenVerifier | None = None,
         allow_anonymous_reports: bool = False,
     ) -> None:
-        self._static = static_tokens or {}
+        if isinstance(static_tokens, dict):
+            static_tokens = TokenTable.fixed(static_tokens)
+        self._static = static_tokens
         self._verifier = verifier
         self._allow_anonymous = allow_anonymous_reports
 
@@ -300,7 +354,7 @@ class Authenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("the Authorization header must be `Bearer <token>`")
-        namespace = self._static.get(_digest(token))
+        namespace = self._static.namespace_of(token) if self._static is not None else None
         if namespace is not None:
             return Identity(namespace=namespace, subject=f"static token for {namespace}")
         if self._verifier is not None and token.count(".") == 2:
@@ -312,13 +366,24 @@ class Authenticator:
 
 
 def authorize_report(identity: Identity, report: Report) -> None:
-    """`Forbidden` unless the caller may report for this namespace and pod."""
+    """`Forbidden` unless the caller may report for this namespace and pod.
+
+    A static token covers its namespace. A ServiceAccount token can carry a pod, so a report
+    needs one bound to the reporting pod, with the same pod name and UID: a token of the
+    namespace alone could report any pod UID of it, which it has no business charging.
+    """
     if identity.namespace is None:  # anonymous demo mode
         return
     if identity.namespace != report.namespace:
         raise Forbidden(
             f"namespace: the token is for namespace {identity.namespace!r}, the report is "
             f"for {report.namespace!r}"
+        )
+    if identity.service_account and (identity.pod is None or identity.pod_uid is None):
+        raise Forbidden(
+            f"token: a report needs a ServiceAccount token bound to the reporting pod (the "
+            f"projected token of the pod's volume); the token of {identity.subject} names "
+            f"no pod"
         )
     if identity.pod is not None and identity.pod != report.pod:
         raise Forbidden(

@@ -25,7 +25,9 @@ _HELP = {
     "default: the SQLite file ~/.local/state/gpushare/timekeeper.db",
     "budgets_path": "budgets YAML file (reloaded when it changes); default: all unlimited",
     "budgets_check_seconds": "how often to check the budgets file for changes (default 2)",
-    "tokens_path": "standalone auth: YAML `tokens: [{token, namespace}]`",
+    "tokens_path": "standalone auth: YAML `tokens: [{token, namespace}]` (reloaded when it "
+    "changes)",
+    "tokens_check_seconds": "how often to check the tokens file for changes (default 2)",
     "jwks_file": "cluster auth: the ServiceAccount signing keys (JWKS file)",
     "jwks_url": "cluster auth: URL of the ServiceAccount signing keys (JWKS)",
     "oidc_issuer": "cluster auth: the ServiceAccount issuer, keys found by OIDC discovery",

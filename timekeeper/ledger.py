@@ -74,11 +74,11 @@ class Ledger:
     # --- writing ---------------------------------------------------------------------------
 
     def record(self, report: Report, *, received_at: datetime) -> tuple[Receipt, bool]:
-        """Store `report` once; a resend of the same (pod UID, sequence) gets the first answer.
-        The flag is True when this call stored it, False for a resend.
+        """Store `report` once; a resend of the same (namespace, pod UID, sequence) gets the
+        first answer. The flag is True when this call stored it, False for a resend.
 
-        `Conflict`: that (pod UID, sequence) holds a different report. `ReportRejected`: the
-        interval overlaps another of the same pod.
+        `Conflict`: that key holds a different report. `ReportRejected`: the interval
+        overlaps another of the same pod (namespace and UID).
         """
         wall_seconds = report.duration_microseconds / MICROSECONDS_PER_SECOND
         row = NewRow(
@@ -95,7 +95,8 @@ class Ledger:
             raise ReportRejected(
                 f"start/end: the interval {_iso(report.start)}..{_iso(report.end)} of sequence "
                 f"{report.sequence} overlaps sequence {other.sequence} "
-                f"({_iso(other.start_at)}..{_iso(other.end_at)}) of pod {report.pod_uid}"
+                f"({_iso(other.start_at)}..{_iso(other.end_at)}) of pod {report.pod_uid} in "
+                f"namespace {report.namespace}"
             )
         receipt = Receipt(
             pod_uid=report.pod_uid,
@@ -266,7 +267,8 @@ def _receipt_for_resend(row: StoredReport, report: Report) -> Receipt:
             if old != new
         ]
         raise Conflict(
-            f"sequence: pod {report.pod_uid} already reported sequence {report.sequence} with "
+            f"sequence: pod {report.pod_uid} of namespace {report.namespace} already reported "
+            f"sequence {report.sequence} with "
             f"different content ({', '.join(differences)}); a resend must be identical"
         )
     return Receipt(

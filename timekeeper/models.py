@@ -55,8 +55,12 @@ class UsageReport(Base):
 
     __tablename__ = "usage_reports"
     __table_args__ = (
-        sa.UniqueConstraint("pod_uid", "sequence", name="uq_usage_reports_pod_sequence"),
-        sa.Index("ix_usage_reports_pod_start", "pod_uid", "start_at"),
+        # A report is keyed by its namespace and pod: a caller of one namespace cannot take
+        # the key of another namespace's pod first.
+        sa.UniqueConstraint(
+            "namespace", "pod_uid", "sequence", name="uq_usage_reports_namespace_pod_sequence"
+        ),
+        sa.Index("ix_usage_reports_namespace_pod_start", "namespace", "pod_uid", "start_at"),
         sa.Index("ix_usage_reports_namespace_start", "namespace", "start_at"),
     )
 

@@ -46,7 +46,16 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/reports": {
                 "post": {
                     "operationId": "postReport",
-                    "summary": "Record one usage interval of a pod (idempotent on podUid+sequence)",
+                    "summary": (
+                        "Record one usage interval of a pod "
+                        "(idempotent on namespace+podUid+sequence)"
+                    ),
+                    "description": (
+                        "Needs a static token of the report's namespace, or a ServiceAccount "
+                        "token bound to the reporting pod (same namespace, pod name and UID); "
+                        "401 when the token does not verify, 403 when it does not cover the "
+                        "report, 503 while the signing keys cannot be fetched."
+                    ),
                     "security": [{"bearer": []}],
                     "requestBody": {
                         "required": True,

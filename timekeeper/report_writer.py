@@ -5,9 +5,10 @@ runs once per report from every GPU pod and SQLAlchemy's statement machinery cos
 the database work. One transaction per report:
 
 - PostgreSQL, three round trips: `BEGIN; SELECT pg_advisory_xact_lock(<pod>)` (reports of one
-  pod are serialised, so the overlap check cannot be overtaken), one statement that looks for
-  the same sequence or an overlapping interval and, only when there is none, inserts the
-  ledger row and upserts the buckets (data-modifying CTEs), then `COMMIT`.
+  pod, its namespace and UID, are serialised, so the overlap check cannot be overtaken), one
+  statement that looks for the same sequence or an overlapping interval and, only when
+  there is none, inserts the ledger row and upserts the buckets
+  (data-modifying CTEs), then `COMMIT`.
 - SQLite: `BEGIN IMMEDIATE` (the write lock up front, which serialises every writer), the
   same check, the insert, the bucket upserts, `COMMIT`. SQLite makes a writer that finds the
   file locked sleep and retry (1 ms, 2 ms, 5 ms, … up to 100 ms), which wastes most of the
@@ -51,15 +52,18 @@ _INSERT_COLUMNS: Final = (
     "gpu_seconds, memory_byte_seconds, sm_utilization, memory_used_bytes, received_at"
 )
 # The same sequence, or an overlapping interval of the pod: two index probes, so the cost
-# does not grow with the number of reports a pod has sent. A pod's stored intervals never
-# overlap (this check keeps it so), so ordered by start they are ordered by end too: the
-# one starting last before the new end is the only one that can reach past the new start.
+# does not grow with the number of reports a pod has sent. A pod is its namespace and UID:
+# a caller of another namespace naming the same UID never meets this pod's reports. A pod's
+# stored intervals never overlap (this check keeps it so), so ordered by start they are
+# ordered by end too: the one starting last before the new end is the only one that can
+# reach past the new start.
 _MATCH: Final = (
     "SELECT {columns} FROM usage_reports "
-    "WHERE pod_uid = {p}pod_uid{s} AND sequence = {p}sequence{s} "
+    "WHERE namespace = {p}namespace{s} AND pod_uid = {p}pod_uid{s} "
+    "AND sequence = {p}sequence{s} "
     "UNION ALL "
     "SELECT * FROM (SELECT {columns} FROM usage_reports "
-    "WHERE pod_uid = {p}pod_uid{s} AND start_at < {p}end{s} "
+    "WHERE namespace = {p}namespace{s} AND pod_uid = {p}pod_uid{s} AND start_at < {p}end{s} "
     "ORDER BY start_at DESC LIMIT 1) AS latest WHERE end_at > {p}start{s}"
 )
 
@@ -139,9 +143,11 @@ def _sqlite_parse(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def pod_lock_key(pod_uid: str) -> int:
-    """A signed 64-bit advisory-lock key for a pod UID."""
-    digest = hashlib.blake2b(pod_uid.encode("utf-8"), digest_size=8).digest()
+def pod_lock_key(namespace: str, pod_uid: str) -> int:
+    """A signed 64-bit advisory-lock key for a pod (its namespace and UID)."""
+    # "/" cannot be part of a namespace name, so no two pods share the text.
+    key = f"{namespace}/{pod_uid}".encode()
+    digest = hashlib.blake2b(key, digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
@@ -186,7 +192,7 @@ class ReportWriter:
 
     def write(self, report: Report, row: NewRow) -> list[StoredReport]:
         """Store `report` unless the ledger holds its sequence or an overlapping interval of
-        its pod; returns those rows (empty: stored now)."""
+        its pod (same namespace and UID); returns those rows (empty: stored now)."""
         if not self.postgres:
             with self._sqlite_writer_turn():
                 return self._write_sqlite_safely(report, row)
@@ -252,7 +258,8 @@ class ReportWriter:
             params["bucket_starts"] = [share.bucket_start for share in shares]
             params["cores"] = [report.vcuda_core * share.microseconds for share in shares]
             params["memories"] = [report.vcuda_memory * share.microseconds for share in shares]
-            cursor.execute(f"BEGIN; SELECT pg_advisory_xact_lock({pod_lock_key(report.pod_uid)})")
+            lock_key = pod_lock_key(report.namespace, report.pod_uid)
+            cursor.execute(f"BEGIN; SELECT pg_advisory_xact_lock({lock_key})")
             try:
                 cursor.execute(_PG_RECORD, params)
                 found = cursor.fetchall()

@@ -39,7 +39,9 @@ class Settings:
     budgets_check_seconds: float = 2.0
     """How often the budgets file is checked for changes."""
     tokens_path: Path | None = None
-    """Standalone auth: YAML `tokens: [{token, namespace}]`."""
+    """Standalone auth: YAML `tokens: [{token, namespace}]`, reloaded when it changes."""
+    tokens_check_seconds: float = 2.0
+    """How often the tokens file is checked for changes."""
     jwks_file: Path | None = None
     """Cluster auth: the API server's ServiceAccount signing keys as a JWKS file."""
     jwks_url: str | None = None
@@ -186,6 +188,7 @@ _PARSERS: Final[dict[str, Callable[[object], Any]]] = {
     "budgets_path": _readable_file,
     "budgets_check_seconds": _seconds(0.0),
     "tokens_path": _readable_file,
+    "tokens_check_seconds": _seconds(0.0),
     "jwks_file": _readable_file,
     "jwks_url": _url,
     "oidc_issuer": _url,
@@ -210,6 +213,7 @@ ENV_NAMES: Final[dict[str, str]] = {
     "budgets_path": "GPUSHARE_BUDGETS_FILE",
     "budgets_check_seconds": "GPUSHARE_BUDGETS_CHECK_SECONDS",
     "tokens_path": "GPUSHARE_TOKENS_FILE",
+    "tokens_check_seconds": "GPUSHARE_TOKENS_CHECK_SECONDS",
     "jwks_file": "GPUSHARE_JWKS_FILE",
     "jwks_url": "GPUSHARE_JWKS_URL",
     "oidc_issuer": "GPUSHARE_OIDC_ISSUER",

@@ -1,9 +1,12 @@
 """What the webhook decides for one AdmissionRequest (logic; the budget source is injected).
 
-`validate` checks GPU requests on CREATE and UPDATE. `mutate` (CREATE only) validates too,
-then sets the budget-state annotation and the PriorityClass from the namespace's budget, or
+`validate` checks GPU requests on CREATE and UPDATE, and on CREATE that the pod, as every
+mutating step left it, holds gpushare's sidecar. `mutate` (CREATE only) validates too, then
+sets the budget-state annotation and the PriorityClass from the namespace's budget, or
 refuses the pod when the budget is exhausted and the policy says deny, and injects the
-accounting sidecar exactly once.
+accounting sidecar exactly once. A reserved name is refused only where the pod's creator
+wrote it (as the API server recorded the request), so that no other admission step that
+edits the injected sidecar can trip that check.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gpushare import annotations as keys
-from webhook import injection, patches, validation
-from webhook.budget import BudgetStatus, PriorityDecision, decide_priority
+from webhook import injection, isolation, patches, validation
+from webhook.budget import BudgetStatus, PriorityDecision, decide_priority, warnings_for
 from webhook.errors import BadReview, TimekeeperUnavailable
 from webhook.review import AdmissionRequest, Verdict
 from webhook.settings import Settings
@@ -43,14 +46,43 @@ def _denied(problems: list[str]) -> Verdict:
     return Verdict(allowed=False, message="pod rejected: " + "; ".join(problems))
 
 
+def _creation_problems(pod: Mapping[str, Any]) -> list[str]:
+    """What refuses a new GPU pod whatever its budget: a reserved container or volume that its
+    creator wrote into it, or a protected variable in its environment (whoever set it)."""
+    problems = injection.written_by_user(pod)
+    for ref, item in validation.containers(pod):
+        allowed = injection.SIDECAR_ENV_NAMES if ref.name == injection.SIDECAR_NAME else ()
+        problems += isolation.container_problems(ref, item, allowed)
+    return problems
+
+
+def _sidecar_problems(
+    pod: Mapping[str, Any], report: validation.PodReport, settings: Settings
+) -> list[str]:
+    """Why the pod, as every mutating step left it, does not hold gpushare's own sidecar."""
+    found = injection.find_sidecar(pod)
+    if found is None:
+        return [
+            f'the accounting sidecar "{injection.SIDECAR_NAME}" is missing: GPU pods are'
+            " admitted only through gpushare's mutating webhook, which injects it"
+        ]
+    totals = validation.pod_totals(report.requests)
+    return injection.sidecar_problems(found, pod, settings, totals)
+
+
 def validate(request: AdmissionRequest, settings: Settings) -> Verdict:
-    """The validating endpoint: GPU request rules on CREATE and UPDATE, and on UPDATE the
-    sidecar's image unchanged."""
-    if request.pod is None or request.namespace in settings.system_namespaces:
+    """The validating endpoint: GPU request rules on CREATE and UPDATE; on CREATE the pod as
+    every mutating step left it must hold gpushare's own sidecar; on UPDATE the sidecar's
+    image may not change."""
+    pod = request.pod
+    if pod is None or request.namespace in settings.system_namespaces:
         return Verdict(allowed=True)
-    problems = validation.validate_pod(request.pod)
+    report = validation.inspect_pod(pod, settings.request_bounds)
+    problems = list(report.problems)
+    if request.operation == "CREATE" and report.has_gpu and not problems:
+        problems = _creation_problems(pod) or _sidecar_problems(pod, report, settings)
     if request.old_pod is not None:
-        problem = injection.update_problem(request.old_pod, request.pod)
+        problem = injection.update_problem(request.old_pod, pod)
         if problem is not None:
             problems.append(problem)
     return _denied(problems) if problems else Verdict(allowed=True)
@@ -65,11 +97,14 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
         or request.namespace in settings.system_namespaces
     ):
         return Verdict(allowed=True)
-    report = validation.inspect_pod(pod)
+    report = validation.inspect_pod(pod, settings.request_bounds)
     if report.problems:
         return _denied(report.problems)
     if not report.has_gpu:
         return Verdict(allowed=True)
+    problems = _creation_problems(pod)
+    if problems:
+        return _denied(problems)
 
     warnings: list[str] = []
     lookup_failed = False
@@ -77,6 +112,7 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
         lookup = budgets.lookup(request.namespace)
         state = lookup.status.state
         decision = decide_priority(lookup.status)
+        warnings += warnings_for(lookup.status, decision)
         if lookup.stale:
             warnings.append("gpushare: budget state from cache; the timekeeper is not answering")
     except TimekeeperUnavailable as err:
@@ -94,7 +130,10 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
             err,
             extra={"namespace": request.namespace},
         )
-        warnings.append(f"gpushare: budget unknown ({err}); admitted as in-budget")
+        warnings.append(
+            f'gpushare: the GPU budget of namespace "{request.namespace}" is unknown ({err});'
+            " admitted as in-budget by the webhook's failure policy fail-open"
+        )
         state = "in-budget"
         lookup_failed = True
         decision = PriorityDecision(keys.PRIORITY_CLASS_STANDARD)
@@ -109,10 +148,11 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
     totals = validation.pod_totals(report.requests)
     found = injection.find_sidecar(pod)
     if found is not None:
-        # Injected by an earlier invocation, or brought by the user: only ours is accepted.
-        problem = injection.sidecar_problem(found, pod, settings, totals)
-        if problem is not None:
-            return _denied([problem])
+        # Injected by an earlier invocation (the user's own was refused above), and possibly
+        # edited since by other admission steps: only the fields gpushare owns must hold.
+        problems = injection.sidecar_problems(found, pod, settings, totals)
+        if problems:
+            return _denied(problems)
     else:
         clash = _volume_clash(spec)
         if clash:
@@ -125,6 +165,7 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
         wanted[keys.SIDECAR_INJECTED] = settings.sidecar_mode
     ops = patches.annotation_ops(pod, wanted) + ops
     ops += patches.priority_ops(spec, decision.priority_class)
+    ops += patches.scheduler_ops(spec, settings.scheduler_name)
     chosen = spec.get("priorityClassName")
     if chosen and chosen != decision.priority_class:
         warnings.append(
@@ -144,7 +185,7 @@ def _volume_clash(spec: Mapping[str, Any]) -> str | None:
     if not isinstance(volumes, list):
         raise BadReview("object.spec.volumes must be a list")
     names = {v.get("name") for v in volumes if isinstance(v, dict)}
-    for name in (injection.TOKEN_VOLUME, injection.SPOOL_VOLUME):
+    for name in injection.RESERVED_VOLUMES:
         if name in names:
             return name
     return None

@@ -82,6 +82,35 @@ def _number(body: Mapping[str, Any], field: str, default: float | None = None) -
     return float(value)
 
 
+def _refill(status: BudgetStatus) -> str:
+    # A rolling window refills as old use slides out, sooner than its end: prefer refillsAt.
+    return status.refills_at or status.period_end or "the next budget period"
+
+
+def _used(status: BudgetStatus) -> str:
+    hours = status.budget_gpu_hours
+    if hours is None:
+        return f"{status.used_gpu_hours:.2f} GPU-hours of an unlimited budget"
+    percent = f" ({status.used_gpu_hours / hours * 100:.0f}%)" if hours > 0 else ""
+    return f"{status.used_gpu_hours:.2f} of its {hours:g} GPU-hours budget{percent}"
+
+
+def warnings_for(status: BudgetStatus, decision: PriorityDecision) -> list[str]:
+    """What the user is told (admission warnings, printed by kubectl) about the budget."""
+    if decision.priority_class == keys.PRIORITY_CLASS_OVERBUDGET:
+        return [
+            f'gpushare: namespace "{status.namespace}" has used {_used(status)}, so this pod'
+            f" runs at PriorityClass {keys.PRIORITY_CLASS_OVERBUDGET}: preemptible (in-budget"
+            f" GPU pods may evict it) until the budget refills at {_refill(status)}"
+        ]
+    if status.state == "warning":
+        return [
+            f'gpushare: namespace "{status.namespace}" has used {_used(status)}; it refills'
+            f" at {_refill(status)}"
+        ]
+    return []
+
+
 def decide_priority(status: BudgetStatus) -> PriorityDecision:
     """The PriorityClass a new GPU pod gets, or why it is refused."""
     if status.state != "exhausted":
@@ -101,8 +130,7 @@ def decide_priority(status: BudgetStatus) -> PriorityDecision:
         )
     hours = status.budget_gpu_hours
     budget = "an unlimited" if hours is None else f"its {hours:g}"
-    # A rolling window refills as old use slides out, sooner than its end: prefer refillsAt.
-    refill = status.refills_at or status.period_end or "the next budget period"
+    refill = _refill(status)
     return PriorityDecision(
         None,
         denial=(

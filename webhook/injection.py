@@ -6,6 +6,7 @@ GPU resources itself and runs with a restrictive securityContext.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,20 @@ TOKEN_DIR = "/var/run/secrets/gpushare.io/serviceaccount"
 TOKEN_FILE = f"{TOKEN_DIR}/token"
 SPOOL_VOLUME = "gpushare-spool"
 SPOOL_DIR = "/var/lib/gpushare/spool"
+
+
+SIDECAR_ENV_NAMES = (
+    "GPUSHARE_TIMEKEEPER_URL",
+    "GPUSHARE_TOKEN_FILE",
+    "GPUSHARE_POD_NAME",
+    "GPUSHARE_POD_NAMESPACE",
+    "GPUSHARE_POD_UID",
+    "GPUSHARE_VCUDA_CORE",
+    "GPUSHARE_VCUDA_MEMORY",
+    "GPUSHARE_REPORT_INTERVAL_SECONDS",
+    "GPUSHARE_SPOOL_DIR",
+)
+"""The sidecar's environment (its contract with the sidecar part), in the order injected."""
 
 
 def _field_env(name: str, path: str) -> dict[str, Any]:
@@ -107,25 +122,99 @@ def find_sidecar(pod: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None
     return None
 
 
-def sidecar_problem(
+RESERVED_VOLUMES = (TOKEN_VOLUME, SPOOL_VOLUME)
+
+
+def written_by_user(pod: Mapping[str, Any]) -> list[str]:
+    """The reserved containers and volumes (`gpushare-sidecar`, `gpushare-token`,
+    `gpushare-spool`) that the pod's creator wrote, as refusal reasons.
+
+    On CREATE the API server records in `metadata.managedFields` every field of the object
+    as the client sent it, before any admission step runs, and recomputes that record
+    whatever the client puts there. What gpushare (or any other admission step) adds later is
+    not in it, so a reserved name found there was written by the user: a pod that brings its
+    own "sidecar" to skip accounting is refused, while the real one, which other admission
+    steps may since have edited, is never mistaken for it.
+    """
+    owned: set[tuple[str, str]] = set()
+    metadata = pod.get("metadata")
+    entries = metadata.get("managedFields") if isinstance(metadata, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        fields = entry.get("fieldsV1") if isinstance(entry, dict) else None
+        spec = fields.get("f:spec") if isinstance(fields, dict) else None
+        if not isinstance(spec, dict):
+            continue
+        for field in ("f:initContainers", "f:containers", "f:volumes"):
+            for key in spec.get(field) or {}:
+                owned.add((field, _list_key_name(key)))
+    problems = [
+        f'container "{SIDECAR_NAME}" is reserved for the gpushare accounting sidecar, which'
+        " gpushare injects itself; remove it from the pod (a copy of an admitted pod must"
+        " leave it out)"
+        for field in ("f:initContainers", "f:containers")
+        if (field, SIDECAR_NAME) in owned
+    ][:1]
+    problems += [
+        f'volume "{name}" is reserved for the gpushare accounting sidecar; give the volume'
+        " another name"
+        for name in RESERVED_VOLUMES
+        if ("f:volumes", name) in owned
+    ]
+    return problems
+
+
+def _list_key_name(key: object) -> str:
+    """`k:{"name":"x"}` (a list item keyed by its name, in managedFields) → `x`."""
+    if not isinstance(key, str) or not key.startswith("k:"):
+        return ""
+    try:
+        item = json.loads(key[2:])
+    except ValueError:
+        return ""
+    name = item.get("name") if isinstance(item, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def sidecar_problems(
     found: tuple[str, Mapping[str, Any]],
     pod: Mapping[str, Any],
     settings: Settings,
     totals: PodGpuTotals,
-) -> str | None:
-    """Why the sidecar already in the pod is not the one gpushare injects (None: it is).
+) -> list[str]:
+    """How the sidecar in the pod differs from the one gpushare injects, in the fields that
+    decide what runs and what it reports (empty: it is ours).
 
-    Only the exact container and volumes count as injected, so that a pod cannot skip
-    accounting by bringing its own `gpushare-sidecar` or by setting the annotation.
+    gpushare owns the sidecar's place, image, command and arguments, its `GPUSHARE_*`
+    environment, the mounts of its two volumes, and those volumes. Everything else may be
+    changed by other admission steps without making it someone else's sidecar: the
+    ServiceAccount plugin mounts the API token into every container, LimitRange fills in
+    resources, AlwaysPullImages sets the pull policy, meshes and secret injectors add
+    environment and mounts.
     """
     field, container = found
-    expected_field = "initContainers" if settings.sidecar_mode == "native" else "containers"
     expected = sidecar_container(settings, totals)
-    if field != expected_field or _as_stored(container) != _as_stored(expected):
-        return (
-            f'container "{SIDECAR_NAME}" is reserved for the gpushare accounting sidecar and'
-            " differs from the one gpushare injects"
+    expected_field = "initContainers" if settings.sidecar_mode == "native" else "containers"
+    differences: list[str] = []
+    if field != expected_field:
+        differences.append(f"it is in {field}; gpushare injects it into {expected_field}")
+    if container.get("restartPolicy") != expected.get("restartPolicy"):
+        differences.append(
+            f"restartPolicy is {_shown(container.get('restartPolicy'))};"
+            f" gpushare injects {_shown(expected.get('restartPolicy'))}"
         )
+    for key in ("image", "command"):
+        if container.get(key) != expected[key]:
+            differences.append(
+                f"{key} is {_shown(container.get(key))}; gpushare injects {_shown(expected[key])}"
+            )
+    if container.get("args"):
+        differences.append(f"args is {_shown(container.get('args'))}; gpushare injects none")
+    differences += _env_differences(container, expected)
+    differences += _mount_differences(container, expected)
+    problems = [
+        f'container "{SIDECAR_NAME}" differs from the accounting sidecar gpushare injects: {text}'
+        for text in differences
+    ]
     volumes = {
         volume.get("name"): volume
         for volume in pod.get("spec", {}).get("volumes") or []
@@ -133,32 +222,81 @@ def sidecar_problem(
     }
     for volume in sidecar_volumes(settings):
         if _as_stored(volumes.get(volume["name"])) != _as_stored(volume):
-            return (
-                f'volume "{volume["name"]}" is reserved for the gpushare accounting sidecar and'
-                " differs from the one gpushare injects"
+            problems.append(
+                f'volume "{volume["name"]}" differs from the one gpushare injects for its'
+                " accounting sidecar"
             )
-    return None
+    return problems
+
+
+def _env_differences(container: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    # Other GPUSHARE_* variables are refused for every container (webhook.isolation).
+    wanted = {entry["name"]: entry for entry in expected["env"]}
+    seen: dict[str, Any] = {}
+    for entry in container.get("env") or []:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if isinstance(name, str) and name.startswith("GPUSHARE_"):
+            seen[name] = entry  # of two entries with one name, the container gets the last
+    differences = []
+    for name, entry in wanted.items():
+        if name not in seen:
+            differences.append(f"env {name} is missing")
+        elif seen[name] != entry:
+            differences.append(
+                f"env {name} is {_shown(_env_value(seen[name]))};"
+                f" gpushare injects {_shown(_env_value(entry))}"
+            )
+    return differences
+
+
+def _env_value(entry: Mapping[str, Any]) -> object:
+    return entry.get("value", entry.get("valueFrom"))
+
+
+def _mount_differences(container: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    mounts = [m for m in container.get("volumeMounts") or [] if isinstance(m, dict)]
+    differences = []
+    for wanted in expected["volumeMounts"]:
+        at_path = [m for m in mounts if m.get("mountPath") == wanted["mountPath"]]
+        if [_as_mount(m) for m in at_path] != [_as_mount(wanted)]:
+            differences.append(
+                f"the mount at {wanted['mountPath']} is not only volume {wanted['name']!r}"
+                f"{' read-only' if wanted.get('readOnly') else ''}"
+            )
+    return differences
+
+
+def _as_mount(mount: Mapping[str, Any]) -> tuple[object, ...]:
+    return (
+        mount.get("name"),
+        mount.get("mountPath"),
+        bool(mount.get("readOnly")),
+        mount.get("subPath") or "",
+        mount.get("subPathExpr") or "",
+    )
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else f'"{value}"'
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 # Fields the API server fills in with these values when it defaults a pod (it defaults the
 # patched object after every mutating webhook, so a re-invocation sees them).
-_DEFAULTED: dict[str, object] = {"terminationMessagePath": "/dev/termination-log"}
 _DEFAULTED_PROJECTED: dict[str, object] = {"defaultMode": 0o644}
 # Quantities come back in canonical form ("0.1" as "100m").
 _QUANTITY_KEYS = frozenset(("cpu", "memory", "sizeLimit"))
 
 
 def _as_stored(item: Any) -> Any:
-    """The container or volume with the API server's defaults and quantity spelling taken
-    out, so that the injected one compares equal to itself after a round through storage."""
+    """The volume with the API server's defaults and quantity spelling taken out, so that the
+    injected one compares equal to itself after a round through storage."""
     if isinstance(item, list):
         return [_as_stored(value) for value in item]
     if not isinstance(item, dict):
         return item
     result: dict[str, Any] = {}
     for key, value in item.items():
-        if _DEFAULTED.get(key, _NOTHING) == value:
-            continue
         if key == "projected" and isinstance(value, dict):
             value = {k: v for k, v in value.items() if _DEFAULTED_PROJECTED.get(k, _NOTHING) != v}
         if key in _QUANTITY_KEYS and isinstance(value, str | int | float):

@@ -14,7 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpushare import __version__, quantities
+from gpushare.resources import CORE_UNITS_PER_GPU
 from webhook.errors import SettingsError
+from webhook.validation import RequestBounds
 
 ENV_PREFIX = "GPUSHARE_WEBHOOK_"
 FAILURE_POLICIES = ("fail-open", "fail-closed")
@@ -60,6 +62,14 @@ class Settings:
     max_body_bytes: int = field(
         default=3 * 1024 * 1024, metadata=_doc("Larger AdmissionReview bodies get a 400.")
     )
+    max_pod_vcuda_core: int = field(
+        default=1600,
+        metadata=_doc("Most tencent.com/vcuda-core one pod may ask in total (1600: 16 GPUs)."),
+    )
+    max_pod_vcuda_memory: int = field(
+        default=16384,
+        metadata=_doc("Most tencent.com/vcuda-memory one pod may ask in total (16384: 4 TiB)."),
+    )
     sidecar_image: str = field(
         default=f"ghcr.io/gpushare/gpushare:{__version__}",
         metadata=_doc("Image of the injected accounting sidecar."),
@@ -87,10 +97,10 @@ class Settings:
     sidecar_run_as_user: int = field(
         default=65532, metadata=_doc("Non-root UID (and GID) the sidecar runs as.")
     )
-    scheduler_node_cache: bool = field(
-        default=False,
+    scheduler_name: str = field(
+        default="gpushare-scheduler",
         metadata=_doc(
-            "Watch Node objects so the scheduler extender serves nodeCacheCapable requests."
+            "schedulerName given to GPU pods that name none (or the default); '' leaves it."
         ),
     )
     sidecar_token_expiration_seconds: int = field(
@@ -100,6 +110,10 @@ class Settings:
     @property
     def effective_sidecar_timekeeper_url(self) -> str:
         return self.sidecar_timekeeper_url or self.timekeeper_url
+
+    @property
+    def request_bounds(self) -> RequestBounds:
+        return RequestBounds(self.max_pod_vcuda_core, self.max_pod_vcuda_memory)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> Settings:
@@ -165,6 +179,13 @@ class Settings:
             bad("sidecar_image_pull_policy", "must be Always, IfNotPresent or Never")
         if not self.sidecar_image or any(c.isspace() for c in self.sidecar_image):
             bad("sidecar_image", "must be an image reference without spaces")
+        if not CORE_UNITS_PER_GPU <= self.max_pod_vcuda_core <= _MAX_BOUND:
+            bad(
+                "max_pod_vcuda_core",
+                f"must be {CORE_UNITS_PER_GPU}..{_MAX_BOUND} (one GPU or more)",
+            )
+        if not 1 <= self.max_pod_vcuda_memory <= _MAX_BOUND:
+            bad("max_pod_vcuda_memory", f"must be 1..{_MAX_BOUND}")
         if self.max_body_bytes < 1024:
             bad("max_body_bytes", "must be at least 1024")
         if not 1 <= self.sidecar_report_interval_seconds <= 3600:
@@ -201,6 +222,8 @@ class Settings:
         return problems
 
 
+_MAX_BOUND = 10**9
+"""Far beyond any node, and small enough for every integer the webhook computes with."""
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 

@@ -16,7 +16,13 @@ from typing import Any, Literal
 
 from gpushare import annotations as keys
 from gpushare import quantities
-from gpushare.resources import CORE_UNITS_PER_GPU, VCUDA_CORE, VCUDA_MEMORY, is_valid_core_units
+from gpushare.resources import (
+    CORE_UNITS_PER_GPU,
+    VCUDA_CORE,
+    VCUDA_MEMORY,
+    is_valid_core_units,
+    memory_bytes,
+)
 from webhook.errors import BadReview
 
 GPU_RESOURCES = (VCUDA_CORE, VCUDA_MEMORY)
@@ -46,6 +52,22 @@ class GpuRequest:
     container: ContainerRef
     core_units: int
     memory_units: int
+
+
+@dataclass(frozen=True)
+class RequestBounds:
+    """The most GPU one pod may ask for in total: more than any node can hold is refused at
+    admission, instead of a pod that stays Pending forever."""
+
+    max_pod_core_units: int = 16 * CORE_UNITS_PER_GPU
+    max_pod_memory_units: int = 16384
+    """In vcuda-memory units (256 MiB): 16384 is 4 TiB."""
+
+    def maximum(self, resource: str) -> int:
+        return self.max_pod_core_units if resource == VCUDA_CORE else self.max_pod_memory_units
+
+
+DEFAULT_BOUNDS = RequestBounds()
 
 
 @dataclass(frozen=True)
@@ -97,7 +119,10 @@ def _resource_map(container: Mapping[str, Any], ref: ContainerRef, field: str) -
 
 
 def _check_container(
-    ref: ContainerRef, limits: Mapping[str, Any], requests: Mapping[str, Any]
+    ref: ContainerRef,
+    limits: Mapping[str, Any],
+    requests: Mapping[str, Any],
+    bounds: RequestBounds,
 ) -> tuple[list[str], dict[str, int]]:
     """The container's broken rules, and the GPU values that parsed."""
     problems: list[str] = []
@@ -115,6 +140,11 @@ def _check_container(
                     problems.append(
                         f"{who} asks {name}={_show(limits[name])}; it is a count of units"
                         f" ({unit} each), not bytes: write a plain number"
+                    )
+                    del parsed[name]
+                elif parsed[name] > bounds.maximum(name):
+                    problems.append(
+                        f"{who} asks {name}={_show(limits[name])}; {_beyond(name, bounds)}"
                     )
                     del parsed[name]
         if name in requests:
@@ -152,6 +182,28 @@ def _check_container(
             f" (1..{CORE_UNITS_PER_GPU - 1}) needs both"
         )
     return problems, parsed
+
+
+def _beyond(resource: str, bounds: RequestBounds) -> str:
+    maximum = bounds.maximum(resource)
+    if resource == VCUDA_CORE:
+        held = (
+            f"{maximum // CORE_UNITS_PER_GPU} whole GPUs"
+            if maximum >= CORE_UNITS_PER_GPU
+            else "a share of one GPU"
+        )
+    else:
+        held = _bytes_text(memory_bytes(maximum))
+    return f"no node holds that much: a pod may ask at most {maximum} ({held}) in total"
+
+
+def _bytes_text(size: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if size >= scale:
+            return (
+                f"{Decimal(size) / scale:.4g} {unit}" if size % scale else f"{size // scale} {unit}"
+            )
+    return f"{size} bytes"
 
 
 def _same_quantity(left: object, right: object) -> bool:
@@ -329,7 +381,7 @@ class PodReport:
     """The GPU resources of each container that asks for any (when there are no problems)."""
 
 
-def inspect_pod(pod: Mapping[str, Any]) -> PodReport:
+def inspect_pod(pod: Mapping[str, Any], bounds: RequestBounds = DEFAULT_BOUNDS) -> PodReport:
     """Check every rule in one pass; pods without GPU resources are not checked at all."""
     annotations = pod_annotations(pod)
     entries = [
@@ -345,15 +397,23 @@ def inspect_pod(pod: Mapping[str, Any]) -> PodReport:
     problems: list[str] = []
     found: list[GpuRequest] = []
     for ref, limits, requests in entries:
-        broken, parsed = _check_container(ref, limits, requests)
+        broken, parsed = _check_container(ref, limits, requests, bounds)
         problems.extend(broken)
         if VCUDA_CORE in limits or VCUDA_MEMORY in limits:
             found.append(GpuRequest(ref, parsed.get(VCUDA_CORE, 0), parsed.get(VCUDA_MEMORY, 0)))
+    if not problems:
+        totals = pod_totals(found)
+        for name, total in ((VCUDA_CORE, totals.core_units), (VCUDA_MEMORY, totals.memory_units)):
+            if total > bounds.maximum(name):
+                problems.append(
+                    f"the pod asks {name}={total} in total over its containers;"
+                    f" {_beyond(name, bounds)}"
+                )
     if problems:
         return PodReport(True, problems, [])
     return PodReport(True, _annotation_problems(annotations, found), found)
 
 
-def validate_pod(pod: Mapping[str, Any]) -> list[str]:
+def validate_pod(pod: Mapping[str, Any], bounds: RequestBounds = DEFAULT_BOUNDS) -> list[str]:
     """Every rule the pod breaks, as refusal reasons; empty when it may be admitted."""
-    return inspect_pod(pod).problems
+    return inspect_pod(pod, bounds).problems

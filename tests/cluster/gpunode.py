@@ -19,8 +19,10 @@ from nodemanager.inventory import SimulatedInventory
 from nodemanager.kube import KubernetesApi
 from nodemanager.settings import Settings
 
+from gpushare.assignment import POD_GPU_ASSIGNMENT
 from tests.cluster.conftest import NAMESPACE_LABEL
 from tests.cluster.controlplane import ControlPlane
+from tests.nodemanager.fake_apiserver import assignment_for, simulated_uuid
 from tests.nodemanager.fake_kubelet import FakeKubelet
 from tests.polling import wait_until
 from tests.webhook.serving import generate_certs, serve_webhook
@@ -89,8 +91,11 @@ def gpu_node(control_plane: ControlPlane, **settings: Any) -> Iterator[GpuNode]:
 def gpu_pod(
     name: str, namespace: str, node: str, core: int, memory: int, annotations: dict[str, str]
 ) -> dict[str, Any]:
-    """A Pod bound to `node` (no scheduler needed) asking a share of one GPU."""
+    """A Pod bound to `node` asking a share of one GPU, with the GPU assignment the
+    extender writes at bind (GPU 0 of the simulated node), so no scheduler is needed."""
     limits = {"tencent.com/vcuda-core": str(core), "tencent.com/vcuda-memory": str(memory)}
+    assignment = assignment_for(node, [("main", core, memory)], {"main": [simulated_uuid(0)]})
+    annotations = {**annotations, POD_GPU_ASSIGNMENT: assignment}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -131,7 +136,11 @@ def validating_webhook(
     control_plane: ControlPlane, namespace: str, workdir: Path
 ) -> Iterator[None]:
     """`gpushare webhook` served on loopback, registered as a ValidatingWebhookConfiguration
-    for pods in `namespace` only (by its test label); deleted afterwards."""
+    of pod UPDATEs in `namespace` only (by its test label); deleted afterwards.
+
+    CREATE is not routed to it: on CREATE the webhook requires the accounting sidecar that
+    its mutating side injects (with the chart's PriorityClasses), which these tests of
+    running pods do not install."""
     ca_bundle = generate_certs(workdir / "certs")
     name = f"gpushare-test-{namespace}"[:253]
     with serve_webhook(workdir / "certs", "http://127.0.0.1:9") as served:
@@ -150,7 +159,7 @@ def validating_webhook(
                         {
                             "apiGroups": [""],
                             "apiVersions": ["v1"],
-                            "operations": ["CREATE", "UPDATE"],
+                            "operations": ["UPDATE"],
                             "resources": ["pods"],
                         }
                     ],

@@ -13,6 +13,8 @@ from gpushare import quantities
         pytest.param("1k", Decimal(1000), id="canonical-thousand"),
         pytest.param("2M", Decimal(2_000_000), id="canonical-million"),
         pytest.param("1e2", Decimal(100), id="exponent"),
+        pytest.param("1E2", Decimal(100), id="exponent-upper-case"),
+        pytest.param("100E", Decimal(100 * 10**18), id="exa-as-the-api-server-writes-1e20"),
         pytest.param("500m", Decimal("0.5"), id="milli"),
         pytest.param("2Gi", Decimal(2 * 2**30), id="binary-suffix"),
         pytest.param(" 15 ", Decimal(15), id="surrounding-space"),

@@ -8,23 +8,30 @@ import json
 import logging
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from flask import Flask
 from jwt.algorithms import RSAAlgorithm
 
 from tests.timekeeper.conftest import MakeApp, report_body
-from timekeeper.auth import Authenticator, KeySource, TokenVerifier, load_tokens, parse_tokens
-from timekeeper.errors import ConfigError, Unauthenticated, Unavailable
+from timekeeper.auth import Authenticator, KeySource, TokenVerifier
+from timekeeper.errors import Unauthenticated, Unavailable
+from timekeeper.models import usage_buckets
+from timekeeper.static_tokens import parse_tokens
 
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 STATIC_A = "static-token-team-a-0123456789"
 STATIC_B = "static-token-team-b-0123456789"
 UID = "7f1c1d3e-0000-4000-8000-000000000001"
+TOKEN_WITHOUT_THE_ROLE = "a-valid-token-without-the-discovery-role"
 
 
 def new_key() -> rsa.RSAPrivateKey:
@@ -33,6 +40,7 @@ def new_key() -> rsa.RSAPrivateKey:
 
 KEY = new_key()
 OTHER_KEY = new_key()
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
 
 
 def jwks(*pairs: tuple[str, rsa.RSAPrivateKey]) -> dict[str, Any]:
@@ -51,10 +59,12 @@ def sa_token(
     audience: str = "gpushare-timekeeper",
     issuer: str = ISSUER,
     expires_in: int = 3600,
-    key: rsa.RSAPrivateKey = KEY,
+    key: Any = KEY,
     kid: str = "k1",
+    algorithm: str = "RS256",
+    now: int | None = None,
 ) -> str:
-    now = int(time.time())
+    now = int(time.time()) if now is None else now
     claims: dict[str, Any] = {
         "aud": [audience],
         "iss": issuer,
@@ -69,7 +79,7 @@ def sa_token(
     }
     if pod is not None:
         claims["kubernetes.io"]["pod"] = {"name": pod, "uid": uid}
-    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})
 
 
 @pytest.fixture
@@ -112,6 +122,30 @@ def bearer(token: str) -> dict[str, str]:
         pytest.param(bearer(sa_token(key=OTHER_KEY)), 401, "token rejected", id="forged-signature"),
         pytest.param(bearer(sa_token(expires_in=-3600)), 401, "token expired", id="expired"),
         pytest.param(
+            bearer(sa_token(now=int(time.time()) + 3600)),
+            401,
+            "token not valid for another",
+            id="not-valid-yet",
+        ),
+        pytest.param(
+            bearer(sa_token(key=EC_KEY, algorithm="ES256")),
+            401,
+            "its algorithm ES256 does not fit the key 'k1' (RSA, RS256)",
+            id="es256-naming-an-rsa-key",
+        ),
+        pytest.param(
+            bearer(sa_token(key="a-shared-secret-of-32-bytes-or-more", algorithm="HS256")),
+            401,
+            "algorithm 'HS256' is not one of RS256",
+            id="hs256-never-taken",
+        ),
+        pytest.param(
+            bearer(sa_token(key=None, algorithm="none")),
+            401,
+            "algorithm 'none' is not one of",
+            id="unsigned",
+        ),
+        pytest.param(
             bearer(sa_token(audience="https://kubernetes.default.svc")),
             401,
             "not for the audience gpushare-timekeeper",
@@ -125,7 +159,12 @@ def bearer(token: str) -> dict[str, str]:
             bearer(sa_token()[:-4] + "AAAA"), 401, "token rejected", id="tampered-signature"
         ),
         pytest.param(bearer(sa_token()), 200, None, id="service-account-own-pod"),
-        pytest.param(bearer(sa_token(pod=None)), 200, None, id="service-account-no-pod-claim"),
+        pytest.param(
+            bearer(sa_token(pod=None)),
+            403,
+            "a report needs a ServiceAccount token bound to the reporting pod",
+            id="service-account-not-bound-to-a-pod",
+        ),
         pytest.param(bearer(STATIC_A), 200, None, id="static-own-namespace"),
         pytest.param(
             bearer(sa_token(namespace="team-b")),
@@ -216,16 +255,38 @@ def test_read_endpoints(
 
 
 class _IssuerHandler(http.server.BaseHTTPRequestHandler):
+    """Serves discovery and keys the way kube-apiserver does: the JWKS only as
+    `application/jwk-set+json` (406 for a client that accepts only `application/json`), the
+    discovery document as `application/json`, and, when `bearer` is set, only to a caller
+    presenting it (401 without a token, 403 with another)."""
+
     documents: ClassVar[dict[str, Any]] = {}
     requests: ClassVar[list[str]] = []
+    bearer: ClassVar[str | None] = None
 
     def do_GET(self) -> None:
         self.requests.append(self.path)
         document = self.documents.get(self.path)
-        self.send_response(200 if document is not None else 404)
-        self.send_header("Content-Type", "application/json")
+        offered = "application/jwk-set+json" if self.path.endswith("jwks") else "application/json"
+        accepted = {
+            part.split(";")[0].strip() for part in self.headers.get("Accept", "*/*").split(",")
+        }
+        authorization = self.headers.get("Authorization")
+        if self.bearer is not None and authorization != f"Bearer {self.bearer}":
+            # kube-apiserver: 401 for no token or one it does not know, 403 for a valid
+            # token without the role.
+            known = authorization == f"Bearer {TOKEN_WITHOUT_THE_ROLE}"
+            status, document = (403 if known else 401), {"kind": "Status"}
+        elif document is None:
+            status, document = 404, {"kind": "Status"}
+        elif not accepted & {offered, "*/*", "application/*"}:
+            status, document = 406, {"kind": "Status"}
+        else:
+            status = 200
+        self.send_response(status)
+        self.send_header("Content-Type", offered if status == 200 else "application/json")
         self.end_headers()
-        self.wfile.write(json.dumps(document or {}).encode())
+        self.wfile.write(json.dumps(document).encode())
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -233,7 +294,7 @@ class _IssuerHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def issuer() -> Iterator[tuple[str, type[_IssuerHandler]]]:
-    handler = type("Handler", (_IssuerHandler,), {"documents": {}, "requests": []})
+    handler = type("Handler", (_IssuerHandler,), {"documents": {}, "requests": [], "bearer": None})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     handler.documents["/.well-known/openid-configuration"] = {
@@ -248,12 +309,113 @@ def issuer() -> Iterator[tuple[str, type[_IssuerHandler]]]:
     server.server_close()
 
 
-def test_oidc_discovery_finds_the_keys(issuer: tuple[str, type[_IssuerHandler]]) -> None:
+def test_oidc_discovery_finds_the_keys(
+    issuer: tuple[str, type[_IssuerHandler]], tmp_path: Path
+) -> None:
     url, handler = issuer
-    verifier = TokenVerifier(KeySource(issuer=url), issuer=url)
+    handler.bearer = "the-timekeeper-own-service-account-token"
+    bearer_file = tmp_path / "token"
+    bearer_file.write_text(handler.bearer + "\n")
+    verifier = TokenVerifier(KeySource(issuer=url, bearer_file=bearer_file), issuer=url)
     identity = verifier.verify(sa_token(issuer=url))
     assert (identity.namespace, identity.pod, identity.pod_uid) == ("team-a", "train-0", UID)
     assert handler.requests == ["/.well-known/openid-configuration", "/openid/v1/jwks"]
+
+
+@pytest.mark.parametrize(
+    ("bearer_token", "fragment"),
+    [
+        pytest.param(
+            None,
+            "401 Unauthorized (no bearer token was sent: give one with the role "
+            "system:service-account-issuer-discovery with --oidc-token-file)",
+            id="no-bearer",
+        ),
+        pytest.param(
+            "an-expired-or-unknown-token",
+            "401 Unauthorized (the bearer token was refused: check --oidc-token-file)",
+            id="bearer-refused",
+        ),
+        pytest.param(
+            TOKEN_WITHOUT_THE_ROLE,
+            "403 Forbidden (the bearer token lacks the system:service-account-issuer-discovery",
+            id="bearer-without-the-role",
+        ),
+    ],
+)
+def test_keys_behind_a_bearer_token_say_what_is_missing(
+    issuer: tuple[str, type[_IssuerHandler]],
+    tmp_path: Path,
+    bearer_token: str | None,
+    fragment: str,
+) -> None:
+    url, handler = issuer
+    handler.bearer = "the-timekeeper-own-service-account-token"
+    bearer_file = None
+    if bearer_token is not None:
+        bearer_file = tmp_path / "token"
+        bearer_file.write_text(bearer_token)
+    verifier = TokenVerifier(KeySource(issuer=url, bearer_file=bearer_file), issuer=url)
+    with pytest.raises(Unavailable) as error:
+        verifier.verify(sa_token(issuer=url))
+    assert fragment in error.value.message
+    assert handler.bearer not in error.value.message
+
+
+def test_the_bearer_token_never_goes_over_plain_http_to_another_machine(tmp_path: Path) -> None:
+    bearer_file = tmp_path / "token"
+    bearer_file.write_text("the-timekeeper-own-service-account-token")
+    keys = KeySource(jwks_url="http://keys.example/openid/v1/jwks", bearer_file=bearer_file)
+    with pytest.raises(Unavailable, match="the bearer token is only sent over https://"):
+        TokenVerifier(keys).verify(sa_token())
+
+
+def test_the_jwks_is_asked_for_as_a_jwk_set(issuer: tuple[str, type[_IssuerHandler]]) -> None:
+    # The stand-in refuses `Accept: application/json` alone for the keys, as kube-apiserver
+    # does (406); the fetch must name `application/jwk-set+json`.
+    url, _ = issuer
+    request = urllib.request.Request(
+        f"{url}/openid/v1/jwks", headers={"Accept": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 406
+    assert TokenVerifier(KeySource(jwks_url=f"{url}/openid/v1/jwks")).verify(sa_token())
+
+
+def test_a_discovery_document_for_another_issuer_is_refused(
+    issuer: tuple[str, type[_IssuerHandler]],
+) -> None:
+    url, handler = issuer
+    handler.documents["/.well-known/openid-configuration"]["issuer"] = "https://elsewhere"
+    verifier = TokenVerifier(KeySource(issuer=url), issuer=url)
+    with pytest.raises(Unavailable, match="the document is for the issuer 'https://elsewhere'"):
+        verifier.verify(sa_token(issuer=url))
+
+
+@pytest.mark.parametrize(
+    ("seconds_after_expiry", "accepted"),
+    [
+        pytest.param(-1, True, id="before-exp"),
+        pytest.param(29, True, id="within-the-leeway"),
+        pytest.param(31, False, id="past-the-leeway"),
+    ],
+)
+def test_expiry_is_checked_against_the_verifier_clock(
+    jwks_file: Path, seconds_after_expiry: int, accepted: bool
+) -> None:
+    token = sa_token(now=1_800_000_000, expires_in=600)
+    verifier = TokenVerifier(
+        KeySource(jwks_file=jwks_file),
+        issuer=ISSUER,
+        leeway_seconds=30,
+        clock=lambda: 1_800_000_600 + seconds_after_expiry,
+    )
+    if accepted:
+        assert verifier.verify(token).pod == "train-0"
+    else:
+        with pytest.raises(Unauthenticated, match=r"token expired 31 s ago \(leeway 30 s\)"):
+            verifier.verify(token)
 
 
 def test_a_rotated_key_is_fetched_once_seen(
@@ -292,66 +454,99 @@ def test_keys_fetched_again_after_an_outage_verify_and_unknown_keys_are_401(
         verifier.verify(sa_token(key=OTHER_KEY, kid="k9"))
 
 
-# --- the tokens file ---------------------------------------------------------------------------
+# --- charges stay in their namespace -----------------------------------------------------------
+
+
+def charged_core_microseconds(app: Flask, namespace: str) -> int:
+    """What the running totals charge `namespace` (vcuda-core units x microseconds)."""
+    engine = app.extensions["gpushare"]["engine"]
+    with engine.connect() as connection:
+        total = connection.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(usage_buckets.c.core_microseconds), 0)).where(
+                usage_buckets.c.namespace == namespace
+            )
+        ).scalar_one()
+    return int(total)
+
+
+def test_a_static_token_of_another_namespace_cannot_take_a_pod_key_first(
+    make_app: MakeApp, authenticator: Authenticator
+) -> None:
+    app = make_app(authenticator=authenticator)
+    client = app.test_client()
+    # team-b names team-a's pod UID and sequences first, over the same interval and the next.
+    for sequence, start, end in ((1, "05:49", "05:50"), (2, "05:50", "05:51")):
+        squat = report_body(
+            namespace="team-b",
+            sequence=sequence,
+            start=f"2026-11-21T{start}:00Z",
+            end=f"2026-11-21T{end}:00Z",
+            vcudaCore=1,
+        )
+        assert (
+            client.post("/api/v1/reports", json=squat, headers=bearer(STATIC_B)).status_code == 200
+        )
+    # team-a's genuine reports are stored and charged in full: no 409, no overlap.
+    for sequence, start, end in ((1, "05:49", "05:50"), (2, "05:50", "05:51")):
+        genuine = report_body(
+            sequence=sequence, start=f"2026-11-21T{start}:00Z", end=f"2026-11-21T{end}:00Z"
+        )
+        response = client.post("/api/v1/reports", json=genuine, headers=bearer(STATIC_A))
+        assert response.status_code == 200, response.get_json()
+        assert (response.get_json()["namespace"], response.get_json()["gpuSeconds"]) == (
+            "team-a",
+            30.0,
+        )
+        # A resend is still answered from the ledger, from team-a's own row.
+        again = client.post("/api/v1/reports", json=genuine, headers=bearer(STATIC_A))
+        assert again.get_json() == response.get_json()
+    assert charged_core_microseconds(app, "team-a") == 50 * 120 * 10**6
+    assert charged_core_microseconds(app, "team-b") == 1 * 120 * 10**6  # its own 1 % only
+    # Within team-a the pod's key and overlap rules still hold.
+    overlapping = report_body(sequence=3, start="2026-11-21T05:49:30Z", end="2026-11-21T05:52:00Z")
+    response = client.post("/api/v1/reports", json=overlapping, headers=bearer(STATIC_A))
+    assert response.status_code == 400
+    assert (
+        "overlaps sequence 2 (2026-11-21T05:50:00Z..2026-11-21T05:51:00Z) of pod "
+        in (response.get_json()["message"])
+    )
+    changed = report_body(sequence=1, vcudaCore=100)
+    response = client.post("/api/v1/reports", json=changed, headers=bearer(STATIC_A))
+    assert response.status_code == 409
 
 
 @pytest.mark.parametrize(
-    ("document", "problems"),
+    ("token", "body", "fragment"),
     [
         pytest.param(
-            [], ["f: must be a mapping with one key `tokens` (got a list)"], id="not-a-mapping"
+            sa_token(namespace="team-b", pod="eval-0", uid="uid-of-team-b-pod"),
+            report_body(namespace="team-b", pod="eval-0"),
+            "podUid: the token is for pod UID 'uid-of-team-b-pod'",
+            id="team-b-pod-names-team-a-pod-uid",
         ),
         pytest.param(
-            {"tokens": {"a": 1}}, ["f: tokens: must be a list (got a dict)"], id="tokens-not-a-list"
+            sa_token(namespace="team-b", pod=None),
+            report_body(namespace="team-b", pod="eval-0"),
+            "a report needs a ServiceAccount token bound to the reporting pod",
+            id="team-b-namespace-token",
         ),
         pytest.param(
-            {"tokens": []},
-            ["f: tokens: must list at least one {token, namespace} (got an empty list)"],
-            id="no-token-at-all",
-        ),
-        pytest.param(
-            {"tokens": ["x"]},
-            ["f: tokens[0]: must be a mapping {token, namespace} (got a string of 1 characters)"],
-            id="entry-not-a-mapping",
-        ),
-        pytest.param(
-            {"tokens": [{"token": "short", "namespace": "team-a"}]},
-            [
-                "f: tokens[0].token: must be a string of at least 16 characters (got a "
-                "string of 5 characters)"
-            ],
-            id="token-too-short",
-        ),
-        pytest.param(
-            {"tokens": [{"token": STATIC_A, "namespace": "Team_A", "role": "x"}]},
-            [
-                "f: tokens[0].role: unknown key (the keys are token, namespace)",
-                "f: tokens[0].namespace: must be a namespace name (RFC 1123 label) (got 'Team_A')",
-            ],
-            id="bad-namespace-and-unknown-key",
-        ),
-        pytest.param(
-            {
-                "tokens": [
-                    {"token": STATIC_A, "namespace": "team-a"},
-                    {"token": STATIC_A, "namespace": "team-b"},
-                ]
-            },
-            ["f: tokens[1].token: the same token is listed twice"],
-            id="duplicate",
+            sa_token(namespace="team-b", pod="eval-0", uid="uid-of-team-b-pod"),
+            report_body(),
+            "namespace: the token is for namespace 'team-b', the report is for 'team-a'",
+            id="team-b-pod-reports-for-team-a",
         ),
     ],
 )
-def test_tokens_file_problems_have_field_paths(document: Any, problems: list[str]) -> None:
-    with pytest.raises(ConfigError) as error:
-        parse_tokens(document, source="f")
-    assert error.value.problems == problems
-    assert STATIC_A not in str(error.value)
-
-
-def test_tokens_file_is_read(tmp_path: Path) -> None:
-    path = tmp_path / "tokens.yaml"
-    path.write_text(f"tokens:\n  - {{token: {STATIC_A}, namespace: team-a}}\n")
-    table = load_tokens(path)
-    assert list(table.values()) == ["team-a"]
-    assert STATIC_A not in table  # kept as digests only
+def test_a_service_account_token_cannot_report_another_pod_uid(
+    make_app: MakeApp, authenticator: Authenticator, token: str, body: dict[str, Any], fragment: str
+) -> None:
+    app = make_app(authenticator=authenticator)
+    client = app.test_client()
+    squat = client.post("/api/v1/reports", json=body, headers=bearer(token))
+    assert squat.status_code == 403
+    assert fragment in squat.get_json()["message"]
+    genuine = client.post("/api/v1/reports", json=report_body(), headers=bearer(sa_token()))
+    assert genuine.status_code == 200
+    assert charged_core_microseconds(app, "team-a") == 50 * 60 * 10**6
+    assert charged_core_microseconds(app, "team-b") == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ from alembic.script import ScriptDirectory
 
 from gpushare.cli import main
 from timekeeper import database
+from timekeeper.models import usage_reports
 
 TABLES = {"usage_reports", "usage_buckets"}
+NAMESPACE_KEY_REVISION = "0002_reports_by_namespace"
 
 
 def tables(url: str) -> set[str]:
@@ -251,3 +254,40 @@ def test_db_command_reads_the_database_url_from_the_environment(
     assert created == ([migrated] if migrated else [])
     if migrated:
         assert tables(url(migrated)) == TABLES
+
+
+def test_going_below_the_namespace_key_keeps_reports_it_cannot_hold(database_url: str) -> None:
+    """Two namespaces may hold the same (podUid, sequence) now; the older schema cannot, so
+    the downgrade stops with the count instead of losing one of them."""
+    engine = database.make_engine(database_url)
+    row = {
+        "pod_uid": "uid-1",
+        "sequence": 1,
+        "pod": "train-0",
+        "start_at": datetime(2026, 11, 21, 5, 49, tzinfo=UTC),
+        "end_at": datetime(2026, 11, 21, 5, 50, tzinfo=UTC),
+        "vcuda_core": 50,
+        "vcuda_memory": 4,
+        "gpu_seconds": 30.0,
+        "memory_byte_seconds": 0.0,
+        "received_at": datetime(2026, 11, 21, 5, 50, tzinfo=UTC),
+    }
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                usage_reports.insert(),
+                [{**row, "namespace": "team-a"}, {**row, "namespace": "team-b"}],
+            )
+        database.downgrade(database_url, NAMESPACE_KEY_REVISION)  # past any later revision
+        with pytest.raises(RuntimeError, match="1 \\(podUid, sequence\\) pairs are held by"):
+            database.downgrade(database_url, "0001")
+        assert revision(database_url) == NAMESPACE_KEY_REVISION
+        with engine.connect() as connection:
+            assert (
+                connection.execute(
+                    sa.select(sa.func.count()).select_from(usage_reports)
+                ).scalar_one()
+                == 2
+            )
+    finally:
+        engine.dispose()

@@ -59,5 +59,6 @@ def test_helpers() -> None:
     assert sqlite_time(datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)) == (
         "2026-01-02 03:04:05.000006"
     )
-    assert pod_lock_key("pod-a") == pod_lock_key("pod-a") != pod_lock_key("pod-b")
-    assert -(2**63) <= pod_lock_key("pod-a") < 2**63
+    assert pod_lock_key("ns", "pod-a") == pod_lock_key("ns", "pod-a") != pod_lock_key("ns", "pod-b")
+    assert pod_lock_key("team-a", "pod-a") != pod_lock_key("team-b", "pod-a")
+    assert -(2**63) <= pod_lock_key("ns", "pod-a") < 2**63

@@ -219,6 +219,12 @@ def test_serve_command_refuses_what_it_cannot_use_without_a_traceback(
             "--budgets-check-seconds: must be a number of seconds >= 0 (got '-1')",
             id="check-negative",
         ),
+        pytest.param(
+            "tokens_check_seconds",
+            "soon",
+            "--tokens-check-seconds: must be a number of seconds (got 'soon')",
+            id="tokens-check-not-a-number",
+        ),
     ],
 )
 def test_time_settings_are_bounded(name: str, value: str, problem: str) -> None:

@@ -17,8 +17,10 @@ import kubernetes_validate
 from kubernetes.client import ApiClient, V1Pod
 
 from webhook.admission import BudgetLookup
+from webhook.app import create_app
 from webhook.budget import BudgetStatus
 from webhook.errors import TimekeeperUnavailable
+from webhook.settings import Settings
 
 CORE = "tencent.com/vcuda-core"
 MEMORY = "tencent.com/vcuda-memory"
@@ -214,3 +216,48 @@ def fake_timekeeper() -> Iterator[FakeTimekeeper]:
             server.hang.set()
         server.shutdown()
         server.server_close()
+
+
+def admitted(subject: Mapping[str, Any], **settings: Any) -> dict[str, Any]:
+    """The pod as /mutate (in-budget) leaves it: what /validate sees on CREATE."""
+    app = create_app(
+        Settings(timekeeper_url="http://timekeeper.gpushare-system.svc:8080", **settings),
+        budgets=FakeBudgets(),
+    )
+    namespace = subject["metadata"].get("namespace", "team-a")
+    answer = app.test_client().post("/mutate", json=review(subject, namespace=namespace)).json
+    assert answer is not None and answer["response"]["allowed"], answer
+    return apply_and_check(subject, decode_patch(answer))
+
+
+def _fields_v1(value: Any) -> dict[str, Any]:
+    """FieldsV1 of a value: maps by key (`f:`), lists of named items by name (`k:`)."""
+    if isinstance(value, dict):
+        return {f"f:{key}": _fields_v1(item) for key, item in value.items()}
+    if isinstance(value, list) and all(isinstance(i, dict) and "name" in i for i in value):
+        return {
+            "k:" + json.dumps({"name": item["name"]}, separators=(",", ":")): _fields_v1(item)
+            for item in value
+        }
+    return {}
+
+
+def as_requested(subject: Mapping[str, Any], manager: str = "kubectl-create") -> dict[str, Any]:
+    """The pod with the `metadata.managedFields` that the API server records for a CREATE
+    before admission: every field the client sent, nothing that admission adds later."""
+    recorded = copy.deepcopy(dict(subject))
+    fields = {key: _fields_v1(recorded[key]) for key in ("spec",)}
+    annotations = recorded["metadata"].get("annotations")
+    if annotations:
+        fields["metadata"] = {"f:annotations": _fields_v1(annotations)}
+    recorded["metadata"]["managedFields"] = [
+        {
+            "manager": manager,
+            "operation": "Update",
+            "apiVersion": "v1",
+            "time": "2026-11-20T09:00:00Z",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {f"f:{key}": value for key, value in fields.items()},
+        }
+    ]
+    return recorded

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from tests.webhook.builders import FakeBudgets, container, gpu, pod, review
+from tests.webhook.builders import FakeBudgets, admitted, container, gpu, pod, review
 from webhook.app import create_app
 from webhook.settings import Settings
 
@@ -23,7 +23,26 @@ UID = review(None)["request"]["uid"]
 @pytest.mark.parametrize(
     ("subject", "operation", "namespace", "expected"),
     [
-        pytest.param(pod(), "CREATE", "team-a", {"uid": UID, "allowed": True}, id="valid-create"),
+        pytest.param(
+            admitted(pod()), "CREATE", "team-a", {"uid": UID, "allowed": True}, id="valid-create"
+        ),
+        pytest.param(
+            pod(),
+            "CREATE",
+            "team-a",
+            {
+                "uid": UID,
+                "allowed": False,
+                "status": {
+                    "code": 403,
+                    "reason": "Forbidden",
+                    "message": 'pod rejected: the accounting sidecar "gpushare-sidecar" is'
+                    " missing: GPU pods are admitted only through gpushare's mutating webhook,"
+                    " which injects it",
+                },
+            },
+            id="create-without-sidecar-refused",
+        ),
         pytest.param(pod(), "UPDATE", "team-a", {"uid": UID, "allowed": True}, id="valid-update"),
         pytest.param(
             pod(container(limits=gpu(50, 0))),
@@ -252,28 +271,6 @@ def test_fail_open_is_counted(settings: Settings) -> None:
     assert 'gpushare_webhook_failure_policy_total{policy="fail-open"} 1.0' in text
 
 
-def test_extender_names_only_requests_use_the_node_capacity_source(settings: Settings) -> None:
-    from webhook.nodecapacity import StaticNodeCapacity
-
-    app = create_app(settings, budgets=FakeBudgets(), node_capacity=StaticNodeCapacity({}))
-    args = {"pod": {"metadata": {"name": "p"}, "spec": {"containers": []}}, "nodenames": ["n1"]}
-    response = app.test_client().post("/scheduler/filter", json=args)
-    assert response.status_code == 200
-    assert response.json is not None
-    assert response.json["nodenames"] == ["n1"], response.json
-
-
-def test_extender_is_served_beside_admission(client: FlaskClient) -> None:
-    args = {"pod": {"metadata": {"name": "p"}, "spec": {"containers": []}}, "nodes": {"items": []}}
-    response = client.post("/scheduler/filter", json=args)
-    assert response.status_code == 200
-    assert response.json == {
-        "failedNodes": {},
-        "failedAndUnresolvableNodes": {},
-        "nodes": {"items": []},
-    }
-
-
 # --- property: no AdmissionReview, however odd, gets a 5xx --------------------------------
 
 _leaf = st.one_of(
@@ -424,7 +421,7 @@ def test_update_may_not_swap_the_sidecar_image(
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_bodies_larger_than_one_read_chunk(client: FlaskClient, chunked: bool) -> None:
-    data = json.dumps(review(pod(annotations={"big": "x" * 300_000}))).encode()
+    data = json.dumps(review(admitted(pod(annotations={"big": "x" * 300_000})))).encode()
     headers = {"Transfer-Encoding": "chunked"} if chunked else {}
     response = client.post(
         "/validate",

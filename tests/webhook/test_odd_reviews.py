@@ -108,8 +108,8 @@ def test_namespace_missing_in_the_request_comes_from_the_object(client: FlaskCli
         ),
         pytest.param(
             "99999999999999999999999",
-            "asks tencent.com/vcuda-core=99999999999999999999999; above 100 it must be a"
-            " multiple of 100",
+            "asks tencent.com/vcuda-core=99999999999999999999999; no node holds that much: a pod"
+            " may ask at most 1600 (16 whole GPUs) in total",
             id="huge-integer",
         ),
         pytest.param(
@@ -196,7 +196,7 @@ def _injected(client: FlaskClient) -> dict[str, Any]:
         ),
         pytest.param(
             lambda injected: (
-                review(pod()) | {"request": review(pod())["request"] | {"dryRun": True}}
+                review(injected) | {"request": review(injected)["request"] | {"dryRun": True}}
             ),
             True,
             id="dry-run-create",
@@ -273,8 +273,8 @@ def test_cpu_only_pod_with_core_and_memory_names_elsewhere_is_untouched(
 def test_vcuda_memory_is_a_count_not_bytes(
     client: FlaskClient, memory: str, message: str | None
 ) -> None:
-    answer = client.post(
-        "/validate", json=review(pod(container(limits=gpu(50, memory))))
-    ).get_json()["response"]
+    answer = client.post("/mutate", json=review(pod(container(limits=gpu(50, memory))))).get_json()[
+        "response"
+    ]
     assert answer.get("status", {}).get("message") == message
     assert answer["allowed"] is (message is None)

@@ -429,3 +429,88 @@ def _totals(subject: dict[str, Any]) -> tuple[int, int]:
 )
 def test_pod_totals(subject: dict[str, Any], expected: tuple[int, int]) -> None:
     assert _totals(subject) == expected
+
+
+TIGHT = validation.RequestBounds(max_pod_core_units=800, max_pod_memory_units=640)
+
+
+@pytest.mark.parametrize(
+    ("subject", "bounds", "expected"),
+    [
+        pytest.param(
+            pod(container(limits={CORE: "1e999", MEMORY: "8"})),
+            validation.DEFAULT_BOUNDS,
+            [
+                'container "train" asks tencent.com/vcuda-core=1e999; no node holds that much:'
+                " a pod may ask at most 1600 (16 whole GPUs) in total"
+            ],
+            id="core-1e999",
+        ),
+        pytest.param(
+            pod(container(limits={CORE: "100", MEMORY: "100000000000000000000"})),
+            validation.DEFAULT_BOUNDS,
+            [
+                'container "train" asks tencent.com/vcuda-memory=100000000000000000000; no node'
+                " holds that much: a pod may ask at most 16384 (4 TiB) in total"
+            ],
+            id="memory-10-to-the-20",
+        ),
+        pytest.param(
+            pod(container(limits={CORE: "100", MEMORY: "100E"})),
+            validation.DEFAULT_BOUNDS,
+            [
+                'container "train" asks tencent.com/vcuda-memory=100E; no node holds that much:'
+                " a pod may ask at most 16384 (4 TiB) in total"
+            ],
+            id="memory-10-to-the-20-as-the-api-server-writes-it",
+        ),
+        pytest.param(
+            pod(container(limits={CORE: "100000"})),
+            validation.DEFAULT_BOUNDS,
+            [
+                'container "train" asks tencent.com/vcuda-core=100000; no node holds that'
+                " much: a pod may ask at most 1600 (16 whole GPUs) in total"
+            ],
+            id="a-thousand-whole-gpus",
+        ),
+        pytest.param(
+            pod(container(limits={CORE: "1600", MEMORY: "16384"})),
+            validation.DEFAULT_BOUNDS,
+            [],
+            id="exactly-the-bounds",
+        ),
+        pytest.param(
+            pod(container("a", limits={CORE: "900"}), container("b", limits={CORE: "800"})),
+            validation.DEFAULT_BOUNDS,
+            [
+                "the pod asks tencent.com/vcuda-core=1700 in total over its containers; no node"
+                " holds that much: a pod may ask at most 1600 (16 whole GPUs) in total"
+            ],
+            id="containers-together-beyond",
+        ),
+        pytest.param(
+            pod(
+                container("a", limits={CORE: "700"}),
+                init=[container("warmup", limits={CORE: "800"})],
+            ),
+            validation.DEFAULT_BOUNDS,
+            [],
+            id="init-step-and-containers-do-not-add",
+        ),
+        pytest.param(
+            pod(container(limits={CORE: "900", MEMORY: "641"})),
+            TIGHT,
+            [
+                'container "train" asks tencent.com/vcuda-core=900; no node holds that much: a'
+                " pod may ask at most 800 (8 whole GPUs) in total",
+                'container "train" asks tencent.com/vcuda-memory=641; no node holds that much: a'
+                " pod may ask at most 640 (160 GiB) in total",
+            ],
+            id="configured-bounds",
+        ),
+    ],
+)
+def test_bounds(
+    subject: dict[str, Any], bounds: validation.RequestBounds, expected: list[str]
+) -> None:
+    assert validation.validate_pod(subject, bounds) == expected

@@ -65,6 +65,7 @@ class Daemon:
             pod_cache=self.pod_watch,
             pod_resources=KubeletPodResources(str(settings.pod_resources_socket)),
             publisher=publisher,
+            annotator=kubernetes,
             release_grace_seconds=settings.release_grace_seconds,
             scheduler_socket=SOCKET_NAME if settings.gpu_time else None,
             on_allocations_changed=self._gpu_time_changed,

@@ -78,7 +78,7 @@ class PodWatch:
             if not self._synced:
                 return None
             if self._pending is None:
-                self._pending = pods.pending_containers(self._pods.values())
+                self._pending = pods.pending_containers(self._pods.values(), self._node)
             return self._pending
 
     @property

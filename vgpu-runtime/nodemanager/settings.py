@@ -30,7 +30,7 @@ class Settings:
     simulate_gpus: tuple[int, int] | None = None
     """(count, bytes each) of simulated GPUs; None reads real GPUs through NVML."""
     policy: Policy = Policy.BINPACK
-    """How a GPU is chosen among those that fit: binpack or spread."""
+    """Published with the inventory: how the extender chooses among GPUs that fit."""
     host: str = "0.0.0.0"
     """Address of the metrics endpoint."""
     port: int = 9400
@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="kubelet's PodResources socket (default: /var/lib/kubelet/pod-resources/kubelet.sock)",
     )
     add("--simulate-gpus", metavar="COUNTxSIZE", help="simulate GPUs, e.g. 2x16GiB (no NVML)")
-    add("--policy", help="GPU choice among those that fit: binpack (default) or spread")
+    add("--policy", help="placement policy the extender applies on this node: binpack or spread")
     add("--host", help="address of the metrics endpoint (default: 0.0.0.0)")
     add("--port", help="port of the metrics endpoint (default: 9400)")
     add(

@@ -85,6 +85,21 @@ matchExpressions:
         (has(c.resources.requests) && ['tencent.com/vcuda-core', 'tencent.com/vcuda-memory'].exists(r, r in c.resources.requests)))))
 {{- end -}}
 
+{{- /* matchConditions that send an UPDATE only when it changes what /validate checks on an
+existing pod: the accounting sidecar's image (the one container field a pod update can
+change) or a GPU annotation. (K8s >= 1.28) */ -}}
+{{- define "gpushare.webhook.updateMatchConditions" -}}
+- name: changes-what-gpushare-checks
+  expression: >-
+    ['tencent.com/vcuda-core-limit', 'gpushare.io/quota-request', 'gpushare.io/quota-limit', 'gpushare.io/sm-partition'].exists(k,
+      (has(object.metadata.annotations) && k in object.metadata.annotations) != (has(oldObject.metadata.annotations) && k in oldObject.metadata.annotations) ||
+      (has(object.metadata.annotations) && k in object.metadata.annotations && object.metadata.annotations[k] != oldObject.metadata.annotations[k])) ||
+    [has(object.spec.initContainers) ? object.spec.initContainers : [], object.spec.containers].map(group,
+      group.filter(c, c.name == 'gpushare-sidecar').map(c, has(c.image) ? c.image : '')) !=
+    [has(oldObject.spec.initContainers) ? oldObject.spec.initContainers : [], oldObject.spec.containers].map(group,
+      group.filter(c, c.name == 'gpushare-sidecar').map(c, has(c.image) ? c.image : ''))
+{{- end -}}
+
 {{- /* The timekeeper's database URL as GPUSHARE_DATABASE_URL (env list entry). */ -}}
 {{- define "gpushare.timekeeper.databaseEnv" -}}
 {{- $db := .Values.timekeeper.database -}}
