@@ -139,8 +139,6 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
         decision = PriorityDecision(keys.PRIORITY_CLASS_STANDARD)
     if decision.denial is not None or decision.priority_class is None:
         return Verdict(allowed=False, message=decision.denial)
-    if decision.warning is not None:
-        warnings.append(decision.warning)
 
     spec: Mapping[str, Any] = pod["spec"]
     wanted = {keys.BUDGET_STATE: state}

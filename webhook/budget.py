@@ -44,8 +44,6 @@ class PriorityDecision:
 
     priority_class: str | None
     denial: str | None = None
-    warning: str | None = None
-    """Told to the user with the admission (a throttled namespace)."""
 
 
 def parse_status(namespace: str, body: object) -> BudgetStatus:
@@ -103,6 +101,12 @@ def warnings_for(status: BudgetStatus, decision: PriorityDecision) -> list[str]:
             f" runs at PriorityClass {keys.PRIORITY_CLASS_OVERBUDGET}: preemptible (in-budget"
             f" GPU pods may evict it) until the budget refills at {_refill(status)}"
         ]
+    if status.state == "exhausted" and status.when_exhausted == "throttle":
+        return [
+            f'gpushare: namespace "{status.namespace}" has used {_used(status)}, so this pod'
+            f" runs throttled to {status.throttle_to_percent:g}% of its GPU share until the"
+            f" budget refills at {_refill(status)}"
+        ]
     if status.state == "warning":
         return [
             f'gpushare: namespace "{status.namespace}" has used {_used(status)}; it refills'
@@ -118,16 +122,7 @@ def decide_priority(status: BudgetStatus) -> PriorityDecision:
     if status.when_exhausted == "deprioritize":
         return PriorityDecision(keys.PRIORITY_CLASS_OVERBUDGET)
     if status.when_exhausted == "throttle":
-        refill = status.refills_at or status.period_end or "the next budget period"
-        return PriorityDecision(
-            keys.PRIORITY_CLASS_STANDARD,
-            warning=(
-                f'gpushare: namespace "{status.namespace}" has used its GPU budget'
-                f" ({status.used_gpu_hours:.2f} GPU-hours); this pod runs throttled to"
-                f" {status.throttle_to_percent:g}% of its GPU share until the budget refills"
-                f" at {refill}"
-            ),
-        )
+        return PriorityDecision(keys.PRIORITY_CLASS_STANDARD)  # held at the floor on the node
     hours = status.budget_gpu_hours
     budget = "an unlimited" if hours is None else f"its {hours:g}"
     refill = _refill(status)

@@ -33,8 +33,9 @@ def test_throttled_namespace_admits_at_the_floor_with_a_warning() -> None:
     answer = _mutate(FakeBudgets(default=exhausted))
     assert answer["allowed"] is True
     assert answer["warnings"] == [
-        'gpushare: namespace "team-a" has used its GPU budget (10.50 GPU-hours); this pod runs'
-        " throttled to 20% of its GPU share until the budget refills at 2026-12-01T00:00:00Z"
+        'gpushare: namespace "team-a" has used 10.50 of its 10 GPU-hours budget (105%), so this'
+        " pod runs throttled to 20% of its GPU share until the budget refills at"
+        " 2026-12-01T00:00:00Z"
     ]
     ops = decode_patch({"response": answer})
     classes = [op["value"] for op in ops if op["path"] == "/spec/priorityClassName"]
