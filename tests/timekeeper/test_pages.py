@@ -15,7 +15,8 @@ from werkzeug.serving import make_server
 
 from tests.timekeeper import browser
 from tests.timekeeper.conftest import MakeApp
-from timekeeper.auth import Authenticator, parse_tokens
+from timekeeper.auth import Authenticator
+from timekeeper.static_tokens import parse_tokens
 
 BUDGETS = """\
 defaults: {gpuHours: 100}
