@@ -1,0 +1,137 @@
+"""A gunicorn worker that reads requests on an asyncio event loop (adapter of the servers).
+
+The webhook and the timekeeper are WSGI apps served by gunicorn: its master binds the
+sockets, forks and watches the workers, runs the hooks and hands each worker the app. This
+worker class replaces only how a worker talks to its clients. Hypercorn's HTTP/1.1 protocol
+runs on one event loop per worker: a connection is a few kilobytes of state and costs no
+thread while its TLS handshake, request line, headers or body are still arriving. Only a
+request that has fully arrived goes to the thread pool that runs the app (`threads` of the
+gunicorn configuration). Deadlines close what does not arrive in time:
+
+- the TLS handshake must finish within `handshake_timeout_seconds`;
+- a connection must deliver a complete request head within `keepalive` seconds of opening
+  or of its previous answer (one timer from the first byte to the last header, so a client
+  that trickles bytes does not extend it);
+- once a request's head has arrived, each read of its body may wait at most
+  `read_timeout_seconds`, and the body is refused past `max_body_bytes`.
+
+The figures behind the choice (against gunicorn's threaded worker and its gevent worker)
+are in the README's Performance table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from gunicorn.workers.base import Worker
+
+WORKER_CLASS = "gpushare.serving.AsyncioWorker"
+"""The gunicorn `worker_class` setting that selects this worker."""
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """What one client connection may cost; the gunicorn application offers it as
+    `client_limits` (the `keepalive` setting is the request-head deadline)."""
+
+    handshake_timeout_seconds: float = 5.0
+    """A TLS handshake must finish within this."""
+    read_timeout_seconds: int = 10
+    """Once a request's head has arrived, each read of its body waits at most this."""
+    max_body_bytes: int = 1024 * 1024
+    """Longer bodies are refused (400) before the app sees them."""
+
+
+class AsyncioWorker(Worker):
+    """Serves the worker's sockets with hypercorn on an asyncio loop (see the module)."""
+
+    def run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        from hypercorn.asyncio.run import worker_serve
+        from hypercorn.config import Sockets
+        from hypercorn.utils import wrap_app
+
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(
+            ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="gpushare-request")
+        )
+        limits: ClientLimits = getattr(self.app, "client_limits", ClientLimits())
+        context_factory = _ssl_context_factory(self.cfg) if self.cfg.is_ssl else None
+        config = _config(self.cfg, limits, context_factory)
+        listeners = [listener.sock for listener in self.sockets]
+        sockets = Sockets(
+            secure_sockets=listeners if context_factory is not None else [],
+            insecure_sockets=[] if context_factory is not None else listeners,
+            quic_sockets=[],
+        )
+        app = wrap_app(self.wsgi, limits.max_body_bytes, "wsgi")
+        await worker_serve(app, config, sockets=sockets, shutdown_trigger=self._stopped)
+
+    async def _stopped(self) -> None:
+        """Returns when the worker is told to stop (gunicorn's handlers clear `alive`) or
+        its master is gone; meanwhile tells the master that the worker is alive."""
+        while self.alive and self.ppid == os.getppid():
+            self.notify()
+            await asyncio.sleep(0.1)
+
+
+def _config(
+    cfg: Any, limits: ClientLimits, context_factory: Callable[[], ssl.SSLContext] | None
+) -> Any:
+    """Hypercorn's configuration from gunicorn's settings and the client limits."""
+    from hypercorn.config import Config
+
+    class _Config(Config):
+        @property
+        def ssl_enabled(self) -> bool:
+            return context_factory is not None
+
+        def create_ssl_context(self) -> ssl.SSLContext | None:
+            return context_factory() if context_factory is not None else None
+
+    config = _Config()
+    config.keep_alive_timeout = float(cfg.keepalive)
+    config.ssl_handshake_timeout = limits.handshake_timeout_seconds
+    config.read_timeout = limits.read_timeout_seconds
+    config.graceful_timeout = float(cfg.graceful_timeout)
+    config.backlog = cfg.backlog
+    config.alpn_protocols = ["http/1.1"]
+    config.h11_max_incomplete_size = cfg.limit_request_line + cfg.limit_request_field_size
+    config.accesslog = "-" if cfg.accesslog else None
+    config.errorlog = "-"
+    return config
+
+
+def _ssl_context_factory(cfg: Any) -> Callable[[], ssl.SSLContext]:
+    """The context of gunicorn's `ssl_context` hook, followed on every handshake.
+
+    The event loop takes one context for all connections; its SNI callback hands each new
+    handshake the context the hook gives at that moment, so a hook that follows rotated
+    certificate files works as under gunicorn's own workers.
+    """
+    from gunicorn import sock
+
+    prepared: list[ssl.SSLContext] = []
+
+    def current() -> ssl.SSLContext:
+        context: ssl.SSLContext = sock.ssl_context(cfg)
+        if not prepared or prepared[0] is not context:
+            context.set_alpn_protocols(["http/1.1"])
+            context.sni_callback = swap
+            prepared[:] = [context]
+        return context
+
+    def swap(connection: Any, _server_name: str | None, initial: ssl.SSLContext) -> None:
+        latest = current()
+        if latest is not initial:
+            connection.context = latest
+
+    return current
