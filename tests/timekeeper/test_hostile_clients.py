@@ -7,7 +7,14 @@ import random
 import string
 
 import pytest
+import sqlalchemy as sa
 from flask.testing import FlaskClient
+
+from tests.timekeeper.conftest import MakeApp, report_body
+from timekeeper import database
+from timekeeper.buckets import from_hours_and_rest
+from timekeeper.models import usage_buckets
+from timekeeper.reports import MAX_VCUDA_MEMORY
 
 ODD_METHODS = [
     "".join(random.Random(seed).choices(string.ascii_uppercase, k=12)) for seed in range(200)
@@ -58,3 +65,47 @@ def test_405_names_the_allowed_methods(
     assert response.get_json()["error"] == "method-not-allowed"
     assert "Allow" in response.headers, dict(response.headers)
     assert {m.strip() for m in response.headers["Allow"].split(",")} == allowed
+
+
+@pytest.mark.slow
+def test_a_bucket_full_of_large_reports_stays_exact_and_writable(
+    make_app: MakeApp, database_url: str
+) -> None:
+    """10,300 reports of the largest memory (1,000,000 units) for a whole 15-minute bucket add
+    up to 9.27 x 10^18 unit-microseconds, past a 64-bit integer: every report is stored, the
+    totals stay exact integers, and the namespace's status and the list still answer."""
+    client = make_app().test_client()
+    count = 10_300
+    for index in range(count):
+        body = report_body(
+            podUid=f"big-{index}",
+            pod=f"big-{index}",
+            start="2026-11-21T05:30:00Z",
+            end="2026-11-21T05:45:00Z",
+            vcudaCore=100,
+            vcudaMemory=MAX_VCUDA_MEMORY,
+        )
+        response = client.post("/api/v1/reports", json=body)
+        assert response.status_code == 200, (index, response.get_json())
+    engine = database.make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                sa.select(
+                    usage_buckets.c.core_hours,
+                    usage_buckets.c.core_microseconds,
+                    usage_buckets.c.memory_unit_hours,
+                    usage_buckets.c.memory_unit_microseconds,
+                ).where(usage_buckets.c.namespace == "team-a")
+            ).one()
+    finally:
+        engine.dispose()
+    assert all(isinstance(value, int) for value in row), row
+    microseconds = 900 * 1_000_000
+    assert from_hours_and_rest(row[2], row[3]) == count * MAX_VCUDA_MEMORY * microseconds
+    assert from_hours_and_rest(row[2], row[3]) > 2**63
+    assert from_hours_and_rest(row[0], row[1]) == count * 100 * microseconds
+    status = client.get("/api/v1/namespaces/team-a")
+    assert status.status_code == 200
+    assert status.get_json()["usedGpuHours"] == pytest.approx(count * 0.25)
+    assert client.get("/api/v1/namespaces").status_code == 200
