@@ -22,6 +22,7 @@ are in the README's Performance table.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 from collections.abc import Callable
@@ -105,8 +106,10 @@ def _config(
     config.backlog = cfg.backlog
     config.alpn_protocols = ["http/1.1"]
     config.h11_max_incomplete_size = cfg.limit_request_line + cfg.limit_request_field_size
-    config.accesslog = "-" if cfg.accesslog else None
-    config.errorlog = "-"
+    # Loggers, not streams: records go through the handlers the process configured (JSON
+    # lines in the cluster), like the app's own.
+    config.accesslog = logging.getLogger("hypercorn.access") if cfg.accesslog else None
+    config.errorlog = logging.getLogger("hypercorn.error")
     return config
 
 
