@@ -139,13 +139,17 @@ def test_timekeeper_healthz_holds_with_1000_slow_clients(timekeeper: Timekeeper)
 def test_webhook_healthz_and_admission_hold_with_1000_slow_clients(
     webhook: Served, timekeeper: Timekeeper
 ) -> None:
+    """1,000 slow clients at the webhook and 1,000 more at the timekeeper it asks: the
+    exhausted `deny` namespace is still refused (a stalled budget lookup would have let the
+    fail-open policy admit the pod), within the same bounds."""
     _admission_denied(webhook)
     baseline_health = measure(lambda: _healthz_tls(webhook), SAMPLES)
     baseline_admission = measure(lambda: _admission_denied(webhook), SAMPLES)
-    kinds = {"partial-handshake": SLOW_SOCKETS // 2, "partial-head-tls": SLOW_SOCKETS // 4}
+    kinds = {"partial-handshake": SLOW_SOCKETS // 2, "partial-head-tls": SLOW_SOCKETS // 2}
+    at_timekeeper = {"idle": SLOW_SOCKETS // 2, "partial-head": SLOW_SOCKETS // 2}
     with (
         slow_sockets(webhook.port, kinds, webhook.context()) as at_webhook,
-        slow_sockets(_port(timekeeper), {"partial-head": SLOW_SOCKETS // 4}),
+        slow_sockets(_port(timekeeper), at_timekeeper),
     ):
         health = measure(lambda: _healthz_tls(webhook), SAMPLES)
         admission = measure(lambda: _admission_denied(webhook), SAMPLES)
