@@ -68,7 +68,7 @@ def _serve(kind: str, fd: str) -> None:
             settings = {
                 "bind": [f"fd://{fd}"],
                 "workers": 1,
-                "threads": 8,
+                "threads": int(os.environ.get("BENCH_THREADS", "8")),
                 "worker_connections": SLOW_CLIENTS,
                 "worker_class": classes[kind],
                 "keepalive": 5,
