@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv build hook proto lint test run bench clean
+.PHONY: all venv build hook proto kube-tools lint test run bench clean
 
 all: build
 
@@ -18,8 +18,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Everything that is generated or compiled.
-build: venv hook proto
+# Everything that is generated, compiled or fetched.
+build: venv hook proto kube-tools
+
+# Real helm and kubectl (for tests/cluster), fetched once into the virtual environment.
+kube-tools: venv
+	$(BIN)/python scripts/fetch-kube-tools.py $(BIN) $(BIN)/python
+
+# The Kubernetes control-plane binaries of tests/cluster (docs/testing.md): KUBEBUILDER_ASSETS
+# if set, else this folder (override with `make test K8S_ASSETS=...`).
+K8S_ASSETS ?= $(or $(KUBEBUILDER_ASSETS),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/gpushare-k8s-v1.36.2)
 
 # The vGPU hook and the stub CUDA driver it is tested against (vgpu-runtime/hook).
 hook: venv
@@ -46,7 +54,7 @@ lint: build
 	$(BIN)/mypy gpushare timekeeper webhook sidecar vgpu-runtime/nodemanager migrations
 
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	KUBEBUILDER_ASSETS="$(K8S_ASSETS)" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 run: build
 	scripts/run-local.sh

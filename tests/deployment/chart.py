@@ -1,8 +1,10 @@
 """Reading the Helm chart's source without helm: values, template references, command lines.
 
-There is no `helm` binary where the tests run, so templates are never rendered here. These
-functions read the template text itself: which `.Values` paths it uses, which named
-templates it includes, which container command lines and environment variables it writes.
+The real helm renders and installs the chart in tests/cluster/test_chart.py; the checks that
+compare the chart with the parts' own code read the template text instead, which needs no
+binary and points at the template line. These functions read: which `.Values` paths a
+template uses, which named templates it includes, which container command lines and
+environment variables it writes.
 Template expressions that are a plain values path (`{{ $nm.port }}`, `{{ .Values.x | quote }}`)
 are resolved against values.yaml; anything else is left as the literal `TEMPLATED`.
 """
