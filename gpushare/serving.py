@@ -22,6 +22,7 @@ are in the README's Performance table.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import ssl
@@ -46,7 +47,8 @@ class ClientLimits:
     read_timeout_seconds: int = 10
     """Once a request's head has arrived, each read of its body waits at most this."""
     max_body_bytes: int = 1024 * 1024
-    """Longer bodies are refused (400) before the app sees them."""
+    """Longer bodies are refused before the app sees them: 413 (JSON) when the request
+    declares its length, 400 when a chunked body runs past it."""
 
 
 class AsyncioWorker(Worker):
@@ -58,7 +60,6 @@ class AsyncioWorker(Worker):
     async def _serve(self) -> None:
         from hypercorn.asyncio.run import worker_serve
         from hypercorn.config import Sockets
-        from hypercorn.utils import wrap_app
 
         loop = asyncio.get_running_loop()
         loop.set_default_executor(
@@ -73,7 +74,7 @@ class AsyncioWorker(Worker):
             insecure_sockets=[] if context_factory is not None else listeners,
             quic_sockets=[],
         )
-        app = wrap_app(self.wsgi, limits.max_body_bytes, "wsgi")
+        app = _bounded_wsgi(self.wsgi, limits.max_body_bytes)
         await worker_serve(app, config, sockets=sockets, shutdown_trigger=self._stopped)
 
     async def _stopped(self) -> None:
@@ -82,6 +83,31 @@ class AsyncioWorker(Worker):
         while self.alive and self.ppid == os.getppid():
             self.notify()
             await asyncio.sleep(0.1)
+
+
+def _bounded_wsgi(app: Any, max_body_bytes: int) -> Any:
+    """Hypercorn's WSGI adapter (it reads the whole body before calling the app, at most
+    `max_body_bytes`), answering a declared length past the limit with a JSON 413 at once."""
+    from hypercorn.app_wrappers import WSGIWrapper
+
+    class _Bounded(WSGIWrapper):
+        async def handle_http(self, scope: Any, receive: Any, send: Any, *args: Any) -> None:
+            declared = dict(scope.get("headers", ())).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > self.max_body_size:
+                body = json.dumps(
+                    {
+                        "error": "request-entity-too-large",
+                        "message": f"body: at most {self.max_body_size} bytes "
+                        f"(got {int(declared)} bytes)",
+                    }
+                ).encode()
+                headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+                await send({"type": "http.response.start", "status": 413, "headers": headers})
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+                return
+            await super().handle_http(scope, receive, send, *args)
+
+    return _Bounded(app, max_body_bytes)
 
 
 def _config(

@@ -162,3 +162,23 @@ def test_webhook_healthz_and_admission_hold_with_1000_slow_clients(
             timeout=30,
             what="the webhook to close every partial TLS handshake",
         )
+
+
+def test_a_body_declared_past_the_limit_is_refused_before_it_is_read(
+    timekeeper: Timekeeper,
+) -> None:
+    """The server buffers a body before the app runs, so its limit bounds what a connection
+    holds; a declared length past it gets a JSON 413 at once, the body never sent."""
+    connection = http.client.HTTPConnection("127.0.0.1", _port(timekeeper), timeout=10)
+    try:
+        connection.putrequest("POST", "/api/v1/reports")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(1 << 30))
+        connection.endheaders()
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == 413
+    assert answer["error"] == "request-entity-too-large"
+    assert str(1 << 30) in answer["message"]
