@@ -7,7 +7,6 @@ them by its deadlines. Loopback only; every socket is closed when the context en
 from __future__ import annotations
 
 import http.client
-import select
 import socket
 import ssl
 import statistics
@@ -94,16 +93,14 @@ def closed_by_server(sockets: list[socket.socket]) -> int:
         if sock.fileno() < 0:
             closed += 1
             continue
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
-            continue
+        sock.setblocking(False)
         try:
             data = sock.recv(1024)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            continue
         except (ssl.SSLError, ConnectionError):
             closed += 1
             sock.close()
-            continue
-        except (BlockingIOError, ssl.SSLWantReadError):
             continue
         if data == b"" or data.startswith(b"HTTP/"):  # gone, or answered with an error
             closed += 1
