@@ -22,10 +22,12 @@ are in the README's Performance table.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
 import ssl
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,8 +49,7 @@ class ClientLimits:
     read_timeout_seconds: int = 10
     """Once a request's head has arrived, each read of its body waits at most this."""
     max_body_bytes: int = 1024 * 1024
-    """Longer bodies are refused before the app sees them: 413 (JSON) when the request
-    declares its length, 400 when a chunked body runs past it."""
+    """Longer bodies are refused with a JSON 413 before the app sees them."""
 
 
 class AsyncioWorker(Worker):
@@ -74,7 +75,7 @@ class AsyncioWorker(Worker):
             insecure_sockets=[] if context_factory is not None else listeners,
             quic_sockets=[],
         )
-        app = _bounded_wsgi(self.wsgi, limits.max_body_bytes)
+        app = _WsgiAdapter(self.wsgi, limits.max_body_bytes)
         await worker_serve(app, config, sockets=sockets, shutdown_trigger=self._stopped)
 
     async def _stopped(self) -> None:
@@ -85,29 +86,96 @@ class AsyncioWorker(Worker):
             await asyncio.sleep(0.1)
 
 
-def _bounded_wsgi(app: Any, max_body_bytes: int) -> Any:
-    """Hypercorn's WSGI adapter (it reads the whole body before calling the app, at most
-    `max_body_bytes`), answering a declared length past the limit with a JSON 413 at once."""
-    from hypercorn.app_wrappers import WSGIWrapper
+class _WsgiAdapter:
+    """Runs a WSGI app for hypercorn: the whole request is read on the event loop (at most
+    `max_body_bytes`), the app runs on a thread of the pool and its answer is collected there,
+    then sent from the loop in one piece. One hop to the thread and back per request: sending
+    each part from the thread would cost a round trip to the loop apiece."""
 
-    class _Bounded(WSGIWrapper):
-        async def handle_http(self, scope: Any, receive: Any, send: Any, *args: Any) -> None:
-            declared = dict(scope.get("headers", ())).get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > self.max_body_size:
-                body = json.dumps(
-                    {
-                        "error": "request-entity-too-large",
-                        "message": f"body: at most {self.max_body_size} bytes "
-                        f"(got {int(declared)} bytes)",
-                    }
-                ).encode()
-                headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-                await send({"type": "http.response.start", "status": 413, "headers": headers})
-                await send({"type": "http.response.body", "body": body, "more_body": False})
+    def __init__(self, app: Any, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(
+        self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
+    ) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close"})
+        if scope["type"] != "http":
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _too_large(send, self.max_body_bytes, f"{int(declared)} bytes")
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            body.extend(message.get("body", b""))
+            if len(body) > self.max_body_bytes:
+                await _too_large(send, self.max_body_bytes, "more")
                 return
-            await super().handle_http(scope, receive, send, *args)
+            if not message.get("more_body"):
+                break
+        status, headers, content = await sync_spawn(self._run, _environ(scope, bytes(body)))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content, "more_body": False})
 
-    return _Bounded(app, max_body_bytes)
+    def _run(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        started: list[tuple[int, list[tuple[bytes, bytes]]]] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], _exc: Any = None) -> Any:
+            encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+            started[:] = [(int(status.split(" ", 1)[0]), encoded)]
+            return lambda _data: None  # the legacy write() callable; Flask never uses it
+
+        result = self.app(environ, start_response)
+        try:
+            content = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        status, headers = started[0]
+        return status, headers, content
+
+
+def _environ(scope: Any, body: bytes) -> dict[str, Any]:
+    """The WSGI environ (PEP 3333) of an HTTP scope and its whole body."""
+    server = scope.get("server") or ("localhost", 80)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": "",
+        "PATH_INFO": scope["path"].encode("utf-8").decode("latin-1"),
+        "QUERY_STRING": scope["query_string"].decode("latin-1"),
+        "SERVER_NAME": server[0],
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{scope['http_version']}",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    if scope.get("client"):
+        environ["REMOTE_ADDR"] = scope["client"][0]
+    for raw_name, raw_value in scope.get("headers", ()):
+        name = raw_name.decode("latin-1").upper().replace("-", "_")
+        if name not in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+            name = f"HTTP_{name}"
+        value = raw_value.decode("latin-1")
+        environ[name] = f"{environ[name]},{value}" if name in environ else value
+    return environ
+
+
+async def _too_large(send: Any, limit: int, got: str) -> None:
+    body = json.dumps(
+        {"error": "request-entity-too-large", "message": f"body: at most {limit} bytes (got {got})"}
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _config(

@@ -182,3 +182,22 @@ def test_a_body_declared_past_the_limit_is_refused_before_it_is_read(
     assert response.status == 413
     assert answer["error"] == "request-entity-too-large"
     assert str(1 << 30) in answer["message"]
+
+
+def test_a_chunked_body_past_the_limit_is_refused(timekeeper: Timekeeper) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", _port(timekeeper), timeout=10)
+    chunk = b"x" * 65536
+    try:
+        connection.request(
+            "POST",
+            "/api/v1/reports",
+            body=iter([chunk] * 4),  # 256 KiB, no length given: sent chunked
+            headers={"Content-Type": "application/json"},
+            encode_chunked=True,
+        )
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == 413
+    assert answer["error"] == "request-entity-too-large"
