@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -63,10 +63,28 @@ class DevicePluginService(api_grpc.DevicePluginServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"at most {MAX_WATCH_STREAMS} ListAndWatch streams at once (kubelet needs one)",
             )
+        release = self._slot_release()
+        # The slot is free as soon as the stream ends: when the peer cancels, at once, not
+        # when the loop below next wakes.
+        if not context.add_callback(release):
+            release()
         try:
             yield from self._watch(context)
         finally:
-            self._watch_slots.release()
+            release()
+
+    def _slot_release(self) -> Callable[[], None]:
+        """Gives one watch slot back, once however often it is called."""
+        lock = threading.Lock()
+        held = [True]
+
+        def release() -> None:
+            with lock:
+                if held[0]:
+                    held[0] = False
+                    self._watch_slots.release()
+
+        return release
 
     def _watch(self, context: Any) -> Iterator[api.ListAndWatchResponse]:
         manager = self._manager
