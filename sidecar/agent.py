@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -18,6 +19,7 @@ from sidecar.client import Outcome
 from sidecar.errors import SpoolError
 from sidecar.intervals import close_at, format_time, resume_from
 from sidecar.reports import PodIdentity, Report, build_report
+from sidecar.signals import Interrupted
 from sidecar.spool import Spool
 from sidecar.usage import UsageReader, UsageWindow
 
@@ -42,6 +44,12 @@ class Waiter(Protocol):
 
     def wait(self, seconds: float) -> None:
         """Sleep up to `seconds`; return early when a stop signal arrives."""
+
+    def seconds_since_stop(self) -> float:
+        """Seconds since the first stop signal (0 before one)."""
+
+    def request(self) -> AbstractContextManager[None]:
+        """Around a request: raises `Interrupted` when the stop deadline passes in it."""
 
 
 class Sender(Protocol):
@@ -184,7 +192,11 @@ class Agent:
         if report is None:
             return False
         sequence = report["sequence"]
-        outcome = self.sender.send(report, timeout_seconds=timeout_seconds)
+        try:
+            with self.waiter.request():
+                outcome = self.sender.send(report, timeout_seconds=timeout_seconds)
+        except Interrupted as err:
+            outcome = Outcome("retry", None, str(err))
         now = self.clock.monotonic()
         if outcome.kind == "delivered":
             if self.failures:
@@ -275,7 +287,10 @@ class Agent:
         """Close the open interval and deliver what the deadline allows; the rest stays spooled."""
         started = self.clock.monotonic()
         self._close(started)
-        deadline = started + self.config.shutdown_deadline_seconds
+        # Counted from the signal: a request under way when it came has used part of it.
+        deadline = (
+            started + self.config.shutdown_deadline_seconds - self.waiter.seconds_since_stop()
+        )
         waiting = self.spool.pending_count
         log.info(
             "stopping: delivering %d interval(s) within %.1f s",

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         problems = settings.preflight(config)
         if problems:
             raise SettingsError(problems)
+        waiter.set_stop_deadline(config.shutdown_deadline_seconds)
     except SettingsError as err:
         print(f"gpushare sidecar: {err}", file=sys.stderr)
         return EXIT_BAD_SETTINGS

@@ -36,7 +36,7 @@ from timekeeper.errors import (
     Unavailable,
 )
 from timekeeper.ledger import Ledger, UsageRow
-from timekeeper.metrics import Metrics
+from timekeeper.metrics import Metrics, method_label
 from timekeeper.openapi import openapi_document
 from timekeeper.periods import period_window
 from timekeeper.pod_metrics import PodShareCollector
@@ -146,8 +146,9 @@ def create_app(
     def observe(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(route, request.method).observe(elapsed)
+        method = method_label(request.method)
+        metrics.requests.labels(route, method, str(response.status_code)).inc()
+        metrics.latency.labels(route, method).observe(elapsed)
         return response
 
     @app.errorhandler(TimekeeperError)
@@ -163,9 +164,11 @@ def create_app(
         return jsonify(error="unavailable", message="the database cannot be reached"), 503
 
     @app.errorhandler(HTTPException)
-    def on_http_error(err: HTTPException) -> tuple[Response, int]:
+    def on_http_error(err: HTTPException) -> tuple[Response, int, dict[str, str]]:
         code = (err.name or "error").lower().replace(" ", "-")
-        return jsonify(error=code, message=err.description or err.name), err.code or 500
+        # Keep the headers the error carries (`Allow` of a 405), not its HTML body's type.
+        headers = {k: v for k, v in err.get_headers() if k.lower() != "content-type"}
+        return jsonify(error=code, message=err.description or err.name), err.code or 500, headers
 
     @app.get("/healthz")
     def healthz() -> Response:

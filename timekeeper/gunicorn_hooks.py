@@ -1,7 +1,9 @@
-"""Gunicorn server hooks for the timekeeper (`gunicorn -c python:timekeeper.gunicorn_hooks`).
+"""Gunicorn configuration for the timekeeper (`gunicorn -c python:timekeeper.gunicorn_hooks`).
 
-`child_exit` tells prometheus-client that a worker is gone, so that its live-process
-values are dropped from the multi-process collection (its counters are kept).
+`worker_class` and `keepalive` are the ones `gpushare timekeeper` uses: requests are read on
+an event loop, and a request head must arrive within 5 s (`gpushare.serving`). `child_exit`
+tells prometheus-client that a worker is gone, so that its live-process values are dropped
+from the multi-process collection (its counters are kept).
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import os
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+worker_class = "gpushare.serving.AsyncioWorker"
+keepalive = 5
 
 
 def child_exit(server: Any, worker: Any) -> None:

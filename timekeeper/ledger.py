@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from gpushare.charge import gpu_seconds, memory_byte_seconds, used_gpu_seconds
 from gpushare.resources import CORE_UNITS_PER_GPU, MEMORY_UNIT_BYTES
-from timekeeper.buckets import MICROSECONDS_PER_SECOND
+from timekeeper.buckets import MICROSECONDS_PER_SECOND, from_hours_and_rest
 from timekeeper.database import head_revision, schema_revision
 from timekeeper.errors import Conflict, ReportRejected, Unavailable
 from timekeeper.models import UtcDateTime, usage_buckets, usage_reports
@@ -141,27 +141,35 @@ class Ledger:
         """The charge of `namespace` in the buckets that start within `[start, end)`."""
         buckets = usage_buckets
         with self._read() as connection:
-            total = connection.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(buckets.c.core_microseconds), 0)).where(
+            hours, rest = connection.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(buckets.c.core_hours), 0),
+                    sa.func.coalesce(sa.func.sum(buckets.c.core_microseconds), 0),
+                ).where(
                     buckets.c.namespace == namespace,
                     buckets.c.bucket_start >= start,
                     buckets.c.bucket_start < end,
                 )
-            ).scalar_one()
-        return int(total)
+            ).one()
+        return from_hours_and_rest(hours, rest)
 
     def used_by_bucket(self, namespace: str, start: datetime, end: datetime) -> dict[datetime, int]:
         """The charge of `namespace` in each bucket that starts within `[start, end)`."""
         buckets = usage_buckets
         with self._read() as connection:
             rows = connection.execute(
-                sa.select(buckets.c.bucket_start, buckets.c.core_microseconds).where(
+                sa.select(
+                    buckets.c.bucket_start, buckets.c.core_hours, buckets.c.core_microseconds
+                ).where(
                     buckets.c.namespace == namespace,
                     buckets.c.bucket_start >= start,
                     buckets.c.bucket_start < end,
                 )
             ).all()
-        return {row.bucket_start: int(row.core_microseconds) for row in rows}
+        return {
+            row.bucket_start: from_hours_and_rest(row.core_hours, row.core_microseconds)
+            for row in rows
+        }
 
     def pods_reporting_since(self, namespace: str, since: datetime) -> list[str]:
         """Names of the pods of `namespace` with a report ending at or after `since`."""
@@ -181,14 +189,21 @@ class Ledger:
         """Charge per namespace with any use in `[start, end)` (optionally only `namespaces`)."""
         buckets = usage_buckets
         query = (
-            sa.select(buckets.c.namespace, sa.func.sum(buckets.c.core_microseconds))
+            sa.select(
+                buckets.c.namespace,
+                sa.func.sum(buckets.c.core_hours),
+                sa.func.sum(buckets.c.core_microseconds),
+            )
             .where(buckets.c.bucket_start >= start, buckets.c.bucket_start < end)
             .group_by(buckets.c.namespace)
         )
         if namespaces is not None:
             query = query.where(buckets.c.namespace.in_(list(namespaces)))
         with self._read() as connection:
-            return {name: int(total) for name, total in connection.execute(query).all()}
+            return {
+                name: from_hours_and_rest(hours, rest)
+                for name, hours, rest in connection.execute(query).all()
+            }
 
     def usage(
         self,

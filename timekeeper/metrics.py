@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -27,6 +28,14 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "gpushare_timekeeper"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+HTTP_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods that keep their name as a label value; any other is counted as `other`."""
+
+
+def method_label(method: str) -> str:
+    """The `method` label of a request: a client chooses the method, so only the standard
+    ones get their own series (a label per invented method would grow /metrics forever)."""
+    return method if method in HTTP_METHODS else "other"
 
 
 class BudgetCollector(Collector):
@@ -107,7 +116,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             f"{PREFIX}_http_requests",
-            "HTTP requests answered, by route, method and status code",
+            "HTTP requests answered, by route (the matched rule, or `(unmatched)`), method "
+            "(`other` past the standard ones) and status code",
             ["route", "method", "status"],
             registry=self.registry,
         )

@@ -5,10 +5,12 @@ these classes describe it for queries. Times are aware UTC datetimes in Python, 
 on PostgreSQL and fixed-width ISO text on SQLite (always naive UTC there, so text order is
 time order).
 
-Charges are kept exactly as integers in the running totals: `core_microseconds` is
-vcuda-core units x microseconds (GPU-seconds x 10^8), `memory_unit_microseconds` is
-vcuda-memory units x microseconds. Integer addition is associative, so totals written by many
-concurrent transactions in any order are exact.
+Charges are kept exactly as integers in the running totals, each as whole unit-hours plus the
+rest below an hour in unit-microseconds: `core_hours` x 3.6 x 10^9 + `core_microseconds` is
+vcuda-core units x microseconds (GPU-seconds x 10^8), and `memory_unit_hours`,
+`memory_unit_microseconds` the same in vcuda-memory units. Two 64-bit integers cannot
+overflow within the input bounds (`timekeeper.buckets`); integer addition with the carry is
+associative, so totals written by many concurrent transactions in any order are exact.
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ class UsageBucket(Base):
 
     namespace: Mapped[str] = mapped_column(sa.String(63), primary_key=True)
     bucket_start: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
+    core_hours: Mapped[int] = mapped_column(sa.BigInteger)
     core_microseconds: Mapped[int] = mapped_column(sa.BigInteger)
+    memory_unit_hours: Mapped[int] = mapped_column(sa.BigInteger)
     memory_unit_microseconds: Mapped[int] = mapped_column(sa.BigInteger)
 
 

@@ -6,9 +6,16 @@ from typing import Any
 
 from gpushare import __version__
 from gpushare.annotations import BUDGET_STATES
+from timekeeper.reports import MAX_POD_UID_LENGTH, MAX_SEQUENCE, MAX_VCUDA_CORE, MAX_VCUDA_MEMORY
 
 _TIME = {"type": "string", "format": "date-time", "examples": ["2026-11-21T06:00:00Z"]}
-_NAMESPACE = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
+_NAMESPACE = {
+    "type": "string",
+    "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    "minLength": 1,
+    "maxLength": 63,
+}
+_DNS1123_SUBDOMAIN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 _ERROR_REF = {"$ref": "#/components/responses/Error"}
 
 
@@ -72,6 +79,7 @@ def openapi_document() -> dict[str, Any]:
                         "401": _ERROR_REF,
                         "403": _ERROR_REF,
                         "409": _ERROR_REF,
+                        "413": _ERROR_REF,
                         "503": _ERROR_REF,
                     },
                 }
@@ -107,13 +115,18 @@ def openapi_document() -> dict[str, Any]:
                         {
                             "name": "from",
                             "in": "query",
-                            "description": "Start (RFC 3339); default: the current period's start",
+                            "description": (
+                                "Start (RFC 3339); default: the current period's start"
+                            ),
                             "schema": _TIME,
                         },
                         {
                             "name": "to",
                             "in": "query",
-                            "description": "End (RFC 3339); default: the current period's end",
+                            "description": (
+                                "End (RFC 3339), after `from` (an empty range is refused) and "
+                                "at most 400 days after it; default: the current period's end"
+                            ),
                             "schema": _TIME,
                         },
                         {
@@ -185,7 +198,7 @@ def openapi_document() -> dict[str, Any]:
                             "name": "namespace",
                             "in": "query",
                             "description": "only this namespace",
-                            "schema": {"type": "string"},
+                            "schema": _NAMESPACE,
                         },
                     ],
                     "responses": {
@@ -301,20 +314,48 @@ def openapi_document() -> dict[str, Any]:
                         "vcudaMemory",
                     ],
                     "properties": {
-                        "podUid": {"type": "string", "maxLength": 128},
-                        "pod": {"type": "string", "maxLength": 253},
+                        "podUid": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_POD_UID_LENGTH,
+                            "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                        },
+                        "pod": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 253,
+                            "pattern": _DNS1123_SUBDOMAIN,
+                        },
                         "namespace": _NAMESPACE,
-                        "sequence": {"type": "integer", "minimum": 1},
-                        "start": _TIME,
-                        "end": _TIME,
-                        "vcudaCore": {"type": "integer", "minimum": 1},
-                        "vcudaMemory": {"type": "integer", "minimum": 0},
+                        "sequence": {"type": "integer", "minimum": 1, "maximum": MAX_SEQUENCE},
+                        "start": {
+                            **_TIME,
+                            "description": "Between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z",
+                        },
+                        "end": {
+                            **_TIME,
+                            "description": (
+                                "After `start` (an empty interval is refused), at most the "
+                                "server's maximum interval after it, and not in the future "
+                                "beyond the clock-skew allowance"
+                            ),
+                        },
+                        "vcudaCore": {"type": "integer", "minimum": 1, "maximum": MAX_VCUDA_CORE},
+                        "vcudaMemory": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": MAX_VCUDA_MEMORY,
+                        },
                         "smUtilization": {
                             "type": ["number", "null"],
                             "minimum": 0,
                             "maximum": 1,
                         },
-                        "memoryUsedBytes": {"type": ["integer", "null"], "minimum": 0},
+                        "memoryUsedBytes": {
+                            "type": ["integer", "null"],
+                            "minimum": 0,
+                            "maximum": 2**63 - 1,
+                        },
                     },
                 },
                 "Receipt": {

@@ -18,7 +18,7 @@ from timekeeper.accounting import Accounting
 from timekeeper.auth import Authenticator
 from timekeeper.errors import InvalidRequest, TimekeeperError, TooLarge
 from timekeeper.ledger import Receipt
-from timekeeper.metrics import Metrics
+from timekeeper.metrics import Metrics, method_label
 from timekeeper.reports import parse_report
 from timekeeper.states import rfc3339
 
@@ -130,8 +130,9 @@ class ReportEndpoint:
                 )
             counter.inc()
         else:
-            self.metrics.latency.labels(PATH, method).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(PATH, method, str(status)).inc()
+            label = method_label(method)
+            self.metrics.latency.labels(PATH, label).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(PATH, label, str(status)).inc()
         return [payload]
 
     def _answer(self, environ: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:

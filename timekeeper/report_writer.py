@@ -18,7 +18,8 @@ the database work. One transaction per report:
   the queue): a background thread runs a PASSIVE checkpoint every half second after writes.
 
 Totals are added with `INSERT … ON CONFLICT (namespace, bucket_start) DO UPDATE SET x = x +
-excluded.x`: atomic in the database, so no update is ever lost between processes.
+excluded.x` (with the carry from the rest below an hour into the hours, `_CARRY`): atomic in
+the database, so no update is ever lost between processes.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from timekeeper.buckets import split_into_buckets
+from timekeeper.buckets import MICROSECONDS_PER_HOUR, hours_and_rest, split_into_buckets
 from timekeeper.errors import Unavailable
 from timekeeper.reports import Report
 
@@ -67,6 +68,21 @@ _MATCH: Final = (
     "ORDER BY start_at DESC LIMIT 1) AS latest WHERE end_at > {p}start{s}"
 )
 
+_CARRY: Final = """
+    core_hours = {table}core_hours + excluded.core_hours
+        + ({table}core_microseconds + excluded.core_microseconds) / {hour},
+    core_microseconds = ({table}core_microseconds + excluded.core_microseconds) {mod} {hour},
+    memory_unit_hours = {table}memory_unit_hours + excluded.memory_unit_hours
+        + ({table}memory_unit_microseconds + excluded.memory_unit_microseconds) / {hour},
+    memory_unit_microseconds =
+        ({table}memory_unit_microseconds + excluded.memory_unit_microseconds) {mod} {hour}"""
+"""Adding a piece to a bucket: the rests are added and what passes an hour carries into the
+hours (integer division on both databases; every right-hand side sees the old row). `mod` is
+the remainder operator as the driver wants it written (psycopg: `%%`)."""
+
+_PG_CARRY: Final = _CARRY.format(table="usage_buckets.", hour=MICROSECONDS_PER_HOUR, mod="%%")
+_SQLITE_CARRY: Final = _CARRY.format(table="", hour=MICROSECONDS_PER_HOUR, mod="%")
+
 _PG_RECORD: Final = f"""
 WITH existing AS (
     {_MATCH.format(columns=_COLUMNS, p="%(", s=")s")}
@@ -78,16 +94,15 @@ WITH existing AS (
     WHERE NOT EXISTS (SELECT 1 FROM existing)
     RETURNING id
 ), added AS (
-    INSERT INTO usage_buckets (namespace, bucket_start, core_microseconds,
-                               memory_unit_microseconds)
-    SELECT %(namespace)s, piece.bucket_start, piece.core, piece.memory
-    FROM unnest(%(bucket_starts)s::timestamptz[], %(cores)s::bigint[], %(memories)s::bigint[])
-        AS piece(bucket_start, core, memory)
+    INSERT INTO usage_buckets (namespace, bucket_start, core_hours, core_microseconds,
+                               memory_unit_hours, memory_unit_microseconds)
+    SELECT %(namespace)s, piece.bucket_start, piece.core_hours, piece.core,
+           piece.memory_hours, piece.memory
+    FROM unnest(%(bucket_starts)s::timestamptz[], %(core_hours)s::bigint[], %(cores)s::bigint[],
+                %(memory_hours)s::bigint[], %(memories)s::bigint[])
+        AS piece(bucket_start, core_hours, core, memory_hours, memory)
     WHERE EXISTS (SELECT 1 FROM inserted)
-    ON CONFLICT (namespace, bucket_start) DO UPDATE SET
-        core_microseconds = usage_buckets.core_microseconds + excluded.core_microseconds,
-        memory_unit_microseconds =
-            usage_buckets.memory_unit_microseconds + excluded.memory_unit_microseconds
+    ON CONFLICT (namespace, bucket_start) DO UPDATE SET {_PG_CARRY}
     RETURNING 1
 )
 SELECT {_COLUMNS} FROM existing
@@ -100,11 +115,9 @@ _SQLITE_INSERT: Final = (
     ":sm_utilization, :memory_used_bytes, :received_at)"
 )
 _SQLITE_ADD: Final = (
-    "INSERT INTO usage_buckets (namespace, bucket_start, core_microseconds, "
-    "memory_unit_microseconds) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (namespace, bucket_start) DO UPDATE SET "
-    "core_microseconds = core_microseconds + excluded.core_microseconds, "
-    "memory_unit_microseconds = memory_unit_microseconds + excluded.memory_unit_microseconds"
+    "INSERT INTO usage_buckets (namespace, bucket_start, core_hours, core_microseconds, "
+    "memory_unit_hours, memory_unit_microseconds) VALUES (?, ?, ?, ?, ?, ?) "
+    f"ON CONFLICT (namespace, bucket_start) DO UPDATE SET {_SQLITE_CARRY}"
 )
 
 
@@ -256,8 +269,14 @@ class ReportWriter:
             params = self._params(report, row)
             shares = split_into_buckets(report.start, report.end)
             params["bucket_starts"] = [share.bucket_start for share in shares]
-            params["cores"] = [report.vcuda_core * share.microseconds for share in shares]
-            params["memories"] = [report.vcuda_memory * share.microseconds for share in shares]
+            cores = [hours_and_rest(report.vcuda_core * share.microseconds) for share in shares]
+            memories = [
+                hours_and_rest(report.vcuda_memory * share.microseconds) for share in shares
+            ]
+            params["core_hours"] = [hours for hours, _ in cores]
+            params["cores"] = [rest for _, rest in cores]
+            params["memory_hours"] = [hours for hours, _ in memories]
+            params["memories"] = [rest for _, rest in memories]
             lock_key = pod_lock_key(report.namespace, report.pod_uid)
             cursor.execute(f"BEGIN; SELECT pg_advisory_xact_lock({lock_key})")
             try:
@@ -289,8 +308,8 @@ class ReportWriter:
                             (
                                 report.namespace,
                                 sqlite_time(share.bucket_start),
-                                report.vcuda_core * share.microseconds,
-                                report.vcuda_memory * share.microseconds,
+                                *hours_and_rest(report.vcuda_core * share.microseconds),
+                                *hours_and_rest(report.vcuda_memory * share.microseconds),
                             ),
                         )
             except BaseException:

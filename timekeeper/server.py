@@ -2,8 +2,8 @@
 
 A programmatic gunicorn application: the master migrates the schema and checks every
 setting and file before it forks; each worker builds its own app (its own database pool)
-after the fork. Workers are `gthread`: a few threads each, so slow clients do not hold a
-whole process.
+after the fork. Workers read requests on an event loop (`gpushare.serving`) and run the app
+on a few threads each, so slow or idle clients hold no thread and time out.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from gpushare.serving import WORKER_CLASS, ClientLimits
 from timekeeper import gunicorn_hooks
 from timekeeper.errors import ConfigError
 from timekeeper.settings import Settings
@@ -41,13 +42,15 @@ class TimekeeperServer(BaseApplication):
     def __init__(self, settings: Settings, options: ServeOptions) -> None:
         self.settings = settings
         self.options = options
+        # Room above the app's own body limit, so that the app refuses with its message.
+        self.client_limits = ClientLimits(max_body_bytes=2 * 64 * 1024)
         super().__init__()
 
     def load_config(self) -> None:
         config = {
             "bind": f"{self.options.host}:{self.options.port}",
             "workers": self.options.workers,
-            "worker_class": "gthread",
+            "worker_class": WORKER_CLASS,
             "threads": self.options.threads,
             "timeout": self.options.timeout_seconds,
             "graceful_timeout": 10,

@@ -98,8 +98,15 @@ def create_app(
         return _error(404, "not-found", f"no endpoint {request.method} {request.path}")
 
     @app.errorhandler(405)
-    def wrong_method(_err: Any) -> tuple[Response, int]:
-        return _error(405, "method-not-allowed", f"{request.method} is not allowed here")
+    def wrong_method(err: Any) -> tuple[Response, int]:
+        allowed = sorted(getattr(err, "valid_methods", None) or ())
+        response = _error(
+            405,
+            "method-not-allowed",
+            f"{request.method} is not allowed here; allowed: {', '.join(allowed)}",
+        )
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception) -> tuple[Response, int]:

@@ -145,6 +145,8 @@ def run_webhook(args: argparse.Namespace) -> int:
             workers=args.workers,
             threads=args.threads,
             access_log=args.access_log,
+            # Room above the app's own limit, so that the app refuses with its message.
+            max_body_bytes=settings.max_body_bytes + 64 * 1024,
         ),
     )
     return 0

@@ -15,6 +15,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from gpushare.serving import WORKER_CLASS, ClientLimits
 from webhook.tls import ReloadingContext
 
 
@@ -30,6 +31,9 @@ class ServerOptions:
     keepalive_seconds: int = 30
     cert_check_seconds: float = 1.0
     access_log: bool = False
+    handshake_timeout_seconds: float = 5.0
+    read_timeout_seconds: int = 10
+    max_body_bytes: int = 4 * 1024 * 1024
 
 
 class _Application(BaseApplication):
@@ -37,6 +41,11 @@ class _Application(BaseApplication):
         self._factory = factory
         self._options = options
         self._contexts: ReloadingContext | None = None
+        self.client_limits = ClientLimits(
+            handshake_timeout_seconds=options.handshake_timeout_seconds,
+            read_timeout_seconds=options.read_timeout_seconds,
+            max_body_bytes=options.max_body_bytes,
+        )
         super().__init__()
 
     def load_config(self) -> None:
@@ -45,7 +54,7 @@ class _Application(BaseApplication):
             "bind": [options.bind],
             "workers": options.workers,
             "threads": options.threads,
-            "worker_class": "gthread",
+            "worker_class": WORKER_CLASS,
             "keepalive": options.keepalive_seconds,
             "timeout": 30,
             "graceful_timeout": 20,

@@ -34,6 +34,7 @@ import sqlalchemy as sa
 
 from tests.timekeeper.servers import ServerProcess, start_server
 from timekeeper import database
+from timekeeper.buckets import hours_and_rest
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "GPUSHARE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -246,7 +247,12 @@ def _rows(end: datetime) -> tuple[Any, Any]:
         for n in range(NAMESPACES):
             core = 10 + n % 90
             for bucket, micro in per_bucket.items():
-                yield (f"ns-{n:04d}", bucket, core * micro, 4 * micro)
+                yield (
+                    f"ns-{n:04d}",
+                    bucket,
+                    *hours_and_rest(core * micro),
+                    *hours_and_rest(4 * micro),
+                )
 
     return reports, buckets
 
@@ -255,7 +261,10 @@ REPORT_COLUMNS = (
     "pod_uid, sequence, namespace, pod, start_at, end_at, vcuda_core, vcuda_memory, "
     "gpu_seconds, memory_byte_seconds, sm_utilization, memory_used_bytes, received_at"
 )
-BUCKET_COLUMNS = "namespace, bucket_start, core_microseconds, memory_unit_microseconds"
+BUCKET_COLUMNS = (
+    "namespace, bucket_start, core_hours, core_microseconds, memory_unit_hours, "
+    "memory_unit_microseconds"
+)
 
 
 def load_postgres(url: str, end: datetime) -> None:
@@ -294,7 +303,7 @@ def load_sqlite(path: Path, end: datetime) -> None:
         (tuple(text(v) for v in row) for row in reports()),
     )
     connection.executemany(
-        f"INSERT INTO usage_buckets ({BUCKET_COLUMNS}) VALUES (?,?,?,?)",
+        f"INSERT INTO usage_buckets ({BUCKET_COLUMNS}) VALUES (?,?,?,?,?,?)",
         (tuple(text(v) for v in row) for row in buckets()),
     )
     connection.commit()

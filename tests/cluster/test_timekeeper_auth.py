@@ -33,6 +33,7 @@ from tests.timekeeper.servers import start_server
 from timekeeper import database
 from timekeeper.api import build_authenticator, create_app
 from timekeeper.auth import Authenticator, KeySource, TokenVerifier
+from timekeeper.buckets import from_hours_and_rest
 from timekeeper.errors import Unavailable
 from timekeeper.models import usage_buckets
 from timekeeper.settings import Settings
@@ -205,12 +206,12 @@ def post(client: FlaskClient, body: dict[str, Any], token: str) -> tuple[int, di
 
 def charged(app: Flask, namespace: str) -> int:
     with app.extensions["gpushare"]["engine"].connect() as connection:
-        total = connection.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(usage_buckets.c.core_microseconds), 0)).where(
+        rows = connection.execute(
+            sa.select(usage_buckets.c.core_hours, usage_buckets.c.core_microseconds).where(
                 usage_buckets.c.namespace == namespace
             )
-        ).scalar_one()
-    return int(total)
+        ).all()
+    return sum(from_hours_and_rest(hours, rest) for hours, rest in rows)
 
 
 def claims(token: str) -> dict[str, Any]:

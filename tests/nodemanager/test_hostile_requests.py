@@ -7,7 +7,10 @@ from typing import Any
 
 import grpc
 import pytest
+from nodemanager import plugin
 from nodemanager.api import deviceplugin_pb2 as dp
+from nodemanager.metrics import registry_for
+from prometheus_client import generate_latest
 
 from tests.nodemanager.conftest import NodeFactory
 from tests.nodemanager.fake_apiserver import make_pod
@@ -162,3 +165,64 @@ def test_a_kubelet_that_drops_list_and_watch_again_and_again_starves_nothing(
         lambda: list(node.kubelet.health(CORE).values()).count("Unhealthy") == 100,
         what="the kubelet's own stream still follows health",
     )
+
+
+def test_idle_list_and_watch_streams_cannot_starve_allocate(make_node: NodeFactory) -> None:
+    """Streams that are opened and then left alone hold a thread each while open: past the
+    bound they are refused at once, and Allocate keeps its own threads."""
+    node = make_node()
+    stub = node.kubelet.stub(CORE)
+    held = []
+    refused = 0
+    for _ in range(2 * plugin.MAX_WATCH_STREAMS + plugin.CALL_THREADS):
+        stream = stub.ListAndWatch(dp.Empty(), timeout=30)
+        try:
+            assert len(next(stream).devices) == 200
+            held.append(stream)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "ListAndWatch streams at once" in (err.details() or "")
+            refused += 1
+    try:
+        # kubelet's own stream is one of the bound; every other one past it was refused.
+        assert len(held) == plugin.MAX_WATCH_STREAMS - 1
+        assert refused == plugin.MAX_WATCH_STREAMS + plugin.CALL_THREADS + 1
+        pod = make_pod("while-watched", [("c", 10, 2)])
+        node.apiserver.add_pod(pod)
+        assert node.kubelet.admit(pod)["c"].envs["GPUSHARE_CORE_LIMIT"] == "10"
+    finally:
+        for stream in held:
+            stream.cancel()
+
+
+def test_a_huge_device_id_is_not_echoed(
+    make_node: NodeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = make_node()
+    stub = node.kubelet.stub(CORE)
+    huge = "GPU-" + "x" * 1_000_000
+    code, details = _status(lambda: stub.Allocate(_allocate(huge), timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "(1000004 characters)" in details
+    assert len(details) < 1000
+    assert all(len(record.getMessage()) < 2000 for record in caplog.records)
+    pod = make_pod("after", [("c", 10, 2)])
+    node.apiserver.add_pod(pod)
+    assert node.kubelet.admit(pod)["c"].envs["GPUSHARE_CORE_LIMIT"] == "10"
+
+
+class _NoProcesses:
+    def allocation_of(self, pid: int) -> str | None:
+        return None
+
+
+def test_refused_requests_add_no_metric_series(make_node: NodeFactory) -> None:
+    """Labels come from this node's GPUs and granted allocations, never from what a caller
+    sends: refused calls with invented IDs leave /metrics as it was."""
+    node = make_node()
+    registry = registry_for(node.manager, _NoProcesses())
+    before = generate_latest(registry)
+    stub = node.kubelet.stub(CORE)
+    for index in range(50):
+        _status(lambda index=index: stub.Allocate(_allocate(f"invented-{index}"), timeout=5))
+    assert generate_latest(registry) == before

@@ -29,6 +29,10 @@ class FakeTimekeeper:
         self.attempts = 0
         self.refusals: list[tuple[int, str]] = []
         self.fail_with: int | None = None
+        self.stall = False
+        """While True, requests are read and then left unanswered until `stop()`."""
+        self.stalled = 0
+        self._release = threading.Event()
         self.lock = threading.Lock()
         self.port = 0
         self._server: ThreadingHTTPServer | None = None
@@ -50,6 +54,10 @@ class FakeTimekeeper:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
+                if fake.stall:
+                    with fake.lock:
+                        fake.stalled += 1
+                    fake._release.wait(60)
                 status, answer = fake.handle(self.path, self.headers.get("Authorization"), body)
                 data = json.dumps(answer).encode()
                 self.send_response(status)
@@ -69,6 +77,7 @@ class FakeTimekeeper:
         self._thread.start()
 
     def stop(self) -> None:
+        self._release.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

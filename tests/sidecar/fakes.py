@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -46,6 +47,12 @@ class FakeWaiter:
         now = self.clock.monotonic()
         wake = min(now + seconds, *(t for t in (self.stop_at, self.hard_stop_at) if t > now))
         self.clock.advance(max(wake - now, 0.001))
+
+    def seconds_since_stop(self) -> float:
+        return max(0.0, self.clock.monotonic() - self.stop_at)
+
+    def request(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
 
 @dataclass

@@ -9,6 +9,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,6 +129,38 @@ def test_sigterm_while_the_timekeeper_hangs_exits_within_the_deadline(
         assert sidecar.wait(timeout=5) == 0
         assert "left in the spool" in sidecar.log()
     assert len(spooled(pod.spool_dir)) >= 2
+
+
+def test_sigterm_during_a_request_ends_within_the_deadline_and_keeps_the_interval(
+    tmp_path: Path, fake: FakeTimekeeper
+) -> None:
+    """A request the timekeeper leaves unanswered is cut at the stop deadline, counted from
+    the signal, not after the HTTP timeout (20 s here); its interval stays spooled."""
+    deadline_seconds = 1.0
+    pod = Pod(
+        tmp_path,
+        fake.url,
+        TOKEN,
+        extra_env={
+            "GPUSHARE_HTTP_TIMEOUT_SECONDS": "20",
+            "GPUSHARE_SHUTDOWN_DEADLINE_SECONDS": str(deadline_seconds),
+        },
+    )
+    with SidecarProcess(pod) as sidecar:
+        wait_until(lambda: len(fake.held(pod.uid)) >= 1, timeout=10, what="a first interval")
+        fake.stall = True
+        wait_until(lambda: fake.stalled >= 1, timeout=10, what="a request left unanswered")
+        waiting = {path.name for path in spooled(pod.spool_dir)}
+        assert waiting, "the interval in flight is spooled"
+        signalled = time.monotonic()
+        sidecar.signal(signal.SIGTERM)
+        assert sidecar.wait(timeout=30) == 0
+        took = time.monotonic() - signalled
+        # The deadline, plus room for closing the last interval and the exit on a busy machine.
+        assert took < deadline_seconds + 1.5, f"stopped {took:.1f} s after SIGTERM"
+        assert "left in the spool" in sidecar.log()
+    assert waiting <= {path.name for path in spooled(pod.spool_dir)}
+    assert not list((pod.spool_dir / "rejected").glob("*.json"))
 
 
 def test_an_https_timekeeper_is_verified_against_the_given_ca(tmp_path: Path) -> None:

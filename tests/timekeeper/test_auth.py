@@ -23,6 +23,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from tests.timekeeper.conftest import MakeApp, report_body
 from timekeeper.auth import Authenticator, KeySource, TokenVerifier
+from timekeeper.buckets import from_hours_and_rest
 from timekeeper.errors import Unauthenticated, Unavailable
 from timekeeper.models import usage_buckets
 from timekeeper.static_tokens import parse_tokens
@@ -461,12 +462,12 @@ def charged_core_microseconds(app: Flask, namespace: str) -> int:
     """What the running totals charge `namespace` (vcuda-core units x microseconds)."""
     engine = app.extensions["gpushare"]["engine"]
     with engine.connect() as connection:
-        total = connection.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(usage_buckets.c.core_microseconds), 0)).where(
+        rows = connection.execute(
+            sa.select(usage_buckets.c.core_hours, usage_buckets.c.core_microseconds).where(
                 usage_buckets.c.namespace == namespace
             )
-        ).scalar_one()
-    return int(total)
+        ).all()
+    return sum(from_hours_and_rest(hours, rest) for hours, rest in rows)
 
 
 def test_a_static_token_of_another_namespace_cannot_take_a_pod_key_first(

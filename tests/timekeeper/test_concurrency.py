@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from tests.timekeeper.servers import ServerProcess
 from timekeeper import database
+from timekeeper.buckets import from_hours_and_rest
 from timekeeper.errors import ReportRejected
 from timekeeper.ledger import Ledger
 from timekeeper.models import usage_buckets, usage_reports
@@ -61,8 +62,13 @@ def stored_totals(url: str) -> tuple[int, int, int]:
                     .subquery()
                 )
             )
-            buckets = connection.execute(sa.select(sa.func.sum(usage_buckets.c.core_microseconds)))
-            return rows.scalar_one(), distinct.scalar_one(), int(buckets.scalar_one() or 0)
+            hours, rest = connection.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(usage_buckets.c.core_hours), 0),
+                    sa.func.coalesce(sa.func.sum(usage_buckets.c.core_microseconds), 0),
+                )
+            ).one()
+            return rows.scalar_one(), distinct.scalar_one(), from_hours_and_rest(hours, rest)
     finally:
         engine.dispose()
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.polling import wait_until
 from tests.timekeeper.conftest import report_body
 from tests.timekeeper.servers import ServerProcess
 from timekeeper.errors import ConfigError
@@ -229,5 +230,11 @@ def test_the_server_takes_a_new_token_without_a_restart(
     for _ in range(6):
         status, answer = server.request("POST", "/api/v1/reports", body, headers)
         assert status == 200, answer
-    assert "the last good tokens stay in force: " in server.log()
-    assert "tokens: must be a list (got a string of 10 characters)" in server.log()
+    # The worker logs the refusal while or after it answers: wait for the line.
+    wait_until(
+        lambda: (
+            "the last good tokens stay in force: " in server.log()
+            and "tokens: must be a list (got a string of 10 characters)" in server.log()
+        ),
+        what="the refusal of the bad tokens file in the log",
+    )

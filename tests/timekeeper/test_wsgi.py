@@ -105,8 +105,6 @@ def test_plain_gunicorn_serves_the_wsgi_app(tmp_path: Path) -> None:
                 "python:timekeeper.gunicorn_hooks",
                 "-w",
                 "2",
-                "-k",
-                "gthread",
                 "--threads",
                 "2",
                 "-b",

@@ -232,7 +232,10 @@ def test_chunked_body_over_limit_gets_400(settings: Settings) -> None:
             "GET",
             "/mutate",
             405,
-            {"error": "method-not-allowed", "message": "GET is not allowed here"},
+            {
+                "error": "method-not-allowed",
+                "message": "GET is not allowed here; allowed: OPTIONS, POST",
+            },
             id="get-mutate",
         ),
         pytest.param(

@@ -41,6 +41,18 @@ class UnknownDeviceError(ValueError):
     """A device ID that this node never offered."""
 
 
+SHOWN_ID_CHARACTERS = 80
+"""Messages and logs quote at most this much of a device ID they refuse."""
+
+
+def shown_id(text: str) -> str:
+    """`text` quoted for a message, cut to SHOWN_ID_CHARACTERS: a refused ID comes from the
+    caller and may be of any length."""
+    if len(text) <= SHOWN_ID_CHARACTERS:
+        return repr(text)
+    return f"{text[:SHOWN_ID_CHARACTERS]!r}... ({len(text)} characters)"
+
+
 def device_ids(gpu: Gpu, kind: Kind) -> list[str]:
     """Every device ID of `kind` that `gpu` offers."""
     count = CORE_UNITS_PER_GPU if kind is Kind.CORE else gpu.memory_units
@@ -58,14 +70,14 @@ def parse_device_id(text: str, kind: Kind, gpus: Sequence[Gpu]) -> DeviceId:
     )
     if not (sep and sep2 and canonical) or kind_text != kind.value or gpu is None:
         raise UnknownDeviceError(
-            f"unknown {kind.resource_name} device ID {text!r}: this node offers "
+            f"unknown {kind.resource_name} device ID {shown_id(text)}: this node offers "
             f"'<GPU UUID>-{kind.value}-<n>' for GPUs {', '.join(g.uuid for g in gpus)}"
         )
     number = int(number_text)
     limit = CORE_UNITS_PER_GPU if kind is Kind.CORE else gpu.memory_units
     if number >= limit:
         raise UnknownDeviceError(
-            f"unknown {kind.resource_name} device ID {text!r}: GPU {gpu.index} offers "
+            f"unknown {kind.resource_name} device ID {shown_id(text)}: GPU {gpu.index} offers "
             f"numbers 0..{limit - 1}"
         )
     return DeviceId(uuid, kind, number)

@@ -26,7 +26,14 @@ from gpushare.assignment import (
 from gpushare.assignment import Inventory as InventoryDocument
 from gpushare.resources import CORE_UNITS_PER_GPU, MEMORY_UNIT_BYTES
 from nodemanager import pods
-from nodemanager.devices import DeviceId, Kind, UnknownDeviceError, device_ids, parse_device_id
+from nodemanager.devices import (
+    DeviceId,
+    Kind,
+    UnknownDeviceError,
+    device_ids,
+    parse_device_id,
+    shown_id,
+)
 from nodemanager.inventory import Gpu, Inventory
 from nodemanager.kube import (
     KubernetesError,
@@ -320,7 +327,9 @@ class NodeManager:
                     raise RequestError(str(err)) from err
             parsed.append(device)
             if text in seen:
-                raise RequestError(f"{kind.resource_name}: device ID {text!r} is listed twice")
+                raise RequestError(
+                    f"{kind.resource_name}: device ID {shown_id(text)} is listed twice"
+                )
             seen.add(text)
         return parsed
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,12 @@ API_VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
+MAX_WATCH_STREAMS = 4
+"""Open ListAndWatch streams per resource: kubelet keeps one. Each holds a thread of the
+server for as long as it is open, so more are refused (RESOURCE_EXHAUSTED) at once."""
+CALL_THREADS = 4
+"""Threads for the short calls (Allocate, GetPreferredAllocation, ...), which streams can
+never take: the pool has MAX_WATCH_STREAMS + CALL_THREADS threads."""
 
 
 def socket_name(kind: Kind) -> str:
@@ -43,6 +49,7 @@ class DevicePluginService(api_grpc.DevicePluginServicer):
         self._manager = manager
         self._kind = kind
         self._stopping = stopping
+        self._watch_slots = threading.BoundedSemaphore(MAX_WATCH_STREAMS)
 
     def GetDevicePluginOptions(self, request: api.Empty, context: Any) -> api.DevicePluginOptions:
         return api.DevicePluginOptions(
@@ -50,6 +57,36 @@ class DevicePluginService(api_grpc.DevicePluginServicer):
         )
 
     def ListAndWatch(self, request: api.Empty, context: Any) -> Iterator[api.ListAndWatchResponse]:
+        if not self._watch_slots.acquire(blocking=False):
+            log.warning("ListAndWatch refused: %d streams are open already", MAX_WATCH_STREAMS)
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"at most {MAX_WATCH_STREAMS} ListAndWatch streams at once (kubelet needs one)",
+            )
+        release = self._slot_release()
+        # The slot is free as soon as the stream ends: when the peer cancels, at once, not
+        # when the loop below next wakes.
+        if not context.add_callback(release):
+            release()
+        try:
+            yield from self._watch(context)
+        finally:
+            release()
+
+    def _slot_release(self) -> Callable[[], None]:
+        """Gives one watch slot back, once however often it is called."""
+        lock = threading.Lock()
+        held = [True]
+
+        def release() -> None:
+            with lock:
+                if held[0]:
+                    held[0] = False
+                    self._watch_slots.release()
+
+        return release
+
+    def _watch(self, context: Any) -> Iterator[api.ListAndWatchResponse]:
         manager = self._manager
         sent = -1
         while context.is_active() and not self._stopping.is_set():
@@ -196,7 +233,11 @@ class PluginRunner:
         path = self._dir / socket_name(kind)
         path.unlink(missing_ok=True)
         stopping = threading.Event()
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix=kind))
+        server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=MAX_WATCH_STREAMS + CALL_THREADS, thread_name_prefix=kind
+            )
+        )
         api_grpc.add_DevicePluginServicer_to_server(
             DevicePluginService(self._manager, kind, stopping), server
         )
