@@ -8,12 +8,13 @@
 #
 # There is no Kubernetes here: the webhook is called with curl, the node manager serves its
 # device plugin sockets under .run/ and the sidecar reports for a made-up pod.
-# Ports move with GPUSHARE_RUN_*_PORT. Ctrl-C stops everything; state stays in .run/.
+# Ports move with GPUSHARE_RUN_*_PORT, the state folder with GPUSHARE_RUN_DIR. Ctrl-C stops
+# everything, the sidecar first (its last interval delivered), the timekeeper last; state stays.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=.venv/bin
-RUN="$PWD/.run"
+RUN=$(realpath -m "${GPUSHARE_RUN_DIR:-.run}")
 TIMEKEEPER_PORT=${GPUSHARE_RUN_TIMEKEEPER_PORT:-8080}
 WEBHOOK_PORT=${GPUSHARE_RUN_WEBHOOK_PORT:-8443}
 NODEMANAGER_PORT=${GPUSHARE_RUN_NODEMANAGER_PORT:-9400}
@@ -38,19 +39,33 @@ wait_ready() {
     say "$name ready at $url"
 }
 
+# Each part runs in its own session, so Ctrl-C reaches only this script, which stops the
+# parts in the reverse order of their start: the sidecar delivers its last interval while
+# the timekeeper still answers, and the timekeeper goes last.
 pids=()
 stop_all() {
-    trap - INT TERM EXIT
-    ((${#pids[@]})) && kill -TERM "${pids[@]}" 2>/dev/null || true
-    wait 2>/dev/null || true
+    trap - INT TERM HUP EXIT
+    local i
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${pids[i]}" 2>/dev/null || true
+        wait "${pids[i]}" 2>/dev/null || true
+    done
     say "stopped; state and logs are in $RUN/"
 }
-trap stop_all INT TERM EXIT
+# After a signal, stop everything, then die of the same signal (make then says "Interrupt").
+on_signal() {
+    stop_all
+    kill -"$1" $$
+}
+trap 'on_signal INT' INT
+trap 'on_signal TERM' TERM
+trap 'on_signal HUP' HUP
+trap stop_all EXIT
 
 start() {
     local name=$1
     shift
-    "$@" >"$RUN/logs/$name.log" 2>&1 &
+    setsid "$@" >"$RUN/logs/$name.log" 2>&1 &
     pids+=($!)
 }
 
