@@ -402,6 +402,15 @@ def test_a_users_gpu_pod_is_admitted_run_and_charged_with_nothing_lost(
         platform.timekeeper_url.removeprefix("http://"),
         env=["GPUSHARE_TIMEKEEPER_URL"],
     )
+    # Exactly the sidecar's environment; changed only where a node and cluster DNS would be.
+    assert set(container.env) == {entry["name"] for entry in sidecar["env"]}
+    assert sorted(old for old, _ in container.rewrites) == sorted(
+        [
+            "/var/lib/gpushare/spool",
+            "/var/run/secrets/gpushare.io/serviceaccount",
+            platform.timekeeper_service,
+        ]
+    )
     assert container.env["GPUSHARE_POD_UID"] == pod["metadata"]["uid"]
     token = Path(container.env["GPUSHARE_TOKEN_FILE"]).read_text()
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
