@@ -70,7 +70,8 @@ start() {
 }
 
 if [[ ! -f $RUN/certs/tls.crt ]]; then
-    "$BIN/gpushare" certs generate --out "$RUN/certs" --dns localhost --ip 127.0.0.1 >/dev/null
+    "$BIN/gpushare" certs generate --out "$RUN/certs" --dns localhost --ip 127.0.0.1 \
+        >"$RUN/logs/certs.log" 2>&1 || { cat "$RUN/logs/certs.log" >&2; exit 1; }
     say "made a CA and a serving certificate in $RUN/certs/"
 fi
 

@@ -78,6 +78,7 @@ def test_it_comes_up_and_ctrl_c_stops_every_part_the_sidecar_first(tmp_path: Pat
             script.wait(10)
     text = output.read_text()
     assert "a part exited" not in text
+    assert "caBundle" not in text, "the certificate step prints only its one line"
     assert f"gpushare: stopped; state and logs are in {tmp_path / 'run'}/" in text
     logs = tmp_path / "run" / "logs"
     sidecar = (logs / "sidecar.log").read_text()
