@@ -106,7 +106,6 @@ class Platform:
     timekeeper_service: str
     """`host:port` of the timekeeper's Service, as the chart's URLs name it."""
     kubelet: Kubelet
-    processes: dict[str, Process]
 
 
 def _pods(control_plane: ControlPlane, namespace: str, component: str) -> list[dict[str, Any]]:
@@ -203,7 +202,6 @@ def platform(
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)
     port = listener.getsockname()[1]
-    processes: dict[str, Process] = {}
     with ExitStack() as cleanup:
         cleanup.callback(listener.close)
         control_plane.helm(
@@ -252,7 +250,6 @@ def platform(
         server.rewrite("--port=8080", "--port=0")
         assert f"--oidc-issuer={issuer}" in server.argv()
         timekeeper = server.start(tmp_path / "timekeeper.log")
-        processes["timekeeper"] = timekeeper
         cleanup.callback(timekeeper.terminate)
         found: list[str] = []
 
@@ -291,10 +288,9 @@ def platform(
             env=["GPUSHARE_WEBHOOK_TIMEKEEPER_URL"],
         )
         webhook = webhook_container.start(tmp_path / "webhook.log", pass_fds=[listener.fileno()])
-        processes["webhook"] = webhook
         cleanup.callback(webhook.terminate)
         _webhook_admits(control_plane, namespace, webhook)
-        yield Platform(timekeeper_url, timekeeper_service, kubelet, processes)
+        yield Platform(timekeeper_url, timekeeper_service, kubelet)
 
 
 def _remove_release(control_plane: ControlPlane) -> None:
