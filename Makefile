@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv build hook proto kube-tools lint test run bench clean
+.PHONY: all venv build hook proto kube-tools lint test run bench gpu-check clean
 
 all: build
 
@@ -51,7 +51,7 @@ $(PROTO_OUT)/%_pb2.py: $(PROTO_SRC)/%.proto $(STAMP)
 lint: build
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy gpushare timekeeper webhook sidecar vgpu-runtime/nodemanager migrations
+	$(BIN)/mypy gpushare timekeeper webhook extender sidecar vgpu-runtime/nodemanager migrations
 
 test: lint
 	KUBEBUILDER_ASSETS="$(K8S_ASSETS)" $(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -61,6 +61,10 @@ run: build
 
 bench: build
 	$(BIN)/python -m tests.bench
+
+# The hook's checks on a real NVIDIA GPU with PyTorch (docs/hook.md); not part of `make test`.
+gpu-check: hook
+	python3 vgpu-runtime/hook/tests/gpu_check.py --hook vgpu-runtime/hook/build/libgpushare-vgpu.so
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .pytest_cache .ruff_cache .hypothesis

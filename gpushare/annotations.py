@@ -1,6 +1,6 @@
 """Pod annotation keys: the webhook writes them, the node manager and the sidecar read them."""
 
-from typing import Final, TypedDict
+from typing import Final
 
 DOMAIN: Final = "gpushare.io"
 
@@ -11,10 +11,11 @@ BUDGET_STATE: Final = f"{DOMAIN}/budget-state"
 """The namespace's budget state when the pod was admitted."""
 
 QUOTA_REQUEST: Final = f"{DOMAIN}/quota-request"
-"""Guaranteed fraction of GPU time, 0 < request <= limit <= 1 (FaST-GShare vocabulary)."""
+"""Guaranteed fraction of GPU time, 0 <= request <= limit <= 1, 0 = best effort (FaST-GShare
+vocabulary); may be changed on a running pod."""
 
 QUOTA_LIMIT: Final = f"{DOMAIN}/quota-limit"
-"""Upper bound on the fraction of GPU time, 0 < request <= limit <= 1."""
+"""Upper bound on the fraction of GPU time, 0 < limit <= 1; may be changed on a running pod."""
 
 SM_PARTITION: Final = f"{DOMAIN}/sm-partition"
 """Percent of the GPU's SMs, 1..100."""
@@ -30,32 +31,3 @@ BUDGET_STATES: Final = ("in-budget", "warning", "exhausted", "unlimited")
 
 TIMEKEEPER_AUDIENCE: Final = "gpushare-timekeeper"
 """Audience of the projected ServiceAccount token a sidecar presents to the timekeeper."""
-
-NODE_GPU_CAPACITY: Final = f"{DOMAIN}/gpu-capacity"
-"""Node annotation written by the node manager, read by the scheduler extender: per-GPU free
-capacity as JSON (`NodeGpuCapacity`), e.g.
-`{"version": 1, "policy": "binpack", "gpus": [{"index": 0, "uuid": "GPU-…", "healthy": true,
-"coreTotal": 100, "coreFree": 40, "memoryTotal": 64, "memoryFree": 24}]}`.
-Cores are vcuda-core units (1 % of a GPU), memory is vcuda-memory units (256 MiB)."""
-
-NODE_GPU_CAPACITY_VERSION: Final = 1
-
-
-class GpuCapacityJson(TypedDict):
-    """One GPU in the `gpushare.io/gpu-capacity` node annotation."""
-
-    index: int
-    uuid: str
-    healthy: bool
-    coreTotal: int
-    coreFree: int
-    memoryTotal: int
-    memoryFree: int
-
-
-class NodeGpuCapacity(TypedDict):
-    """The whole `gpushare.io/gpu-capacity` node annotation; `policy` is binpack or spread."""
-
-    version: int
-    policy: str
-    gpus: list[GpuCapacityJson]

@@ -13,7 +13,13 @@ from collections.abc import Sequence
 
 from gpushare import __version__
 
-COMMAND_MODULES = ("timekeeper.cli", "webhook.cli", "sidecar.cli", "nodemanager.cli")
+COMMAND_MODULES = (
+    "timekeeper.cli",
+    "webhook.cli",
+    "sidecar.cli",
+    "nodemanager.cli",
+    "extender.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

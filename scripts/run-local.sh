@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: the platform on this machine, for a demo or a first look.
 #
-#   timekeeper    http://127.0.0.1:8080   SQLite in .run/, budgets from deployment/examples/
+#   timekeeper    http://127.0.0.1:8080   SQLite in .run/, budgets in .run/budgets.yaml (a copy
+#                                         of deployment/examples/budgets.yaml to edit freely)
 #   webhook       https://127.0.0.1:8443  self-signed CA in .run/certs/
 #   node manager  http://127.0.0.1:9400/metrics, two simulated 16 GiB GPUs, no kubelet
 #   sidecar       one demo pod in namespace team-a, reporting every 5 s
@@ -39,9 +40,10 @@ wait_ready() {
     say "$name ready at $url"
 }
 
-# Each part runs in its own session, so Ctrl-C reaches only this script, which stops the
-# parts in the reverse order of their start: the sidecar delivers its last interval while
-# the timekeeper still answers, and the timekeeper goes last.
+# Each part runs in its own session, so Ctrl-C reaches only this script (a terminal sends it
+# to the whole foreground process group), which stops the parts in the reverse order of their
+# start: the sidecar first, while the timekeeper can still take its last interval, and the
+# timekeeper last.
 pids=()
 stop_all() {
     trap - INT TERM HUP EXIT
@@ -52,14 +54,8 @@ stop_all() {
     done
     say "stopped; state and logs are in $RUN/"
 }
-# After a signal, stop everything, then die of the same signal (make then says "Interrupt").
-on_signal() {
-    stop_all
-    kill -"$1" $$
-}
-trap 'on_signal INT' INT
-trap 'on_signal TERM' TERM
-trap 'on_signal HUP' HUP
+# Ctrl-C is the normal way out: stop everything and exit 0.
+trap 'stop_all; exit 0' INT TERM HUP
 trap stop_all EXIT
 
 start() {
@@ -82,11 +78,17 @@ if [[ ! -f $RUN/tokens.yaml ]]; then
 fi
 demo_token=$("$BIN/python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["tokens"][0]["token"])' "$RUN/tokens.yaml")
 
+# The demo's budgets live in .run/, so editing them (they are reloaded live) never touches
+# the tracked example.
+if [[ ! -f $RUN/budgets.yaml ]]; then
+    cp deployment/examples/budgets.yaml "$RUN/budgets.yaml"
+fi
+
 database_url="sqlite:///$RUN/timekeeper.db"
 "$BIN/gpushare" db upgrade --database-url "$database_url" >"$RUN/logs/migrations.log" 2>&1
 
 start timekeeper "$BIN/gpushare" timekeeper --host 127.0.0.1 --port "$TIMEKEEPER_PORT" \
-    --database-url "$database_url" --budgets deployment/examples/budgets.yaml \
+    --database-url "$database_url" --budgets "$RUN/budgets.yaml" \
     --tokens "$RUN/tokens.yaml" --no-migrate --log-format text
 wait_ready timekeeper "$TIMEKEEPER_URL/readyz" "$RUN/logs/timekeeper.log"
 
@@ -107,7 +109,8 @@ start sidecar env GPUSHARE_TIMEKEEPER_URL="$TIMEKEEPER_URL" GPUSHARE_TOKEN="$dem
     GPUSHARE_POD_NAME=demo-train GPUSHARE_POD_NAMESPACE=team-a \
     GPUSHARE_POD_UID=00000000-0000-4000-8000-000000000001 \
     GPUSHARE_VCUDA_CORE=50 GPUSHARE_VCUDA_MEMORY=16 GPUSHARE_REPORT_INTERVAL_SECONDS=5 \
-    GPUSHARE_SPOOL_DIR="$RUN/spool" GPUSHARE_LOG_FORMAT=text "$BIN/gpushare" sidecar
+    GPUSHARE_SPOOL_DIR="$RUN/spool" GPUSHARE_SHUTDOWN_DEADLINE_SECONDS=1 \
+    GPUSHARE_USAGE_DIR="$RUN/usage" GPUSHARE_LOG_FORMAT=text "$BIN/gpushare" sidecar
 say "demo sidecar reporting for pod team-a/demo-train (50 % of a GPU) every 5 s"
 
 cat <<MSG
@@ -115,6 +118,8 @@ cat <<MSG
 Try:
   $BIN/gpushare usage --url $TIMEKEEPER_URL                # budgets and use of every namespace
   $BIN/gpushare usage --url $TIMEKEEPER_URL team-a         # one namespace, by pod
+  open $TIMEKEEPER_URL/ui/                                 # the same as a web page
+  edit $RUN/budgets.yaml                                   # reloaded within 2 s
   curl -s $TIMEKEEPER_URL/api/v1/namespaces/interns
   curl -s --cacert $RUN/certs/ca.crt -H 'Content-Type: application/json' \\
        --data @deployment/examples/admission-review.json $WEBHOOK_URL/mutate

@@ -32,6 +32,7 @@ def register(subcommands: argparse._SubParsersAction[Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Read the environment, then run the loop until SIGTERM; returns the exit code."""
     import logging
+    import os
     import random
 
     from gpushare import logs
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from sidecar.signals import SignalWaiter
     from sidecar.spool import Spool
     from sidecar.tokens import FileToken, StaticToken, TokenSource
+    from sidecar.usage_files import UsageFileReader
 
     # Signals first: a SIGTERM during start-up must still end in an orderly stop.
     waiter = SignalWaiter()
@@ -85,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
             config.spool_dir, max_intervals=config.spool_max_intervals, pod_uid=config.pod_uid
         ),
         sender=TimekeeperClient(config.timekeeper_url, tokens=tokens, ca_file=config.ca_file),
-        reader=open_reader(mode=config.nvml, proc_root=config.proc_root, pod_uid=config.pod_uid),
+        reader=(
+            UsageFileReader(config.usage_dir)
+            if os.path.isdir(config.usage_dir)
+            else open_reader(mode=config.nvml, proc_root=config.proc_root, pod_uid=config.pod_uid)
+        ),
         clock=SystemClock(),
         waiter=waiter,
         draw=random.random,

@@ -1,6 +1,6 @@
 """The report a sidecar sends and the spool record that holds it (pure logic).
 
-A report is the wire JSON of `POST /api/v1/reports` (DESIGN.md, "Wire formats"). A spool
+A report is the wire JSON of `POST /api/v1/reports` (docs/timekeeper.md). A spool
 record wraps one report with a format number, the sequences it absorbed when the spool was
 compacted, and a checksum, so a damaged file is recognised instead of being sent.
 """

@@ -81,6 +81,9 @@ class Settings:
     is dead-lettered (a token being rotated or the timekeeper's keys being fixed)."""
     resume_window_seconds: float = 600.0
     """GPUSHARE_RESUME_WINDOW_SECONDS: a restart this soon continues the interval it lost."""
+    usage_dir: str = "/var/run/gpushare/usage"
+    """GPUSHARE_USAGE_DIR: folder of the hook's usage files (measured use); when it does not
+    exist, NVML is tried instead."""
     nvml: str = "auto"
     """GPUSHARE_NVML: `auto` (measure through NVML when it is there) or `off`."""
     proc_root: str = "/proc"
@@ -295,6 +298,12 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
         rule="must be a number of seconds >= 0",
         check=lambda v: _finite(v) and v >= 0,
     )
+    usage_dir = env.text(
+        "GPUSHARE_USAGE_DIR",
+        default="/var/run/gpushare/usage",
+        rule="must be an absolute path",
+        check=os.path.isabs,
+    )
     nvml = env.text(
         "GPUSHARE_NVML",
         default="auto",
@@ -343,6 +352,7 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
         rejected_attempts=rejected_attempts,
         auth_grace_seconds=auth_grace,
         resume_window_seconds=resume_window,
+        usage_dir=usage_dir,
         nvml=nvml,
         proc_root=proc_root,
         ca_file=ca_file,

@@ -39,12 +39,15 @@ from timekeeper.ledger import Ledger, UsageRow
 from timekeeper.metrics import Metrics
 from timekeeper.openapi import openapi_document
 from timekeeper.periods import period_window
+from timekeeper.pod_metrics import PodShareCollector
 from timekeeper.policy_source import PolicySource
+from timekeeper.policy_store import StoredPolicySource
 from timekeeper.report_endpoint import ReportEndpoint, error_response
 from timekeeper.reports import parse_rfc3339
 from timekeeper.settings import Settings
 from timekeeper.states import rfc3339, status_to_json
 from timekeeper.static_tokens import TokenTable
+from timekeeper.web import register_pages
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ STATUS_CODES: Final[dict[type[TimekeeperError], int]] = {
     Unavailable: 503,
 }
 GROUPS: Final = ("pod", "day")
+MAX_IDLE_WINDOW_HOURS: Final = 744.0
+"""The idle-pods query reads every namespace's reports of its window: at most 31 days."""
 FORMATS: Final = ("json", "csv")
 
 
@@ -100,8 +105,14 @@ def create_app(
     engine = engine if engine is not None else make_engine(settings.database)
     ledger = Ledger(engine, max_interval_seconds=settings.max_interval_seconds)
     if policy_source is None:
-        policy_source = PolicySource(
-            settings.budgets_path, check_interval_seconds=settings.budgets_check_seconds
+        policy_source = (
+            StoredPolicySource(
+                settings.budgets_path,
+                engine,
+                check_interval_seconds=settings.budgets_check_seconds,
+            )
+            if settings.budgets_path is not None
+            else PolicySource(None)
         )
     accounting = Accounting(
         ledger,
@@ -115,6 +126,7 @@ def create_app(
         accounting.statuses,
         multiprocess_dir=settings.metrics_multiprocess_dir,
         budgets_file=policy_source,
+        collectors=[PodShareCollector(ledger, clock)],
     )
 
     app = Flask("timekeeper")
@@ -225,8 +237,51 @@ def create_app(
             groupBy=group_by,
             timezone=zone_name,
             totalGpuHours=round(sum(row.gpu_seconds for row in rows) / 3600, 6),
+            **_measured_json(rows),
             rows=[_usage_json(row, group_by) for row in rows],
         )
+
+    @app.get("/api/v1/idle")
+    def get_idle() -> Response:
+        require_reader()
+        window = _number(
+            "window_hours",
+            request.args.get("window_hours"),
+            24.0,
+            0.0,
+            MAX_IDLE_WINDOW_HOURS,
+            above_low=True,
+        )
+        threshold = _number("threshold", request.args.get("threshold"), 0.1, 0.0, 1.0)
+        only = request.args.get("namespace")
+        if only is not None:
+            accounting.status(only)  # validates the name
+        end = clock()
+        start = end - timedelta(hours=window)
+        pods = ledger.pods(start, end, namespace=only)
+        measured = [row for row in pods if row.delivered_share is not None]
+        idle = sorted(
+            (row for row in measured if (row.delivered_share or 0.0) < threshold),
+            key=lambda row: (row.delivered_share or 0.0, -row.gpu_seconds),
+        )
+        return jsonify(
+            **{"from": rfc3339(start), "to": rfc3339(end)},
+            windowHours=window,
+            threshold=threshold,
+            namespace=only,
+            measuredPods=len(measured),
+            unmeasuredPods=len(pods) - len(measured),
+            pods=[_idle_json(row) for row in idle],
+        )
+
+    register_pages(
+        app,
+        accounting=accounting,
+        ledger=ledger,
+        policy_source=policy_source,
+        clock=clock,
+        require_reader=require_reader,
+    )
 
     app.wsgi_app = ReportEndpoint(  # type: ignore[method-assign]
         app.wsgi_app, auth=auth, accounting=accounting, metrics=metrics
@@ -253,13 +308,75 @@ def _instant(name: str, value: str | None, default: datetime) -> datetime:
         raise InvalidRequest(f"{name}: {err} (got {value!r}){hint}") from err
 
 
+def _number(
+    name: str,
+    value: str | None,
+    default: float,
+    low: float,
+    high: float,
+    *,
+    above_low: bool = False,
+) -> float:
+    """A numeric query parameter in low..high (above `low` when `above_low`)."""
+    if value is None:
+        return default
+    rule = (
+        f"must be a number above {low:g} and at most {high:g}"
+        if above_low
+        else f"must be a number in {low:g}..{high:g}"
+    )
+    try:
+        number = float(value)
+    except ValueError as err:
+        raise InvalidRequest(f"{name}: {rule} (got {value!r})") from err
+    if not low <= number <= high or (above_low and number == low):
+        raise InvalidRequest(f"{name}: {rule} (got {value!r})")
+    return number
+
+
+def _share(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _measured_json(rows: list[UsageRow]) -> dict[str, Any]:
+    """Used against allocated GPU-hours over `rows`, for the totals of a usage answer."""
+    used = sum(row.used_gpu_seconds for row in rows)
+    measured = sum(row.measured_gpu_seconds for row in rows)
+    idle = None if measured <= 0 else max(0.0, 1.0 - used / measured)
+    return {
+        "usedGpuHours": round(used / 3600, 6) if measured > 0 else None,
+        "measuredGpuHours": round(measured / 3600, 6),
+        "idleShare": _share(idle),
+    }
+
+
+def _idle_json(row: UsageRow) -> dict[str, Any]:
+    return {
+        "namespace": row.namespace,
+        "pod": row.key,
+        "podUid": row.pod_uid,
+        "vcudaCore": row.vcuda_core,
+        "allocatedGpuHours": round(row.gpu_seconds / 3600, 6),
+        "measuredGpuHours": round(row.measured_gpu_seconds / 3600, 6),
+        "usedGpuHours": round(row.used_gpu_seconds / 3600, 6),
+        "usedShare": _share(row.delivered_share),
+        "idleShare": _share(row.idle_share),
+        "firstStart": rfc3339(row.first_start),
+        "lastEnd": rfc3339(row.last_end),
+    }
+
+
 def _usage_json(row: UsageRow, group_by: str) -> dict[str, Any]:
     key: dict[str, Any] = (
         {"pod": row.key, "podUid": row.pod_uid} if group_by == "pod" else {"day": row.key}
     )
+    measured = row.measured_gpu_seconds > 0
     return {
         **key,
         "gpuHours": round(row.gpu_seconds / 3600, 6),
+        "usedGpuHours": round(row.used_gpu_seconds / 3600, 6) if measured else None,
+        "measuredGpuHours": round(row.measured_gpu_seconds / 3600, 6),
+        "idleShare": _share(row.idle_share),
         "gpuSeconds": round(row.gpu_seconds, 6),
         "memoryByteSeconds": round(row.memory_byte_seconds, 3),
         "reports": row.reports,
@@ -272,9 +389,21 @@ def _usage_csv(rows: list[UsageRow], group_by: str) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     key_columns = ["pod", "podUid"] if group_by == "pod" else ["day"]
-    columns = ["gpuHours", "gpuSeconds", "memoryByteSeconds", "reports", "firstStart", "lastEnd"]
+    columns = [
+        "gpuHours",
+        "gpuSeconds",
+        "memoryByteSeconds",
+        "reports",
+        "firstStart",
+        "lastEnd",
+        "usedGpuHours",
+        "measuredGpuHours",
+        "idleShare",
+    ]
     writer.writerow(key_columns + columns)
     for row in rows:
         record = _usage_json(row, group_by)
-        writer.writerow([record[name] for name in key_columns + columns])
+        writer.writerow(
+            ["" if record[name] is None else record[name] for name in key_columns + columns]
+        )
     return out.getvalue()

@@ -32,16 +32,32 @@ from timekeeper.yaml_nodes import (
 )
 
 PeriodKind: TypeAlias = Literal["day", "week", "month", "rolling"]
-ExhaustedAction: TypeAlias = Literal["deprioritize", "deny"]
+ExhaustedAction: TypeAlias = Literal["deprioritize", "deny", "throttle"]
 
 UNLIMITED: Final = "unlimited"
 ROLLING_MAX_DAYS: Final = 366
 """Longest rolling window: a year (leap or not) of 15-minute buckets."""
 
-EXHAUSTED_ACTIONS: Final[tuple[ExhaustedAction, ...]] = ("deprioritize", "deny")
+EXHAUSTED_ACTIONS: Final[tuple[ExhaustedAction, ...]] = ("deprioritize", "deny", "throttle")
+DEFAULT_THROTTLE_PERCENT: Final = 10.0
+"""`throttleToPercent` when not given: throttled containers keep a tenth of their share."""
 CALENDAR_PERIODS: Final[tuple[PeriodKind, ...]] = ("day", "week", "month")
 
-BUDGET_KEYS: Final = ("period", "timezone", "gpuHours", "warnAtPercent", "whenExhausted")
+BUDGET_KEYS: Final = (
+    "period",
+    "timezone",
+    "gpuHours",
+    "warnAtPercent",
+    "whenExhausted",
+    "throttleToPercent",
+    "maxVcudaCore",
+    "maxVcudaMemory",
+)
+MAX_VCUDA_CORE_CAP: Final = 10_000_000
+"""Largest `maxVcudaCore`: 100 000 whole GPUs, far beyond any cluster, small enough to catch
+a typo."""
+MAX_VCUDA_MEMORY_CAP: Final = 1_000_000_000
+"""Largest `maxVcudaMemory` (units of 256 MiB): about 238 PiB."""
 TOP_LEVEL_KEYS: Final = ("defaults", "namespaces")
 
 _ROLLING_RE: Final = re.compile(r"rolling:([0-9]+)d")
@@ -73,6 +89,18 @@ class Budget:
     warn_at_percent: float
     """The state is `warning` from this percentage of `gpu_hours` used (100: never warn)."""
     when_exhausted: ExhaustedAction
+    throttle_to_percent: float = DEFAULT_THROTTLE_PERCENT
+    """With `throttle`: the percent of its share each running shared container keeps."""
+    max_vcuda_core: int | None = None
+    """Cap on `tencent.com/vcuda-core` requested by the namespace's pods at once (a
+    ResourceQuota); None: no cap."""
+    max_vcuda_memory: int | None = None
+    """Cap on `tencent.com/vcuda-memory` units (256 MiB) requested at once; None: no cap."""
+
+    @property
+    def has_quota(self) -> bool:
+        """Whether this budget caps what the namespace holds at once."""
+        return self.max_vcuda_core is not None or self.max_vcuda_memory is not None
 
 
 @dataclass(frozen=True)
@@ -216,6 +244,16 @@ def parse_period(text: str) -> Period:
 _PERIOD_RULE: Final = "must be day, week, month or rolling:<N>d"
 _GPU_HOURS_RULE: Final = "must be a number >= 0 or 'unlimited'"
 _WARN_RULE: Final = "must be a number above 0 and at most 100"
+_MAX_CORE_RULE: Final = (
+    f"must be a whole number of tencent.com/vcuda-core units (100 = one GPU) in "
+    f"0..{MAX_VCUDA_CORE_CAP}, or 'unlimited'"
+)
+_MAX_MEMORY_RULE: Final = (
+    f"must be a whole number of tencent.com/vcuda-memory units (256 MiB each) in "
+    f"0..{MAX_VCUDA_MEMORY_CAP}, or 'unlimited'"
+)
+_THROTTLE_RULE: Final = "must be a number above 0 and at most 100 (percent of each pod's share)"
+_ACTION_RULE: Final = "must be deprioritize, deny or throttle"
 
 
 def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Problem]) -> Budget:
@@ -228,6 +266,8 @@ def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Probl
     entries = mapping_entries(node, path, problems, known_keys=BUDGET_KEYS)
     period, timezone, gpu_hours = base.period, base.timezone, base.gpu_hours
     warn_at_percent, when_exhausted = base.warn_at_percent, base.when_exhausted
+    throttle_to_percent = base.throttle_to_percent
+    max_core, max_memory = base.max_vcuda_core, base.max_vcuda_memory
 
     for key, (_, value) in entries.items():
         field_path = f"{path}.{key}"
@@ -243,15 +283,30 @@ def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Probl
                 if not 0 < warn_at_percent <= 100:
                     raise ValueError(_WARN_RULE)
             elif key == "whenExhausted":
-                action = string(value, "must be deprioritize or deny")
+                action = string(value, _ACTION_RULE)
                 if action not in EXHAUSTED_ACTIONS:
-                    raise ValueError(
-                        "must be deprioritize or deny" + did_you_mean(action, EXHAUSTED_ACTIONS)
-                    )
+                    raise ValueError(_ACTION_RULE + did_you_mean(action, EXHAUSTED_ACTIONS))
                 when_exhausted = action
+            elif key == "maxVcudaCore":
+                max_core = _parse_cap(value, MAX_VCUDA_CORE_CAP, _MAX_CORE_RULE)
+            elif key == "maxVcudaMemory":
+                max_memory = _parse_cap(value, MAX_VCUDA_MEMORY_CAP, _MAX_MEMORY_RULE)
+            elif key == "throttleToPercent":
+                throttle_to_percent = number(value, _THROTTLE_RULE)
+                if not 0 < throttle_to_percent <= 100:
+                    raise ValueError(_THROTTLE_RULE)
         except ValueError as err:
             problems.append(Problem(field_path, f"{err} (got {describe(value)})", line_of(value)))
-    return Budget(period, timezone, gpu_hours, warn_at_percent, when_exhausted)
+    return Budget(
+        period,
+        timezone,
+        gpu_hours,
+        warn_at_percent,
+        when_exhausted,
+        max_vcuda_core=max_core,
+        max_vcuda_memory=max_memory,
+        throttle_to_percent=throttle_to_percent,
+    )
 
 
 def parse_timezone(name: str) -> str:
@@ -285,6 +340,17 @@ def _parse_gpu_hours(node: yaml.Node) -> float | None:
     if hours < 0:
         raise ValueError(_GPU_HOURS_RULE)
     return hours
+
+
+def _parse_cap(node: yaml.Node, maximum: int, rule: str) -> int | None:
+    if isinstance(node, yaml.ScalarNode) and node.value == UNLIMITED:
+        return None
+    if isinstance(node, yaml.ScalarNode) and node.value.lower() == UNLIMITED:
+        raise ValueError(f"{rule}; write 'unlimited' in lower case")
+    value = number(node, rule)
+    if value != int(value) or not 0 <= value <= maximum:
+        raise ValueError(rule)
+    return int(value)
 
 
 def _namespace_name_problem(name: str) -> str | None:

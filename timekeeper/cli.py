@@ -47,7 +47,8 @@ _BOOLEANS = ("allow_unauthenticated_reports", "read_requires_token")
 
 
 def register(subcommands: argparse._SubParsersAction[Any]) -> None:
-    """Add this part's subcommands: `timekeeper`, `usage`, `db`, `budgets check`."""
+    """Add this part's subcommands: `timekeeper`, `usage`, `db`, `budgets check`,
+    `quotas sync`."""
     budgets = subcommands.add_parser(
         "budgets", help="work with budgets files", description="Work with budgets files."
     )
@@ -101,31 +102,127 @@ def register(subcommands: argparse._SubParsersAction[Any]) -> None:
     usage = subcommands.add_parser(
         "usage",
         help="print budgets and usage from the timekeeper",
-        description="A table of budget and usage read from the timekeeper's API: every "
-        "namespace, or one namespace's pods in its current period.",
+        description="Budget and usage read from the timekeeper's API: every namespace; one "
+        "namespace's pods (allocated, used and idle GPU-hours) in its current period; every "
+        "namespace's pods (-A, a chargeback export with -o csv); or the pods that held a GPU "
+        "share and left it idle (--idle).",
     )
-    usage.add_argument("namespace", nargs="?", help="one namespace: its use by pod")
+    usage.add_argument(
+        "namespace", nargs="?", help="one namespace: its use by pod (with --idle: only it)"
+    )
+    usage.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="the pods of every namespace with a budget entry or use",
+    )
+    usage.add_argument(
+        "--idle",
+        action="store_true",
+        help="pods whose measured use stayed below --threshold of their share",
+    )
+    usage.add_argument(
+        "--threshold",
+        type=float,
+        default=0.1,
+        help="with --idle: used / allocated below this is idle (default 0.1)",
+    )
+    usage.add_argument(
+        "--window-hours",
+        type=float,
+        default=24.0,
+        help="with --idle: how far back to look (default 24)",
+    )
+    usage.add_argument(
+        "--from", dest="start", metavar="TIME", help="start (RFC 3339; default: period start)"
+    )
+    usage.add_argument(
+        "--to", dest="end", metavar="TIME", help="end (RFC 3339; default: period end)"
+    )
+    usage.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table (default), json (the API's answer) or csv",
+    )
     usage.add_argument("--url", default=DEFAULT_URL, help=f"timekeeper URL (default {DEFAULT_URL})")
     usage.add_argument("--token", help="bearer token, when reads require one")
     usage.set_defaults(func=usage_command)
+
+    quotas = subcommands.add_parser(
+        "quotas",
+        help="keep the budgets file's concurrent caps as ResourceQuotas",
+        description="Work with the ResourceQuotas that enforce maxVcudaCore/maxVcudaMemory.",
+    )
+    quota_commands = quotas.add_subparsers(dest="quotas_command", metavar="ACTION")
+    quota_commands.required = True
+    sync = quota_commands.add_parser(
+        "sync",
+        help="create, update and remove the gpushare-gpu ResourceQuotas (a controller loop)",
+        description="Keep one ResourceQuota named gpushare-gpu (label "
+        "app.kubernetes.io/managed-by=gpushare-quotas) in every namespace whose budget sets "
+        "maxVcudaCore or maxVcudaMemory, and remove it where the budget no longer does. "
+        "Quotas without that label are never touched. Runs until stopped, a round every "
+        "--interval-seconds and at once when the budgets file changes.",
+    )
+    sync.add_argument("--budgets", type=Path, required=True, help="the budgets YAML file")
+    sync.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: the in-cluster ServiceAccount)"
+    )
+    sync.add_argument(
+        "--namespace-selector",
+        default="",
+        help="only namespaces with these labels (a label selector, e.g. gpushare.io/quotas=on); "
+        "default: every namespace",
+    )
+    sync.add_argument(
+        "--exclude-namespace",
+        action="append",
+        metavar="NAME",
+        help="a namespace the defaults never give a quota (repeatable; default: kube-system, "
+        "kube-public, kube-node-lease); a namespace listed by name in the file still gets one",
+    )
+    sync.add_argument(
+        "--interval-seconds",
+        type=float,
+        default=30.0,
+        help="seconds between rounds, which also catch new namespaces (default 30)",
+    )
+    sync.add_argument("--once", action="store_true", help="one round, then exit")
+    sync.add_argument("--log-format", choices=("text", "json"), default="text")
+    sync.set_defaults(func=quotas_sync_command)
 
     db = subcommands.add_parser(
         "db", help="database migrations", description="Database schema migrations (alembic)."
     )
     actions = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    for action, text in (("upgrade", "migrate up"), ("downgrade", "migrate down")):
-        parser = actions.add_parser(action, help=f"{text} (default: to the newest / by one)")
+    for action, summary in (
+        ("upgrade", "migrate the schema up (default: to the newest revision)"),
+        ("downgrade", "migrate the schema down to a revision you name"),
+    ):
+        parser = actions.add_parser(action, help=summary, description=summary + ".")
         parser.add_argument(
             "--database-url",
             help="SQLAlchemy URL; default: $GPUSHARE_DATABASE_URL, else the timekeeper's "
             "SQLite file",
         )
-        parser.add_argument(
-            "revision",
-            nargs="?",
-            default="head" if action == "upgrade" else "-1",
-            help="target revision (upgrade: head; downgrade: -1, or base for none)",
-        )
+        if action == "upgrade":
+            parser.add_argument(
+                "revision", nargs="?", default="head", help="target revision (default: head)"
+            )
+        else:
+            parser.add_argument(
+                "revision",
+                help="target revision, e.g. 0001; 'base' deletes every table, the usage "
+                "ledger included",
+            )
+            parser.add_argument(
+                "--delete-ledger",
+                action="store_true",
+                help="confirm a downgrade that drops the usage ledger (to base); without it "
+                "such a downgrade is refused",
+            )
         parser.set_defaults(func=db_command, action=action)
 
 
@@ -202,6 +299,60 @@ def serve_command(args: argparse.Namespace) -> int:
         return 2
 
 
+def quotas_sync_command(args: argparse.Namespace) -> int:
+    """`gpushare quotas sync`."""
+    import signal
+    import threading
+
+    from gpushare import logs
+    from timekeeper.budgets import BudgetsError
+    from timekeeper.policy_source import PolicySource
+    from timekeeper.quota_sync import KubernetesQuotaApi, QuotaApiError, QuotaController
+    from timekeeper.quotas import DEFAULT_EXCLUDED_NAMESPACES
+
+    name = "gpushare quotas sync"
+    if not 1 <= args.interval_seconds <= 86400:
+        print(
+            f"{name}: --interval-seconds: must be 1..86400 (got {args.interval_seconds:g})",
+            file=sys.stderr,
+        )
+        return 2
+    logs.configure(log_format=args.log_format, level="INFO")
+    try:
+        source = PolicySource(args.budgets)
+        api = KubernetesQuotaApi.from_environment(args.kubeconfig)
+    except BudgetsError as err:
+        for problem in err.problems:
+            print(f"{name}: --budgets: {problem}", file=sys.stderr)
+        return 2
+    except QuotaApiError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return 2
+    controller = QuotaController(
+        api,
+        source,
+        namespace_selector=args.namespace_selector,
+        excluded_namespaces=tuple(args.exclude_namespace or DEFAULT_EXCLUDED_NAMESPACES),
+    )
+    if args.once:
+        try:
+            result = controller.sync_once()
+        except QuotaApiError as err:
+            print(f"{name}: {err}", file=sys.stderr)
+            return 1
+        plan = result.plan
+        print(
+            f"quotas: {len(plan.create)} created, {len(plan.update)} updated, "
+            f"{len(plan.delete)} removed, {len(plan.foreign)} left alone (not gpushare's)"
+        )
+        return 1 if result.errors else 0
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    controller.run(interval_seconds=args.interval_seconds, stop=stop)
+    return 0
+
+
 def db_command(args: argparse.Namespace) -> int:
     """`gpushare db upgrade|downgrade`."""
     settings = _settings_or_exit(
@@ -216,6 +367,30 @@ def db_command(args: argparse.Namespace) -> int:
     from timekeeper import database
 
     action = database.upgrade if args.action == "upgrade" else database.downgrade
+    if args.action == "downgrade" and not args.delete_ledger:
+        try:
+            dropped = database.ledger_dropped_by_downgrade(settings.database, args.revision)
+        except sa.exc.OperationalError as err:
+            shown = sa.make_url(settings.database).render_as_string(hide_password=True)
+            print(
+                f"gpushare db downgrade: cannot reach the database {shown}: "
+                f"{str(err.orig).strip()}",
+                file=sys.stderr,
+            )
+            return 1
+        except ValueError as err:
+            print(
+                f"gpushare db downgrade: revision: {err} (got {args.revision!r})", file=sys.stderr
+            )
+            return 1
+        if dropped is not None:
+            print(
+                f"gpushare db downgrade: revision: downgrading to {args.revision} drops the "
+                f"usage ledger ({dropped} stored reports) and the running totals; add "
+                "--delete-ledger to confirm",
+                file=sys.stderr,
+            )
+            return 1
     problem = migrate(action, settings.database, args.revision)
     if problem is not None:
         print(f"gpushare db {args.action}: {problem}", file=sys.stderr)
@@ -251,11 +426,26 @@ def migrate(action: Any, url: str, revision: str) -> str | None:
 
 def usage_command(args: argparse.Namespace) -> int:
     """`gpushare usage [NAMESPACE]`."""
-    from timekeeper.usage_table import UsageClientError, check_url, print_usage
+    from timekeeper.usage_table import UsageClientError, UsageQuery, check_url, print_usage
 
     problem = check_url(args.url)
     if problem is not None:
         print(f"gpushare usage: --url: {problem} (got {args.url!r})", file=sys.stderr)
+        return 2
+    problems = []
+    if not 0 <= args.threshold <= 1:
+        problems.append(f"--threshold: must be a number in 0..1 (got {args.threshold:g})")
+    if not 0 < args.window_hours <= 744:
+        problems.append(
+            f"--window-hours: must be above 0 and at most 744 (got {args.window_hours:g})"
+        )
+    if args.all_namespaces and (args.namespace or args.idle):
+        problems.append("-A: lists every namespace; give no NAMESPACE and no --idle with it")
+    if args.idle and (args.start or args.end):
+        problems.append("--from/--to: not with --idle, which looks back --window-hours")
+    for problem in problems:
+        print(f"gpushare usage: {problem}", file=sys.stderr)
+    if problems:
         return 2
     token = args.token
     if token is not None and not re.fullmatch(r"[\x21-\x7e]+", token):
@@ -266,11 +456,27 @@ def usage_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    query = UsageQuery(
+        namespace=args.namespace,
+        all_namespaces=args.all_namespaces,
+        idle=args.idle,
+        threshold=args.threshold,
+        window_hours=args.window_hours,
+        output=args.output,
+        start=args.start,
+        end=args.end,
+    )
     try:
-        print_usage(args.url, args.namespace, token=args.token, out=sys.stdout)
+        print_usage(args.url, query, token=args.token, out=sys.stdout)
+        sys.stdout.flush()
     except UsageClientError as err:
         print(f"gpushare usage: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `gpushare usage | head`: the reader left; stop quietly, as other tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return 0
 
 
@@ -302,16 +508,23 @@ def describe_budget(budget: Budget) -> str:
         period = f"over the last {budget.period.rolling_days} days"
     else:
         period = f"per {budget.period.kind} ({budget.timezone})"
+    caps = []
+    if budget.max_vcuda_core is not None:
+        caps.append(f"vcuda-core {budget.max_vcuda_core}")
+    if budget.max_vcuda_memory is not None:
+        caps.append(f"vcuda-memory {budget.max_vcuda_memory}")
+    held = f"; at most {' and '.join(caps)} held at once" if caps else ""
     if budget.gpu_hours is None:
-        return f"unlimited GPU-hours {period}"
+        return f"unlimited GPU-hours {period}{held}"
     warning = (
         "no warning"
         if budget.warn_at_percent >= 100
         else f"warning at {_number(budget.warn_at_percent)}%"
     )
-    return (
-        f"{_number(budget.gpu_hours)} GPU-hours {period}, {warning}, then {budget.when_exhausted}"
-    )
+    action = str(budget.when_exhausted)
+    if budget.when_exhausted == "throttle":
+        action = f"throttle to {_number(budget.throttle_to_percent)}%"
+    return f"{_number(budget.gpu_hours)} GPU-hours {period}, {warning}, then {action}{held}"
 
 
 def _number(value: float) -> str:

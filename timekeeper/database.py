@@ -88,6 +88,50 @@ def schema_revision(connection: sa.Connection) -> str | None:
     return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
+LEDGER_REVISION: Final = "0001"
+"""The migration that creates the ledger: downgrading through it deletes every report."""
+
+
+def ledger_dropped_by_downgrade(url: str, revision: str) -> int | None:
+    """How many reports a downgrade of `url` to `revision` would delete with the ledger;
+    None when the ledger survives it or is empty. `ValueError` for a revision that is not known."""
+    script = ScriptDirectory.from_config(alembic_config())
+    engine = make_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            current = current_revision(connection)
+            if current is None:
+                return None
+            if revision.startswith("-") and revision[1:].isdigit():
+                revision = _steps_below(script, current, int(revision[1:]))
+            try:
+                undone = {
+                    step.revision
+                    for step in script.iterate_revisions(current, revision)
+                    if step is not None
+                }
+            except Exception as err:  # alembic's own errors for unknown or forward targets
+                raise ValueError(str(err)) from err
+            undone.discard(revision if revision != "base" else "")
+            if LEDGER_REVISION not in undone or revision == LEDGER_REVISION:
+                return None
+            count = connection.execute(sa.text("SELECT count(*) FROM usage_reports")).scalar()
+            return int(count) if count else None  # an empty ledger loses nothing
+    finally:
+        engine.dispose()
+
+
+def _steps_below(script: ScriptDirectory, current: str, steps: int) -> str:
+    """The revision `steps` migrations below `current` (`base` past the first)."""
+    revision: str | None = current
+    for _ in range(steps):
+        if revision is None:
+            break
+        down = script.get_revision(revision).down_revision
+        revision = down if isinstance(down, str) or down is None else down[0]
+    return revision or "base"
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at `url` up to `revision`."""
     _run(url, lambda config: command.upgrade(config, revision))

@@ -15,11 +15,12 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from gpushare.charge import gpu_seconds, memory_byte_seconds
+from gpushare.charge import gpu_seconds, memory_byte_seconds, used_gpu_seconds
+from gpushare.resources import CORE_UNITS_PER_GPU, MEMORY_UNIT_BYTES
 from timekeeper.buckets import MICROSECONDS_PER_SECOND
 from timekeeper.database import head_revision, schema_revision
 from timekeeper.errors import Conflict, ReportRejected, Unavailable
-from timekeeper.models import usage_buckets, usage_reports
+from timekeeper.models import UtcDateTime, usage_buckets, usage_reports
 from timekeeper.report_writer import NewRow, ReportWriter, StoredReport
 from timekeeper.reports import Report
 
@@ -60,6 +61,29 @@ class UsageRow:
     reports: int
     first_start: datetime
     last_end: datetime
+    used_gpu_seconds: float = 0.0
+    """GPU time really used, over the intervals that carried a measurement."""
+    measured_gpu_seconds: float = 0.0
+    """The allocated GPU time of the intervals that carried a measurement."""
+    namespace: str = ""
+    vcuda_core: int = 0
+    """The pod's latest allocation (pod rows only)."""
+    delivery_delay_seconds: float = 0.0
+    """How long after its end the pod's latest report arrived (pod rows only)."""
+
+    @property
+    def idle_share(self) -> float | None:
+        """Share of the measured allocation left unused (0..1); None when nothing measured."""
+        if self.measured_gpu_seconds <= 0:
+            return None
+        return max(0.0, 1.0 - self.used_gpu_seconds / self.measured_gpu_seconds)
+
+    @property
+    def delivered_share(self) -> float | None:
+        """Used over allocated GPU time where measured (1: got all it was promised)."""
+        if self.measured_gpu_seconds <= 0:
+            return None
+        return self.used_gpu_seconds / self.measured_gpu_seconds
 
 
 class Ledger:
@@ -139,6 +163,18 @@ class Ledger:
             ).all()
         return {row.bucket_start: int(row.core_microseconds) for row in rows}
 
+    def pods_reporting_since(self, namespace: str, since: datetime) -> list[str]:
+        """Names of the pods of `namespace` with a report ending at or after `since`."""
+        reports = usage_reports
+        with self._read() as connection:
+            rows = connection.execute(
+                sa.select(reports.c.pod)
+                .where(reports.c.namespace == namespace, reports.c.end_at >= since)
+                .distinct()
+                .order_by(reports.c.pod)
+            ).all()
+        return [row.pod for row in rows]
+
     def used_by_namespace(
         self, start: datetime, end: datetime, namespaces: Iterable[str] | None = None
     ) -> dict[str, int]:
@@ -168,44 +204,150 @@ class Ledger:
         Reports that straddle the range (or a day boundary) are charged in proportion to the
         time inside it.
         """
+        return self._grouped(start, end, group_by=group_by, day_zone=day_zone, namespace=namespace)
+
+    def pods(
+        self, start: datetime, end: datetime, *, namespace: str | None = None
+    ) -> list[UsageRow]:
+        """Use per pod within `[start, end)`, of every namespace (or only `namespace`).
+
+        Summed in the database (one pass; only each pod's totals reach Python), so the
+        idle-pods query and the per-pod gauges cost one scan of the window's reports.
+        """
+        table = usage_reports
+        window_start = sa.bindparam("window_start", start, UtcDateTime)
+        window_end = sa.bindparam("window_end", end, UtcDateTime)
+        seconds: Any
+        if self.engine.dialect.name == "postgresql":
+            begin = sa.func.greatest(table.c.start_at, window_start)
+            finish = sa.func.least(table.c.end_at, window_end)
+            seconds = sa.func.extract("epoch", finish - begin)
+        else:
+            begin = sa.func.max(table.c.start_at, window_start)
+            finish = sa.func.min(table.c.end_at, window_end)
+            seconds = (sa.func.julianday(finish) - sa.func.julianday(begin)) * 86400.0
+        gpus = sa.case(
+            (table.c.vcuda_core < CORE_UNITS_PER_GPU, 1),
+            else_=(table.c.vcuda_core + CORE_UNITS_PER_GPU - 1) // CORE_UNITS_PER_GPU,
+        )
+        core_seconds = table.c.vcuda_core * seconds
+        conditions = [
+            table.c.start_at < end,
+            table.c.start_at >= start - self.max_interval,
+            table.c.end_at > start,
+        ]
+        if namespace is not None:
+            conditions.append(table.c.namespace == namespace)
+        totals = (
+            sa.select(
+                table.c.namespace,
+                table.c.pod,
+                table.c.pod_uid,
+                sa.func.sum(core_seconds).label("core_seconds"),
+                sa.func.sum(table.c.vcuda_memory * seconds).label("memory_unit_seconds"),
+                sa.func.sum(
+                    sa.case((table.c.sm_utilization.is_not(None), core_seconds), else_=0.0)
+                ).label("measured_core_seconds"),
+                sa.func.sum(sa.func.coalesce(table.c.sm_utilization, 0.0) * gpus * seconds).label(
+                    "used_seconds"
+                ),
+                sa.func.count().label("reports"),
+                sa.func.min(table.c.start_at).label("first_start"),
+                sa.func.max(table.c.end_at).label("last_end"),
+                sa.func.max(table.c.start_at).label("latest_start"),
+            )
+            .where(*conditions)
+            .group_by(table.c.namespace, table.c.pod, table.c.pod_uid)
+            .subquery()
+        )
+        latest = usage_reports.alias("latest")
+        query = (
+            sa.select(
+                totals,
+                latest.c.vcuda_core.label("latest_core"),
+                latest.c.end_at.label("latest_end"),
+                latest.c.received_at.label("latest_received"),
+            )
+            .join(
+                latest,
+                sa.and_(
+                    latest.c.pod_uid == totals.c.pod_uid,
+                    latest.c.start_at == totals.c.latest_start,
+                ),
+            )
+            .order_by(totals.c.namespace, totals.c.pod, totals.c.pod_uid)
+        )
+        with self._read() as connection:
+            rows = connection.execute(query).all()
+        return [
+            UsageRow(
+                key=row.pod,
+                pod_uid=row.pod_uid,
+                gpu_seconds=float(row.core_seconds or 0.0) / CORE_UNITS_PER_GPU,
+                memory_byte_seconds=float(row.memory_unit_seconds or 0.0) * MEMORY_UNIT_BYTES,
+                reports=int(row.reports),
+                first_start=max(_utc(row.first_start), start),
+                last_end=min(_utc(row.last_end), end),
+                used_gpu_seconds=float(row.used_seconds or 0.0),
+                measured_gpu_seconds=float(row.measured_core_seconds or 0.0) / CORE_UNITS_PER_GPU,
+                namespace=row.namespace,
+                vcuda_core=int(row.latest_core),
+                delivery_delay_seconds=max(
+                    0.0, (_utc(row.latest_received) - _utc(row.latest_end)).total_seconds()
+                ),
+            )
+            for row in rows
+        ]
+
+    def _grouped(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        group_by: str,
+        day_zone: Any,
+        namespace: str | None,
+    ) -> list[UsageRow]:
         table = usage_reports
         query = sa.select(
+            table.c.namespace,
             table.c.pod,
             table.c.pod_uid,
             table.c.start_at,
             table.c.end_at,
             table.c.vcuda_core,
             table.c.vcuda_memory,
+            table.c.sm_utilization,
+            table.c.received_at,
         ).where(
-            table.c.namespace == namespace,
             table.c.start_at < end,
             table.c.start_at >= start - self.max_interval,
             table.c.end_at > start,
         )
-        groups: dict[tuple[str, str | None], list[Any]] = {}
+        if namespace is not None:
+            query = query.where(table.c.namespace == namespace)
+        groups: dict[tuple[str, str, str | None], _Group] = {}
         with self._read() as connection:
             rows = connection.execute(query).all()
         for row in rows:
             piece_start, piece_end = max(row.start_at, start), min(row.end_at, end)
             if group_by == "pod":
-                pieces = [((row.pod, row.pod_uid), piece_start, piece_end)]
+                pieces = [((row.namespace, row.pod, row.pod_uid), piece_start, piece_end)]
             else:
                 pieces = [
-                    ((day, None), day_start, day_end)
+                    ((row.namespace, day, None), day_start, day_end)
                     for day, day_start, day_end in _days(piece_start, piece_end, day_zone)
                 ]
             for key, begin, finish in pieces:
                 seconds = (finish - begin).total_seconds()
-                entry = groups.setdefault(key, [0.0, 0.0, 0, begin, finish])
-                entry[0] += gpu_seconds(row.vcuda_core, seconds)
-                entry[1] += memory_byte_seconds(row.vcuda_memory, seconds)
-                entry[2] += 1
-                entry[3] = min(entry[3], begin)
-                entry[4] = max(entry[4], finish)
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = _Group(begin, finish)
+                group.add(row, begin, finish, seconds)
         return [
-            UsageRow(key[0], key[1], entry[0], entry[1], entry[2], entry[3], entry[4])
-            for key, entry in sorted(
-                groups.items(), key=lambda item: (item[0][0], item[0][1] or "")
+            group.row(namespace_name, key, uid)
+            for (namespace_name, key, uid), group in sorted(
+                groups.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or "")
             )
         ]
 
@@ -228,6 +370,53 @@ class Ledger:
             return self.engine.connect()
         except sa.exc.OperationalError as err:
             raise Unavailable(f"database unreachable: {err.orig}") from err
+
+
+class _Group:
+    """Running sums of one usage row."""
+
+    def __init__(self, first_start: datetime, last_end: datetime) -> None:
+        self.gpu_seconds = 0.0
+        self.memory_byte_seconds = 0.0
+        self.used_gpu_seconds = 0.0
+        self.measured_gpu_seconds = 0.0
+        self.reports = 0
+        self.first_start = first_start
+        self.last_end = last_end
+        self.latest_start: datetime | None = None
+        self.vcuda_core = 0
+        self.delivery_delay_seconds = 0.0
+
+    def add(self, row: Any, begin: datetime, finish: datetime, seconds: float) -> None:
+        charge = gpu_seconds(row.vcuda_core, seconds)
+        self.gpu_seconds += charge
+        self.memory_byte_seconds += memory_byte_seconds(row.vcuda_memory, seconds)
+        if row.sm_utilization is not None:
+            self.used_gpu_seconds += used_gpu_seconds(row.vcuda_core, row.sm_utilization, seconds)
+            self.measured_gpu_seconds += charge
+        self.reports += 1
+        self.first_start = min(self.first_start, begin)
+        self.last_end = max(self.last_end, finish)
+        if self.latest_start is None or row.start_at > self.latest_start:
+            self.latest_start = row.start_at
+            self.vcuda_core = row.vcuda_core
+            self.delivery_delay_seconds = max(0.0, (row.received_at - row.end_at).total_seconds())
+
+    def row(self, namespace: str, key: str, pod_uid: str | None) -> UsageRow:
+        return UsageRow(
+            key=key,
+            pod_uid=pod_uid,
+            gpu_seconds=self.gpu_seconds,
+            memory_byte_seconds=self.memory_byte_seconds,
+            reports=self.reports,
+            first_start=self.first_start,
+            last_end=self.last_end,
+            used_gpu_seconds=self.used_gpu_seconds,
+            measured_gpu_seconds=self.measured_gpu_seconds,
+            namespace=namespace,
+            vcuda_core=self.vcuda_core,
+            delivery_delay_seconds=self.delivery_delay_seconds,
+        )
 
 
 def _receipt_for_resend(row: StoredReport, report: Report) -> Receipt:
@@ -283,6 +472,13 @@ def _days(start: datetime, end: datetime, zone: Any) -> list[tuple[str, datetime
         pieces.append((local.date().isoformat(), cursor, piece_end))
         cursor = piece_end
     return pieces
+
+
+def _utc(value: Any) -> datetime:
+    """An aggregate's datetime: SQLite hands back text, PostgreSQL an aware datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _iso(instant: datetime) -> str:

@@ -12,7 +12,7 @@ whether the budgets file on disk was refused.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -102,6 +102,7 @@ class Metrics:
         *,
         multiprocess_dir: Path | None = None,
         budgets_file: PolicySource | None = None,
+        collectors: Sequence[Collector] = (),
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -126,6 +127,7 @@ class Metrics:
         self._budgets: list[Collector] = [BudgetCollector(statuses)]
         if budgets_file is not None:
             self._budgets.append(BudgetsFileCollector(budgets_file))
+        self._budgets.extend(collectors)
         self._multiprocess_dir = multiprocess_dir
         if multiprocess_dir is None:
             for collector in self._budgets:

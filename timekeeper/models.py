@@ -93,5 +93,32 @@ class UsageBucket(Base):
     memory_unit_microseconds: Mapped[int] = mapped_column(sa.BigInteger)
 
 
+class BudgetPolicyVersion(Base):
+    """Every budgets file the timekeeper accepted, in order: the newest is in force in every
+    worker and replica."""
+
+    __tablename__ = "budget_policies"
+    __table_args__ = (sa.Index("ix_budget_policies_sha256", "sha256"),)
+
+    version: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    content: Mapped[str] = mapped_column(sa.Text)
+    loaded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class BudgetPolicyRejection(Base):
+    """A budgets file content that was refused (logged once, whichever process saw it)."""
+
+    __tablename__ = "budget_policy_rejections"
+
+    sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    problems: Mapped[str] = mapped_column(sa.Text)
+    rejected_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 usage_reports: sa.Table = UsageReport.__table__  # type: ignore[assignment]
 usage_buckets: sa.Table = UsageBucket.__table__  # type: ignore[assignment]
+budget_policies: sa.Table = BudgetPolicyVersion.__table__  # type: ignore[assignment]
+budget_policy_rejections: sa.Table = BudgetPolicyRejection.__table__  # type: ignore[assignment]

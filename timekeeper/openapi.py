@@ -152,6 +152,79 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/idle": {
+                "get": {
+                    "operationId": "listIdlePods",
+                    "summary": "Pods that held a GPU share and used less than a threshold of it",
+                    "description": "Over the last window_hours, the pods whose measured use "
+                    "(smUtilization) was below threshold x their allocation, least used "
+                    "first. Pods whose reports carry no measurement are only counted.",
+                    "parameters": [
+                        {
+                            "name": "window_hours",
+                            "in": "query",
+                            "schema": {
+                                "type": "number",
+                                "exclusiveMinimum": 0,
+                                "maximum": 744,
+                                "default": 24,
+                            },
+                        },
+                        {
+                            "name": "threshold",
+                            "in": "query",
+                            "description": "used / allocated below this is idle",
+                            "schema": {
+                                "type": "number",
+                                "minimum": 0,
+                                "maximum": 1,
+                                "default": 0.1,
+                            },
+                        },
+                        {
+                            "name": "namespace",
+                            "in": "query",
+                            "description": "only this namespace",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json("IdlePods", "Idle pods"),
+                        "400": _ERROR_REF,
+                        "401": _ERROR_REF,
+                    },
+                }
+            },
+            "/ui/": {
+                "get": {
+                    "operationId": "usagePage",
+                    "summary": "Web page: every namespace's budget, use, burn rate, projection",
+                    "description": "Read-only HTML with SVG charts; needs a token exactly "
+                    "when the API's reads do.",
+                    "responses": {
+                        "200": {
+                            "description": "HTML page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        "401": _ERROR_REF,
+                    },
+                }
+            },
+            "/ui/namespaces/{namespace}": {
+                "get": {
+                    "operationId": "namespacePage",
+                    "summary": "Web page: one namespace's daily use, top pods and idle share",
+                    "parameters": [namespace_parameter],
+                    "responses": {
+                        "200": {
+                            "description": "HTML page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        "400": _ERROR_REF,
+                        "401": _ERROR_REF,
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -281,13 +354,32 @@ def openapi_document() -> dict[str, Any]:
                         "remainingGpuHours": {"type": ["number", "null"]},
                         "periodStart": _TIME,
                         "periodEnd": _TIME,
-                        "whenExhausted": {"type": "string", "enum": ["deprioritize", "deny"]},
+                        "whenExhausted": {
+                            "type": "string",
+                            "enum": ["deprioritize", "deny", "throttle"],
+                        },
                         "burnRateGpuHoursPerDay": {"type": "number"},
                         "projectedGpuHours": {"type": "number"},
                         "refillsAt": {
                             "description": "when an exhausted namespace stops being exhausted "
                             "if it uses nothing more; null when not exhausted or never",
                             "oneOf": [_TIME, {"type": "null"}],
+                        },
+                        "throttleToPercent": {
+                            "description": "only with whenExhausted throttle: the percent of "
+                            "its GPU share each running pod keeps while exhausted",
+                            "type": "number",
+                        },
+                        "throttledPods": {
+                            "description": "only with whenExhausted throttle: the pods held "
+                            "at the floor now (exhausted, reported in the last 5 minutes)",
+                            "type": "array",
+                            "items": {"type": "string"},
+                        },
+                        "period": {
+                            "type": "string",
+                            "description": "day, week, month or rolling:<N>d; a rolling "
+                            "window never resets at periodEnd, it slides",
                         },
                     },
                 },
@@ -312,6 +404,51 @@ def openapi_document() -> dict[str, Any]:
                         "reports": {"type": "integer"},
                         "firstStart": _TIME,
                         "lastEnd": _TIME,
+                        "usedGpuHours": {
+                            "type": ["number", "null"],
+                            "description": "GPU-hours really used over the measured reports "
+                            "(smUtilization); null when none carried a measurement",
+                        },
+                        "measuredGpuHours": {
+                            "type": "number",
+                            "description": "allocated GPU-hours of the measured reports",
+                        },
+                        "idleShare": {
+                            "type": ["number", "null"],
+                            "description": "1 - used / measured allocation (0..1)",
+                        },
+                    },
+                },
+                "IdlePod": {
+                    "type": "object",
+                    "properties": {
+                        "namespace": {"type": "string"},
+                        "pod": {"type": "string"},
+                        "podUid": {"type": "string"},
+                        "vcudaCore": {"type": "integer"},
+                        "allocatedGpuHours": {"type": "number"},
+                        "measuredGpuHours": {"type": "number"},
+                        "usedGpuHours": {"type": "number"},
+                        "usedShare": {"type": "number"},
+                        "idleShare": {"type": "number"},
+                        "firstStart": _TIME,
+                        "lastEnd": _TIME,
+                    },
+                },
+                "IdlePods": {
+                    "type": "object",
+                    "properties": {
+                        "from": _TIME,
+                        "to": _TIME,
+                        "windowHours": {"type": "number"},
+                        "threshold": {"type": "number"},
+                        "namespace": {"type": ["string", "null"]},
+                        "measuredPods": {"type": "integer"},
+                        "unmeasuredPods": {"type": "integer"},
+                        "pods": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/IdlePod"},
+                        },
                     },
                 },
                 "UsageReport": {
@@ -324,6 +461,19 @@ def openapi_document() -> dict[str, Any]:
                         "groupBy": {"type": "string", "enum": ["pod", "day"]},
                         "timezone": {"type": "string"},
                         "totalGpuHours": {"type": "number"},
+                        "usedGpuHours": {
+                            "type": ["number", "null"],
+                            "description": "GPU-hours really used over the measured reports "
+                            "(smUtilization); null when none carried a measurement",
+                        },
+                        "measuredGpuHours": {
+                            "type": "number",
+                            "description": "allocated GPU-hours of the measured reports",
+                        },
+                        "idleShare": {
+                            "type": ["number", "null"],
+                            "description": "1 - used / measured allocation (0..1)",
+                        },
                         "rows": {
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/UsageRow"},

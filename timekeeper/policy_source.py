@@ -58,9 +58,9 @@ class PolicySource:
             self._loaded_at: datetime | None = None
             self._checked_at = clock()
             return
-        content = _read(path)
-        self._policy = _parse(content)
-        self._digest = _digest(content)
+        content = read_content(path)
+        self._policy = parse_content(content)
+        self._digest = content_digest(content)
         self._loaded_at = wall_clock()
         self._checked_at = clock()
 
@@ -104,18 +104,18 @@ class PolicySource:
     def _check(self, path: Path) -> bool:
         self._checked_at = self._clock()
         try:
-            content = _read(path)
+            content = read_content(path)
         except BudgetsError as err:
             self._reject(err, digest=f"unreadable:{err.problems}")
             return False
-        digest = _digest(content)
+        digest = content_digest(content)
         if digest == self._digest:
             self._clear_error()
             return False
         if digest == self._failed_digest:
             return False
         try:
-            policy = _parse(content)
+            policy = parse_content(content)
         except BudgetsError as err:
             self._reject(err, digest=digest)
             return False
@@ -151,7 +151,8 @@ class PolicySource:
         self.last_error_at = None
 
 
-def _read(path: Path) -> bytes:
+def read_content(path: Path) -> bytes:
+    """The bytes of the budgets file; `BudgetsError` when it cannot be read."""
     try:
         return path.read_bytes()
     except OSError as err:
@@ -159,7 +160,8 @@ def _read(path: Path) -> bytes:
         raise BudgetsError((Problem("(file)", f"cannot read {path}: {reason}"),)) from err
 
 
-def _parse(content: bytes) -> BudgetPolicy:
+def parse_content(content: bytes) -> BudgetPolicy:
+    """The policy in a budgets file's bytes (UTF-8 YAML); `BudgetsError` otherwise."""
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -168,5 +170,6 @@ def _parse(content: bytes) -> BudgetPolicy:
     return parse_budgets(text)
 
 
-def _digest(content: bytes) -> str:
+def content_digest(content: bytes) -> str:
+    """SHA-256 of a content, in hex."""
     return hashlib.sha256(content).hexdigest()

@@ -101,12 +101,19 @@ def serve(settings: Settings, options: ServeOptions) -> int:
 
 def check_files(settings: Settings) -> None:
     """Read the tokens, JWKS and budgets files once in the master, so that a bad file stops
-    the start with its reasons instead of failing in every worker."""
+    the start with its reasons instead of failing in every worker. A bad budgets file only
+    stops it when the database holds no good policy to serve instead."""
     from timekeeper.api import build_authenticator
-    from timekeeper.policy_source import PolicySource
+    from timekeeper.database import make_engine
+    from timekeeper.policy_store import StoredPolicySource
 
     build_authenticator(settings)
-    PolicySource(settings.budgets_path)
+    if settings.budgets_path is not None:
+        engine = make_engine(settings.database)
+        try:
+            StoredPolicySource(settings.budgets_path, engine)
+        finally:
+            engine.dispose()
 
 
 def _with_metrics_dir(settings: Settings, path: Path) -> Settings:

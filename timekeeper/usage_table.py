@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 
@@ -48,6 +51,14 @@ def _hours(value: Any) -> str:
     return "unlimited" if value is None else f"{value:,.2f}"
 
 
+def _optional_hours(value: Any) -> str:
+    return "-" if value is None else f"{value:,.4f}"
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
 def render_table(header: list[str], rows: list[list[str]]) -> str:
     """Columns padded to their widest cell; numbers right-aligned."""
     widths = [max([len(header[i])] + [len(row[i]) for row in rows]) for i in range(len(header))]
@@ -62,7 +73,32 @@ def render_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header)] + [line(row) for row in rows])
 
 
-def namespaces_table(statuses: list[dict[str, Any]]) -> str:
+def render_csv(header: list[str], rows: list[list[Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([["" if cell is None else cell for cell in row] for row in rows])
+    return out.getvalue().rstrip("\n")
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table two ways: text cells for people, raw values for CSV."""
+
+    header: list[str]
+    text_rows: list[list[str]]
+    csv_header: list[str]
+    csv_rows: list[list[Any]]
+
+    def render(self, output: str) -> str:
+        if output == "csv":
+            return render_csv(self.csv_header, self.csv_rows)
+        return render_table(self.header, self.text_rows)
+
+
+def namespaces_table(statuses: list[dict[str, Any]]) -> Table:
+    """Budget and use of each namespace. A rolling window never resets: RESETS says so, and
+    REFILLS says when an exhausted namespace gets GPU time back."""
     header = [
         "NAMESPACE",
         "STATE",
@@ -71,45 +107,165 @@ def namespaces_table(statuses: list[dict[str, Any]]) -> str:
         "REMAINING",
         "BURN/DAY",
         "PROJECTED",
-        "PERIOD END",
+        "PERIOD",
+        "RESETS",
+        "REFILLS",
         "WHEN EXHAUSTED",
     ]
-    rows = [
-        [
-            status["namespace"],
-            status["state"],
-            _hours(status["usedGpuHours"]),
-            _hours(status["budgetGpuHours"]),
-            _hours(status["remainingGpuHours"]),
-            _hours(status["burnRateGpuHoursPerDay"]),
-            _hours(status["projectedGpuHours"]),
-            status["periodEnd"],
-            status["whenExhausted"],
-        ]
-        for status in statuses
+    text_rows = []
+    csv_rows = []
+    for status in statuses:
+        name = status["namespace"]
+        period = status.get("period", "")
+        rolling = period.startswith("rolling")
+        resets = "never (sliding window)" if rolling else status["periodEnd"]
+        text_rows.append(
+            [
+                name,
+                status["state"],
+                _hours(status["usedGpuHours"]),
+                _hours(status["budgetGpuHours"]),
+                _hours(status["remainingGpuHours"]),
+                _hours(status["burnRateGpuHoursPerDay"]),
+                _hours(status["projectedGpuHours"]),
+                period or "-",
+                resets,
+                status.get("refillsAt") or "-",
+                status["whenExhausted"],
+            ]
+        )
+        csv_rows.append(
+            [
+                status["namespace"],
+                status["state"],
+                status["usedGpuHours"],
+                status["budgetGpuHours"],
+                status["remainingGpuHours"],
+                status["burnRateGpuHoursPerDay"],
+                status["projectedGpuHours"],
+                period,
+                None if rolling else status["periodEnd"],
+                status.get("refillsAt"),
+                status["whenExhausted"],
+            ]
+        )
+    csv_header = [
+        "namespace",
+        "state",
+        "usedGpuHours",
+        "budgetGpuHours",
+        "remainingGpuHours",
+        "burnRateGpuHoursPerDay",
+        "projectedGpuHours",
+        "period",
+        "resetsAt",
+        "refillsAt",
+        "whenExhausted",
     ]
-    return render_table(header, rows)
+    return Table(header, text_rows, csv_header, csv_rows)
 
 
-def pods_table(usage: dict[str, Any]) -> str:
-    header = ["POD", "GPU-HOURS", "REPORTS", "FIRST START", "LAST END"]
-    rows = [
-        [
-            row["pod"],
-            f"{row['gpuHours']:,.4f}",
-            str(row["reports"]),
-            row["firstStart"],
-            row["lastEnd"],
-        ]
-        for row in usage["rows"]
+def pods_table(usages: list[dict[str, Any]], *, with_namespace: bool = False) -> Table:
+    """Pods of usage answers: allocated (charged), used and idle GPU time."""
+    several = with_namespace
+    header = ["POD", "ALLOCATED GPU-H", "USED GPU-H", "IDLE", "REPORTS", "FIRST START", "LAST END"]
+    csv_header = [
+        "namespace",
+        "pod",
+        "podUid",
+        "allocatedGpuHours",
+        "usedGpuHours",
+        "measuredGpuHours",
+        "idleShare",
+        "reports",
+        "firstStart",
+        "lastEnd",
     ]
-    return render_table(header, rows)
+    if several:
+        header = ["NAMESPACE", *header]
+    text_rows = []
+    csv_rows = []
+    for usage in usages:
+        for row in usage["rows"]:
+            cells = [
+                row["pod"],
+                f"{row['gpuHours']:,.4f}",
+                _optional_hours(row.get("usedGpuHours")),
+                _percent(row.get("idleShare")),
+                str(row["reports"]),
+                row["firstStart"],
+                row["lastEnd"],
+            ]
+            text_rows.append([usage["namespace"], *cells] if several else cells)
+            csv_rows.append(
+                [
+                    usage["namespace"],
+                    row["pod"],
+                    row["podUid"],
+                    row["gpuHours"],
+                    row.get("usedGpuHours"),
+                    row.get("measuredGpuHours"),
+                    row.get("idleShare"),
+                    row["reports"],
+                    row["firstStart"],
+                    row["lastEnd"],
+                ]
+            )
+    return Table(header, text_rows, csv_header, csv_rows)
 
 
-def print_usage(base_url: str, namespace: str | None, *, token: str | None, out: TextIO) -> None:
+def idle_table(answer: dict[str, Any]) -> Table:
+    header = ["NAMESPACE", "POD", "VCUDA-CORE", "ALLOCATED GPU-H", "USED GPU-H", "USED", "LAST END"]
+    csv_header = [
+        "namespace",
+        "pod",
+        "podUid",
+        "vcudaCore",
+        "allocatedGpuHours",
+        "measuredGpuHours",
+        "usedGpuHours",
+        "usedShare",
+        "idleShare",
+        "lastEnd",
+    ]
+    text_rows = [
+        [
+            pod["namespace"],
+            pod["pod"],
+            str(pod["vcudaCore"]),
+            f"{pod['allocatedGpuHours']:,.4f}",
+            f"{pod['usedGpuHours']:,.4f}",
+            _percent(pod["usedShare"]),
+            pod["lastEnd"],
+        ]
+        for pod in answer["pods"]
+    ]
+    csv_rows = [[pod[name] for name in csv_header] for pod in answer["pods"]]
+    return Table(header, text_rows, csv_header, csv_rows)
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    """What `gpushare usage` was asked."""
+
+    namespace: str | None = None
+    all_namespaces: bool = False
+    idle: bool = False
+    threshold: float = 0.1
+    window_hours: float = 24.0
+    output: str = "table"
+    start: str | None = None
+    end: str | None = None
+
+
+def print_usage(
+    base_url: str, query: UsageQuery | str | None, *, token: str | None, out: TextIO
+) -> None:
     base = base_url.rstrip("/")
+    if not isinstance(query, UsageQuery):
+        query = UsageQuery(namespace=query)
     try:
-        _print_usage(base, namespace, token=token, out=out)
+        _print_usage(base, query, token=token, out=out)
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise UsageClientError(
             f"{base}: the answer is not the timekeeper's API ({type(err).__name__}: {err}); "
@@ -117,22 +273,77 @@ def print_usage(base_url: str, namespace: str | None, *, token: str | None, out:
         ) from err
 
 
-def _print_usage(base: str, namespace: str | None, *, token: str | None, out: TextIO) -> None:
-    if namespace is None:
+def _range(query: UsageQuery) -> str:
+    parts = {"group_by": "pod"}
+    if query.start:
+        parts["from"] = query.start
+    if query.end:
+        parts["to"] = query.end
+    return urllib.parse.urlencode(parts)
+
+
+def _emit(out: TextIO, query: UsageQuery, answer: Any, table: Table, empty: str) -> None:
+    if query.output == "json":
+        print(json.dumps(answer, indent=2), file=out)
+    elif query.output == "csv":
+        print(table.render("csv"), file=out)
+    elif table.text_rows:
+        print(table.render("table"), file=out)
+    else:
+        print(empty, file=out)
+
+
+def _print_usage(base: str, query: UsageQuery, *, token: str | None, out: TextIO) -> None:
+    if query.idle:
+        parts = {"threshold": repr(query.threshold), "window_hours": repr(query.window_hours)}
+        if query.namespace:
+            parts["namespace"] = query.namespace
+        answer = fetch_json(f"{base}/api/v1/idle?{urllib.parse.urlencode(parts)}", token=token)
+        empty = (
+            f"no pod used less than {query.threshold * 100:g}% of its GPU share over the last "
+            f"{query.window_hours:g} h ({answer['measuredPods']} measured, "
+            f"{answer['unmeasuredPods']} without measurements)"
+        )
+        _emit(out, query, answer, idle_table(answer), empty)
+        return
+    if query.all_namespaces:
+        listing = fetch_json(f"{base}/api/v1/namespaces", token=token)
+        usages = []
+        for status in listing.get("namespaces", []):
+            quoted = urllib.parse.quote(status["namespace"], safe="")
+            usages.append(
+                fetch_json(f"{base}/api/v1/namespaces/{quoted}/usage?{_range(query)}", token=token)
+            )
+        table = pods_table(usages, with_namespace=True)
+        _emit(out, query, {"namespaces": usages}, table, "no use in the period")
+        return
+    if query.namespace is None:
         listing = fetch_json(f"{base}/api/v1/namespaces", token=token)
         statuses = listing.get("namespaces", [])
-        if not statuses:
-            print("no namespace has a budget entry or use in its period", file=out)
-            return
-        print(namespaces_table(statuses), file=out)
+        _emit(
+            out,
+            query,
+            listing,
+            namespaces_table(statuses),
+            "no namespace has a budget entry or use in its period",
+        )
         return
-    quoted = urllib.parse.quote(namespace, safe="")
+    quoted = urllib.parse.quote(query.namespace, safe="")
     status = fetch_json(f"{base}/api/v1/namespaces/{quoted}", token=token)
-    print(namespaces_table([status]), file=out)
-    usage = fetch_json(f"{base}/api/v1/namespaces/{quoted}/usage?group_by=pod", token=token)
+    usage = fetch_json(f"{base}/api/v1/namespaces/{quoted}/usage?{_range(query)}", token=token)
+    if query.output != "table":
+        _emit(out, query, {"status": status, "usage": usage}, pods_table([usage]), "")
+        return
+    print(namespaces_table([status]).render("table"), file=out)
     print(file=out)
-    print(f"use by pod from {usage['from']} to {usage['to']}:", file=out)
+    used = usage.get("usedGpuHours")
+    measured = (
+        f"; used {used:,.4f} GPU-hours where measured, idle {_percent(usage.get('idleShare'))}"
+        if used is not None
+        else ""
+    )
+    print(f"use by pod from {usage['from']} to {usage['to']}{measured}:", file=out)
     if usage["rows"]:
-        print(pods_table(usage), file=out)
+        print(pods_table([usage]).render("table"), file=out)
     else:
         print("(no use in this period)", file=out)

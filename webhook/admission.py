@@ -163,6 +163,7 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
         wanted[keys.SIDECAR_INJECTED] = settings.sidecar_mode
     ops = patches.annotation_ops(pod, wanted) + ops
     ops += patches.priority_ops(spec, decision.priority_class)
+    ops += patches.scheduler_ops(spec, settings.scheduler_name)
     chosen = spec.get("priorityClassName")
     if chosen and chosen != decision.priority_class:
         warnings.append(

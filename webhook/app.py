@@ -10,12 +10,11 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from webhook import admission, extender
+from webhook import admission
 from webhook.admission import BudgetSource
 from webhook.budget_client import timekeeper_budgets
 from webhook.errors import BadReview
 from webhook.metrics import Metrics
-from webhook.nodecapacity import NodeCapacitySource
 from webhook.review import (
     AdmissionRequest,
     Verdict,
@@ -32,13 +31,8 @@ def create_app(
     *,
     budgets: BudgetSource | None = None,
     metrics: Metrics | None = None,
-    node_capacity: NodeCapacitySource | None = None,
 ) -> Flask:
-    """Build the webhook app; `budgets` defaults to the cached timekeeper client.
-
-    `node_capacity` feeds the scheduler extender's names-only requests; with the setting
-    `scheduler_node_cache` and none given, a watch on the cluster's Nodes is started.
-    """
+    """Build the webhook app; `budgets` defaults to the cached timekeeper client."""
     settings.validate()
     metrics = metrics or Metrics()
     if budgets is None:
@@ -112,22 +106,7 @@ def create_app(
         log.exception("unexpected error on %s %s", request.method, request.path)
         return _error(500, "internal", f"internal error: {type(err).__name__}")
 
-    app.register_blueprint(extender.blueprint)
-    if node_capacity is None and settings.scheduler_node_cache:
-        node_capacity = _watch_cluster_nodes()
-    if node_capacity is not None:
-        extender.install_node_capacity(app, node_capacity)
     return app
-
-
-def _watch_cluster_nodes() -> NodeCapacitySource:
-    """A list-then-watch of the cluster's Nodes, with the pod's ServiceAccount."""
-    from kubernetes import client, config
-
-    from webhook.nodecapacity import KubernetesNodeCapacity
-
-    config.load_incluster_config()
-    return KubernetesNodeCapacity(client.ApiClient()).start()
 
 
 _READ_CHUNK_BYTES = 64 * 1024

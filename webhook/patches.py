@@ -63,3 +63,15 @@ def insert_ops(
             for index, item in enumerate(items)
         ]
     return [{"op": "add", "path": pointer("spec", field, "-"), "value": item} for item in items]
+
+
+DEFAULT_SCHEDULER = "default-scheduler"
+
+
+def scheduler_ops(spec: Mapping[str, Any], scheduler_name: str) -> list[Operation]:
+    """Hand the pod to `scheduler_name` when it names no scheduler or the default one (the
+    API server fills in the default before admission); a pod that chose another scheduler
+    keeps it. An empty `scheduler_name` changes nothing."""
+    if not scheduler_name or spec.get("schedulerName") not in (None, "", DEFAULT_SCHEDULER):
+        return []
+    return [{"op": "add", "path": "/spec/schedulerName", "value": scheduler_name}]

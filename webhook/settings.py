@@ -97,10 +97,10 @@ class Settings:
     sidecar_run_as_user: int = field(
         default=65532, metadata=_doc("Non-root UID (and GID) the sidecar runs as.")
     )
-    scheduler_node_cache: bool = field(
-        default=False,
+    scheduler_name: str = field(
+        default="gpushare-scheduler",
         metadata=_doc(
-            "Watch Node objects so the scheduler extender serves nodeCacheCapable requests."
+            "schedulerName given to GPU pods that name none (or the default); '' leaves it."
         ),
     )
     sidecar_token_expiration_seconds: int = field(

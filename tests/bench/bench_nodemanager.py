@@ -1,4 +1,4 @@
-"""Node manager figures: the Allocate round trip and the scheduler extender filter.
+"""Node manager figures: the Allocate round trip.
 
 - Allocate round trip: GetPreferredAllocation + Allocate over gRPC on a unix socket, as
   kubelet calls them, for one container (vcuda-core then vcuda-memory), on a node with 100
@@ -6,24 +6,17 @@
   of an in-process API server over HTTP (as the daemon does), and each pod is admitted once
   that watch has delivered it, as kubelet admits a pod once its own watch delivered it.
   Baseline side by side: an empty gRPC call (GetDevicePluginOptions) on the same channel.
-- Extender filter: `POST /scheduler/filter` for 500 nodes through Flask's test client, in both
-  modes of kube-scheduler: node names only (`nodeCacheCapable: true`, capacity from the
-  extender's node cache) and whole Node objects (`nodeCacheCapable: false`).
-  Baseline side by side: a no-op Flask POST of the same body.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from flask import Flask, Response, request
 from nodemanager.api import deviceplugin_pb2 as dp
 from nodemanager.inventory import SimulatedInventory
 from nodemanager.kube import KubeletPodResources, KubernetesApi
@@ -31,12 +24,9 @@ from nodemanager.manager import NodeManager, Paths
 from nodemanager.plugin import PluginRunner
 from nodemanager.podwatch import PodWatch
 
-from gpushare.annotations import NODE_GPU_CAPACITY
-from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod
+from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod, simulated_uuid
 from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet
 from tests.polling import wait_until
-from webhook import extender
-from webhook.nodecapacity import StaticNodeCapacity
 
 JSON = "application/json"
 
@@ -84,7 +74,12 @@ def bench_allocate() -> None:
     try:
         wait_until(lambda: len(kubelet.health(MEMORY)) > 0 and len(kubelet.health(CORE)) > 0)
         for number in range(RUNNING):
-            pod = make_pod(f"run{number}", [("c", 5, 8)], created=f"2026-01-01T00:{number:04d}Z")
+            pod = make_pod(
+                f"run{number}",
+                [("c", 5, 8)],
+                created=f"2026-01-01T00:{number:04d}Z",
+                gpus={"c": [simulated_uuid(number % 8)]},
+            )
             apiserver.add_pod(pod)
             kubelet.admit(pod)
             apiserver.set_phase(f"run{number}", "Running")
@@ -95,7 +90,12 @@ def bench_allocate() -> None:
         listed_before = manager.pod_lists
         for number in range(ROUNDS):
             name = f"new{number}"
-            pod = make_pod(name, [("c", 30, 16)], created=f"2026-01-02T00:{number:04d}Z")
+            pod = make_pod(
+                name,
+                [("c", 30, 16)],
+                created=f"2026-01-02T00:{number:04d}Z",
+                gpus={"c": [simulated_uuid(number % 8)]},
+            )
             apiserver.add_pod(pod)
             wait_until(lambda: watch.resource_version == apiserver.resource_version)
             baseline.append(timed(lambda: stub.GetDevicePluginOptions(dp.Empty(), timeout=5)))
@@ -129,114 +129,8 @@ def bench_allocate() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def node_json(index: int) -> dict[str, Any]:
-    used = (index * 37) % 100
-    capacity = {
-        "version": 1,
-        "policy": "binpack",
-        "gpus": [
-            {
-                "index": gpu,
-                "uuid": f"GPU-{index:04d}-{gpu}",
-                "healthy": True,
-                "coreTotal": 100,
-                "coreFree": 100 - (used if gpu % 2 == 0 else 100 - used),
-                "memoryTotal": 320,
-                "memoryFree": 320 - 2 * used,
-            }
-            for gpu in range(8)
-        ],
-    }
-    return {
-        "metadata": {
-            "name": f"gpu-node-{index:04d}",
-            "uid": f"00000000-0000-0000-0000-{index:012d}",
-            "labels": {
-                "kubernetes.io/hostname": f"gpu-node-{index:04d}",
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                "node.kubernetes.io/instance-type": "gpu-8x",
-                "topology.kubernetes.io/zone": f"zone-{index % 3}",
-                "nvidia.com/gpu.product": "H100",
-            },
-            "annotations": {
-                NODE_GPU_CAPACITY: json.dumps(capacity),
-                "node.alpha.kubernetes.io/ttl": "0",
-                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
-            },
-        },
-        "spec": {"podCIDR": f"10.{index // 256}.{index % 256}.0/24"},
-        "status": {
-            "capacity": {"cpu": "96", "memory": "1056Gi", "pods": "110",
-                         "tencent.com/vcuda-core": "800", "tencent.com/vcuda-memory": "2560"},
-            "allocatable": {"cpu": "95", "memory": "1050Gi", "pods": "110",
-                            "tencent.com/vcuda-core": "800", "tencent.com/vcuda-memory": "2560"},
-            "conditions": [
-                {"type": kind, "status": "False", "reason": f"Kubelet{kind}",
-                 "lastHeartbeatTime": "2026-01-01T00:00:00Z"}
-                for kind in ("MemoryPressure", "DiskPressure", "PIDPressure")
-            ] + [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
-            "addresses": [{"type": "InternalIP", "address": f"10.0.{index // 256}.{index % 256}"}],
-            "nodeInfo": {"kubeletVersion": "v1.31.0", "containerRuntimeVersion": "containerd://1.7"},
-        },
-    }  # fmt: skip
-
-
-def bench_extender() -> None:
-    app = Flask(__name__)
-    app.register_blueprint(extender.blueprint)
-
-    @app.post("/noop")
-    def noop() -> Response:
-        request.get_data()
-        return Response("{}", mimetype="application/json")
-
-    nodes = [node_json(i) for i in range(NODES)]
-    extender.install_node_capacity(
-        app,
-        StaticNodeCapacity(
-            {node["metadata"]["name"]: node["metadata"]["annotations"][NODE_GPU_CAPACITY]
-             for node in nodes}
-        ),
-    )  # fmt: skip
-    pod = make_pod("p", [("c", 50, 40)])
-    client = app.test_client()
-    bodies = {
-        "nodeCacheCapable: true (node names)": {
-            "pod": pod,
-            "nodenames": [node["metadata"]["name"] for node in nodes],
-        },
-        "nodeCacheCapable: false (Node objects)": {
-            "pod": pod,
-            "nodes": {"kind": "NodeList", "items": nodes},
-        },
-    }
-    for mode, document in bodies.items():
-        body = json.dumps(document).encode()
-        samples: list[float] = []
-        baseline: list[float] = []
-        reply: Any = None
-        for _ in range(ROUNDS if "true" in mode else 60):
-            baseline.append(
-                timed(lambda body=body: client.post("/noop", data=body, content_type=JSON))
-            )
-            started = time.perf_counter()
-            reply = client.post("/scheduler/filter", data=body, content_type=JSON)
-            samples.append(time.perf_counter() - started)
-        answer = reply.get_json()
-        passing = len(answer.get("nodenames") or answer.get("nodes", {}).get("items", []))
-        report(
-            f"extender filter, {mode}, {NODES} nodes x 8 GPUs ({len(body) // 1024} KiB body, "
-            f"{passing} pass)",
-            samples,
-            "no-op Flask POST of the same body",
-            baseline,
-        )
-
-
 def main() -> None:
     bench_allocate()
-    bench_extender()
 
 
 if __name__ == "__main__":

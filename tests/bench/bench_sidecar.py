@@ -6,7 +6,7 @@ Side by side in the same run:
   after start-up over `STEADY_SECONDS`;
 - the sidecar at a 0.05 s period, to measure the CPU cost of one interval precisely, and
   from it the CPU share at 15 s.
-Targets (issue 4): resident memory < 40 MiB, CPU < 0.5 % of one core at the default period.
+Targets: resident memory < 40 MiB, CPU < 0.5 % of one core at the default period.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ side by side in one run, load from client processes over keep-alive connections)
 Reads, with 1,000 namespaces and 1,000,000 ledger rows (a month of continuous use each):
 - `GET /api/v1/namespaces/{ns}` p50/p99 over the HTTP stack, beside `GET /healthz`.
 - `GET /api/v1/namespaces/{ns}/usage` over the month, by pod and by day.
+- `GET /api/v1/idle` over a day and a week, the usage pages and a `/metrics` scrape.
 
     python -m tests.bench timekeeper
 """
@@ -351,6 +352,20 @@ def read_figures(name: str, server: ServerProcess, end: datetime) -> None:
         f"max {max(usage_pod) * ms:.1f} ms; by day (CSV): median "
         f"{statistics.median(usage_day) * ms:.1f} ms, max {max(usage_day) * ms:.1f} ms "
         f"(target < 300 ms)"
+    )
+    idle_day = latencies(server, ["/api/v1/idle?window_hours=24"] * 5)
+    idle_week = latencies(server, ["/api/v1/idle?window_hours=168"] * 3)
+    list_page = latencies(server, ["/ui/"] * 5)
+    namespace_page = latencies(server, [f"/ui/namespaces/{n}" for n in names[:20]])
+    scrape = latencies(server, ["/metrics"] * 5)
+    print(
+        f"{name}: idle pods of every namespace over 24 h: median "
+        f"{statistics.median(idle_day) * ms:.0f} ms, over 7 days: median "
+        f"{statistics.median(idle_week) * ms:.0f} ms; page /ui/ median "
+        f"{statistics.median(list_page) * ms:.0f} ms, a namespace's page median "
+        f"{statistics.median(namespace_page) * ms:.0f} ms, max {max(namespace_page) * ms:.0f} ms; "
+        f"/metrics (budgets and per-pod shares) median {statistics.median(scrape) * ms:.0f} ms "
+        f"(beside /healthz p99 {percentile(health, 0.99) * ms:.2f} ms)"
     )
 
 

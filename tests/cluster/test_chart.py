@@ -100,11 +100,15 @@ VALUE_SETS: dict[str, list[str]] = {
         "timekeeper.budgetsConfigMap=my-budgets",
     ],
     "classic-sidecar": ["--set", "sidecar.mode=classic"],
-    "every-pod-node-cache": [
+    "every-pod-default-scheduler": [
         "--set",
         "webhook.matchGpuPodsOnly=false",
         "--set",
-        "webhook.schedulerNodeCache=true",
+        "scheduler.enabled=false",
+        "--set",
+        "webhook.schedulerName=",
+        "--set",
+        "extender.networkPolicy.enabled=false",
         "--set",
         "webhook.admissionFailurePolicy=Ignore",
         "--set",

@@ -27,7 +27,14 @@ def gpushare_containers() -> list[chart.Container]:
         for container in chart.containers(path, values)
         if container.argv[:1] == ["gpushare"]
     ]
-    assert {c.argv[1] for c in found} == {"timekeeper", "db", "webhook", "nodemanager"}
+    assert {c.argv[1] for c in found} == {
+        "timekeeper",
+        "db",
+        "webhook",
+        "nodemanager",
+        "extender",
+        "quotas",
+    }
     return found
 
 
@@ -132,6 +139,8 @@ def known_variables(part: str) -> set[str]:
     if part in ("timekeeper", "db"):
         return set(timekeeper_settings.ENV_NAMES.values())
     if part == "nodemanager":
+        return {nodemanager_settings.TIMEKEEPER_URL_ENV}
+    if part in ("extender", "quotas"):
         return set()
     raise AssertionError(f"no settings known for {part}")
 
@@ -155,7 +164,8 @@ def test_webhook_environment_passes_its_settings_parser() -> None:
     settings = webhook_settings.Settings.from_env(environ)
     values = chart.load_values()
     assert settings.sidecar_token_expiration_seconds == values["sidecar"]["tokenExpirationSeconds"]
-    assert settings.scheduler_node_cache is values["webhook"]["schedulerNodeCache"]
+    assert settings.scheduler_name == values["webhook"]["schedulerName"]
+    assert settings.scheduler_name == values["scheduler"]["name"]
     every = {name for name, _, _ in webhook_settings.describe()}
     assert sorted(every - set(container.env)) == [], "webhook settings the chart does not set"
 

@@ -79,7 +79,7 @@ def test_webhook_configurations_call_the_service_on_the_served_paths() -> None:
 
     app = create_app(webhook_settings.Settings(timekeeper_url="http://127.0.0.1:9"))
     rules = {rule.rule for rule in app.url_map.iter_rules()}
-    assert {"/mutate", "/validate", "/healthz", "/readyz", "/scheduler/filter"} <= rules
+    assert {"/mutate", "/validate", "/healthz", "/readyz"} <= rules
 
 
 def test_system_namespaces_match_the_webhook_default() -> None:
@@ -168,7 +168,7 @@ def test_every_pod_names_a_service_account_the_chart_creates() -> None:
         named.update(re.findall(r"serviceAccountName: (.+)$", text, re.M))
     assert created == {
         f'{{{{ include "gpushare.componentName" "{part}" }}}}'
-        for part in ("timekeeper", "webhook", "nodemanager")
+        for part in ("timekeeper", "webhook", "nodemanager", "extender", "scheduler", "quotas")
     }
     assert named == created
 
@@ -187,7 +187,14 @@ def test_cluster_role_bindings_bind_the_chart_service_accounts() -> None:
 
 # Kubernetes client calls → (resource, verb); a call missing here fails the test below, so a
 # new API call in a part's code is noticed together with the RBAC rule it needs.
-_VERBS = {"list": "list", "read": "get", "patch": "patch", "create": "create", "delete": "delete"}
+_VERBS = {
+    "list": "list",
+    "read": "get",
+    "patch": "patch",
+    "create": "create",
+    "delete": "delete",
+    "replace": "update",
+}
 
 
 def api_calls(source: str) -> set[tuple[str, str]]:
@@ -195,7 +202,10 @@ def api_calls(source: str) -> set[tuple[str, str]]:
     found = set()
     for method, called in re.findall(r"\._core\.(\w+)(\(?)", source):
         action, _, rest = method.partition("_")
-        resource = rest.replace("namespaced_", "").replace("_for_all_namespaces", "") + "s"
+        base = rest.replace("namespaced_", "").replace("_for_all_namespaces", "")
+        subresources = {"pod_binding": "pods/binding", "pod_eviction": "pods/eviction"}
+        # resource_quota → resourcequotas
+        resource = subresources.get(base, base.replace("_", "") + "s")
         assert action in _VERBS, f"unknown Kubernetes client call {method}"
         # A list method handed to watch.Watch().stream (not called) is a watch.
         found.add((resource, _VERBS[action] if called else "watch"))
@@ -204,7 +214,7 @@ def api_calls(source: str) -> set[tuple[str, str]]:
 
 def granted(template: str) -> set[tuple[str, str]]:
     text = template_text(template)
-    rules = re.findall(r'resources: \["(\w+)"\]\n\s+verbs: \[([^\]]*)\]', text)
+    rules = re.findall(r'resources: \["([\w/]+)"\]\n\s+verbs: \[([^\]]*)\]', text)
     return {(resource, verb.strip(' "')) for resource, verbs in rules for verb in verbs.split(",")}
 
 
@@ -214,7 +224,8 @@ def granted(template: str) -> set[tuple[str, str]]:
         pytest.param(
             ["vgpu-runtime/nodemanager/kube.py"], "nodemanager-rbac.yaml", id="nodemanager"
         ),
-        pytest.param(["webhook/nodecapacity.py"], "webhook.yaml", id="webhook-node-cache"),
+        pytest.param(["extender/kube.py"], "extender.yaml", id="extender"),
+        pytest.param(["timekeeper/quota_sync.py"], "quotas.yaml", id="quotas"),
     ],
 )
 def test_cluster_roles_grant_what_the_code_calls(sources: list[str], template: str) -> None:
@@ -226,8 +237,19 @@ def test_cluster_roles_grant_what_the_code_calls(sources: list[str], template: s
 def test_only_these_adapters_call_the_kubernetes_api() -> None:
     callers = sorted(
         str(path.relative_to(chart.ROOT))
-        for part in ("timekeeper", "webhook", "sidecar", "vgpu-runtime/nodemanager", "gpushare")
+        for part in (
+            "timekeeper",
+            "webhook",
+            "extender",
+            "sidecar",
+            "vgpu-runtime/nodemanager",
+            "gpushare",
+        )
         for path in (chart.ROOT / part).glob("*.py")
         if "._core." in path.read_text()
     )
-    assert callers == ["vgpu-runtime/nodemanager/kube.py", "webhook/nodecapacity.py"]
+    assert callers == [
+        "extender/kube.py",
+        "timekeeper/quota_sync.py",
+        "vgpu-runtime/nodemanager/kube.py",
+    ]

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import base64
 import re
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from extender.app import create_app
+from extender.view import ClusterView
 from gpushare import resources
 from tests.deployment import chart
 from timekeeper.budgets import parse_budgets
 from webhook import certs
-from webhook.app import create_app
-from webhook.settings import Settings
 from webhook.validation import validate_pod
 
 EXAMPLES = chart.ROOT / "deployment" / "examples"
@@ -34,16 +32,6 @@ EXTENDER_FIELDS = {
     "nodeCacheCapable",
     "managedResources",
     "ignorable",
-}
-TLS_FIELDS = {
-    "insecure",
-    "serverName",
-    "certFile",
-    "keyFile",
-    "caFile",
-    "certData",
-    "keyData",
-    "caData",
 }
 
 
@@ -86,28 +74,26 @@ def test_scheduler_configuration_reaches_the_extender() -> None:
     assert config["kind"] == "KubeSchedulerConfiguration"
     (extender,) = config["extenders"]
     assert set(extender) <= EXTENDER_FIELDS
-    assert set(extender["tlsConfig"]) <= TLS_FIELDS
-    service_dns = certs.DEFAULT_DNS_NAMES[2]  # gpushare-webhook.gpushare-system.svc
-    assert extender["urlPrefix"] == f"https://{service_dns}:443/scheduler"
-    assert extender["enableHTTPS"] is True
-    assert extender["tlsConfig"]["caData"] == "CA_BUNDLE"  # the documented placeholder
+    port = chart.load_values()["extender"]["port"]
+    assert extender["urlPrefix"] == f"http://gpushare-extender.gpushare-system.svc:{port}"
     assert isinstance(extender["weight"], int) and extender["weight"] > 0
     assert re.fullmatch(r"\d+(ms|s|m)", extender["httpTimeout"])
-    assert extender["nodeCacheCapable"] is chart.load_values()["webhook"]["schedulerNodeCache"]
+    assert extender["nodeCacheCapable"] is True
+    assert extender["ignorable"] is False
     assert extender["managedResources"] == [
         {"name": resources.VCUDA_CORE, "ignoredByScheduler": False},
         {"name": resources.VCUDA_MEMORY, "ignoredByScheduler": False},
     ]
-    app = create_app(Settings(timekeeper_url="http://127.0.0.1:9"))
+    app = create_app(view=ClusterView(), binder=None)  # type: ignore[arg-type]
     rules = {rule.rule for rule in app.url_map.iter_rules()}
-    for verb in (extender["filterVerb"], extender["prioritizeVerb"]):
-        assert f"/scheduler/{verb}" in rules
+    for key in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb"):
+        assert f"/{extender[key]}" in rules
 
 
-def test_ca_placeholder_is_the_only_thing_to_fill_in(tmp_path: Path) -> None:
-    """With a real CA from `gpushare certs generate`, caData decodes to that certificate."""
-    bundle = certs.generate(tmp_path, certs.DEFAULT_DNS_NAMES)
-    text = (EXAMPLES / "scheduler-config.yaml").read_text().replace("CA_BUNDLE", bundle.ca_bundle)
-    config = yaml.safe_load(text)
-    ca_data = config["extenders"][0]["tlsConfig"]["caData"]
-    assert base64.b64decode(ca_data) == Path(bundle.ca_cert).read_bytes()
+def test_the_chart_scheduler_configuration_matches_the_example() -> None:
+    text = (chart.ROOT / "deployment/chart/templates/scheduler.yaml").read_text()
+    example = load("scheduler-config.yaml")["extenders"][0]
+    for key in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb", "weight"):
+        assert f"        {key}: {example[key]}\n" in text
+    assert "        nodeCacheCapable: true\n" in text
+    assert "        ignorable: false\n" in text

@@ -188,7 +188,7 @@ def test_wheel_holds_generated_code_and_migrations_and_runs_alone(tmp_path: Path
         check=False,
     )
     assert built.returncode == 0, built.stderr
-    (wheel,) = (tmp_path / "dist").glob("gpushare-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("gpushare_k8s-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in (
         "nodemanager/api/deviceplugin_pb2.py",

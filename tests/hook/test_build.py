@@ -36,6 +36,30 @@ HOOKED = {
     "cuLaunchCooperativeKernel_ptsz",
     "cuGraphLaunch",
     "cuGraphLaunch_ptsz",
+    "cuStreamDestroy_v2",
+    "cuStreamBeginCapture_v2",
+    "cuStreamBeginCapture_v2_ptsz",
+    "cuStreamEndCapture",
+    "cuStreamEndCapture_ptsz",
+    "cuCtxDestroy_v2",
+    "cuCtxCreate_v2",
+    "cuCtxCreate_v4",
+    "cuDevicePrimaryCtxRetain",
+    "cuDevicePrimaryCtxRelease_v2",
+    "cuDevicePrimaryCtxReset_v2",
+    "cuModuleLoadData",
+    "cuModuleLoadDataEx",
+    "cuModuleUnload",
+    "cuMemMap",
+    "cuMemUnmap",
+    "cuMemPoolCreate",
+    "cuMemPoolTrimTo",
+    "cuMemPoolDestroy",
+    "cuGraphAddMemAllocNode",
+    "cuGraphInstantiateWithFlags",
+    "cuDeviceGraphMemTrim",
+    "cuGraphDestroy",
+    "cuGraphExecDestroy",
     "nvmlDeviceGetMemoryInfo",
     "nvmlDeviceGetMemoryInfo_v2",
     "dlsym",
@@ -64,3 +88,11 @@ def test_policy_unit_tests_pass(hook_build: Path) -> None:
     )
     assert done.returncode == 0, done.stdout
     assert " 0 failures" in done.stdout
+
+
+def test_real_dlsym_is_looked_up_under_every_architectures_glibc_version(hook_build: Path) -> None:
+    # libc's dlsym has the version of glibc 2.34 or of the architecture's first glibc: looking
+    # it up only under the x86-64 names would break every lookup on, e.g., aarch64 with glibc < 2.34
+    text = (hook_build / "libgpushare-vgpu.so").read_bytes()
+    for version in (b"GLIBC_2.34", b"GLIBC_2.2.5", b"GLIBC_2.17", b"GLIBC_2.27", b"GLIBC_2.0"):
+        assert version + b"\0" in text

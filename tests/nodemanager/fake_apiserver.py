@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from gpushare.assignment import POD_GPU_ASSIGNMENT, Assignment, Share, format_assignment
+
 
 def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
     for key, value in patch.items():
@@ -102,6 +104,15 @@ class FakeApiServer:
                 if pod["metadata"]["name"] == name:
                     old = copy.deepcopy(pod)
                     pod.setdefault("status", {})["phase"] = phase
+                    self._record(old, pod)
+
+    def annotate_pod(self, name: str, annotations: dict[str, str]) -> None:
+        """Merge `annotations` into the pod's (as `kubectl annotate --overwrite` does)."""
+        with self._lock:
+            for pod in self.pods:
+                if pod["metadata"]["name"] == name:
+                    old = copy.deepcopy(pod)
+                    pod["metadata"].setdefault("annotations", {}).update(annotations)
                     self._record(old, pod)
 
     def delete_pod(self, name: str) -> None:
@@ -208,6 +219,17 @@ class FakeApiServer:
             with contextlib.suppress(OSError):  # the last chunk; the client may be gone
                 handler.wfile.write(b"0\r\n\r\n")
 
+    def _patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            for pod in self.pods:
+                metadata = pod["metadata"]
+                if (metadata["namespace"], metadata["name"]) == (namespace, name):
+                    old = copy.deepcopy(pod)
+                    _merge(pod, patch)
+                    self._record(old, pod)
+                    return copy.deepcopy(pod)
+        return None
+
     def _patch_node(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             node = self.nodes.setdefault(
@@ -284,8 +306,19 @@ class FakeApiServer:
                 length = int(self.headers.get("Content-Length", "0"))
                 patch = json.loads(self.rfile.read(length))
                 kind = self.headers.get("Content-Type", "")
-                if not url.path.startswith("/api/v1/nodes/") or "merge-patch" not in kind:
+                if "merge-patch" not in kind:
                     self._reply(415, {"kind": "Status", "message": f"unsupported {kind}"})
+                    return
+                parts = url.path.split("/")
+                if url.path.startswith("/api/v1/namespaces/") and parts[5:6] == ["pods"]:
+                    found = fake._patch_pod(parts[4], parts[6], patch)
+                    if found is None:
+                        self._reply(404, {"kind": "Status", "message": "pod not found"})
+                    else:
+                        self._reply(200, found)
+                    return
+                if not url.path.startswith("/api/v1/nodes/"):
+                    self._reply(404, {"kind": "Status", "message": "not found"})
                     return
                 self._reply(200, fake._patch_node(url.path.rsplit("/", 1)[1], patch))
 
@@ -348,8 +381,14 @@ def make_pod(
     annotations: dict[str, str] | None = None,
     init_containers: list[tuple[str, int, int]] | None = None,
     phase: str = "Pending",
+    gpus: dict[str, list[str]] | str | None = "auto",
 ) -> dict[str, Any]:
-    """A Pod bound to `node` whose containers ask (name, vcuda-core, vcuda-memory)."""
+    """A Pod bound to `node` whose containers ask (name, vcuda-core, vcuda-memory).
+
+    `gpus` (container → GPU UUIDs) writes the assignment the extender would have written at
+    bind: a shared container takes everything from its GPU, a whole-GPU one 100 cores of
+    each and its memory split evenly. The default, "auto", puts shared containers on GPU 0
+    and whole-GPU ones on GPUs 0.. of the simulated node; None writes no assignment."""
 
     def container(spec: tuple[str, int, int]) -> dict[str, Any]:
         cname, core, memory = spec
@@ -360,6 +399,16 @@ def make_pod(
             limits["tencent.com/vcuda-memory"] = str(memory)
         return {"name": cname, "image": "cuda", "resources": {"limits": limits}}
 
+    annotations = dict(annotations or {})
+    every = [*(init_containers or []), *containers]
+    if gpus == "auto":
+        gpus = {
+            cname: [simulated_uuid(i) for i in range(max(1, core // 100))]
+            for cname, core, _ in every
+            if core
+        }
+    if isinstance(gpus, dict):
+        annotations[POD_GPU_ASSIGNMENT] = assignment_for(node, every, gpus)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -368,7 +417,7 @@ def make_pod(
             "namespace": namespace,
             "uid": f"uid-{namespace}-{name}",
             "creationTimestamp": created,
-            "annotations": annotations or {},
+            "annotations": annotations,
         },
         "spec": {
             "nodeName": node,
@@ -377,3 +426,28 @@ def make_pod(
         },
         "status": {"phase": phase},
     }
+
+
+def assignment_for(
+    node: str, containers: list[tuple[str, int, int]], gpus: dict[str, list[str]]
+) -> str:
+    """The `gpushare.io/gpu-assignment` text giving each container the GPUs named in `gpus`."""
+    placed: dict[str, tuple[Share, ...]] = {}
+    for name, core, memory in containers:
+        if name not in gpus:
+            continue
+        uuids = gpus[name]
+        if len(uuids) == 1 and core < 100:
+            placed[name] = (Share(uuids[0], core, memory),)
+            continue
+        base, extra = divmod(memory, len(uuids))
+        placed[name] = tuple(
+            Share(uuid, 100, base + (1 if position < extra else 0))
+            for position, uuid in enumerate(uuids)
+        )
+    return format_assignment(Assignment(node=node, containers=placed))
+
+
+def simulated_uuid(index: int) -> str:
+    """UUID of GPU `index` of a simulated node (`SimulatedInventory`)."""
+    return f"GPU-sim0000-0000-0000-0000-{index:012d}"

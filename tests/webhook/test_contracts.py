@@ -10,6 +10,7 @@ import pytest
 from nodemanager import pods
 from nodemanager.devices import Kind
 
+from gpushare.assignment import POD_GPU_ASSIGNMENT, Assignment, Share, format_assignment
 from sidecar.settings import from_environ
 from tests.webhook.builders import apply_and_check, container, decode_patch, gpu, pod, review
 from tests.webhook.test_mutation import mutate
@@ -94,7 +95,11 @@ def test_admitted_burst_limit_is_what_the_node_manager_hands_out(
     patched = apply_and_check(subject, decode_patch(body))
     patched["metadata"]["uid"] = POD_UID
     patched["status"] = {"phase": "Pending"}
-    candidates = pods.pending_containers([patched])
+    # as the extender records it at bind
+    patched["metadata"]["annotations"][POD_GPU_ASSIGNMENT] = format_assignment(
+        Assignment(node="n1", containers={"train": (Share("GPU-0", 30, 4),)})
+    )
+    candidates = pods.pending_containers([patched], "n1")
     found = pods.match(candidates, Kind.CORE, 30, set(), core_limit=30)
     assert found.candidate is not None
     assert (found.candidate.container, found.soft_limit) == ("train", expected_soft_limit)

@@ -271,28 +271,6 @@ def test_fail_open_is_counted(settings: Settings) -> None:
     assert 'gpushare_webhook_failure_policy_total{policy="fail-open"} 1.0' in text
 
 
-def test_extender_names_only_requests_use_the_node_capacity_source(settings: Settings) -> None:
-    from webhook.nodecapacity import StaticNodeCapacity
-
-    app = create_app(settings, budgets=FakeBudgets(), node_capacity=StaticNodeCapacity({}))
-    args = {"pod": {"metadata": {"name": "p"}, "spec": {"containers": []}}, "nodenames": ["n1"]}
-    response = app.test_client().post("/scheduler/filter", json=args)
-    assert response.status_code == 200
-    assert response.json is not None
-    assert response.json["nodenames"] == ["n1"], response.json
-
-
-def test_extender_is_served_beside_admission(client: FlaskClient) -> None:
-    args = {"pod": {"metadata": {"name": "p"}, "spec": {"containers": []}}, "nodes": {"items": []}}
-    response = client.post("/scheduler/filter", json=args)
-    assert response.status_code == 200
-    assert response.json == {
-        "failedNodes": {},
-        "failedAndUnresolvableNodes": {},
-        "nodes": {"items": []},
-    }
-
-
 # --- property: no AdmissionReview, however odd, gets a 5xx --------------------------------
 
 _leaf = st.one_of(

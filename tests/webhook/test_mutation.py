@@ -514,3 +514,25 @@ def test_sidecar_env_names_are_the_injected_ones() -> None:
     patched = apply_and_check(pod(), decode_patch(mutate(pod())))
     names = tuple(entry["name"] for entry in patched["spec"]["initContainers"][0]["env"])
     assert names == injection.SIDECAR_ENV_NAMES
+
+
+@pytest.mark.parametrize(
+    ("chosen", "setting", "expected"),
+    [
+        pytest.param(None, "gpushare-scheduler", "gpushare-scheduler", id="none-named-ours"),
+        pytest.param(
+            "default-scheduler", "gpushare-scheduler", "gpushare-scheduler", id="default-ours"
+        ),
+        pytest.param("team-scheduler", "gpushare-scheduler", "team-scheduler", id="own-kept"),
+        pytest.param("default-scheduler", "", "default-scheduler", id="setting-off"),
+    ],
+)
+def test_gpu_pods_go_to_the_gpushare_scheduler(
+    chosen: str | None, setting: str, expected: str
+) -> None:
+    subject = pod()
+    if chosen is not None:
+        subject["spec"]["schedulerName"] = chosen
+    body = mutate(subject, scheduler_name=setting)
+    patched = apply_and_check(subject, decode_patch(body))
+    assert patched["spec"].get("schedulerName", "default-scheduler") == expected

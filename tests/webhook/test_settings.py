@@ -16,7 +16,7 @@ def test_environment_is_parsed() -> None:
             "GPUSHARE_WEBHOOK_SYSTEM_NAMESPACES": "kube-system, infra",
             "GPUSHARE_WEBHOOK_SIDECAR_MODE": "classic",
             "GPUSHARE_WEBHOOK_MAX_BODY_BYTES": "65536",
-            "GPUSHARE_WEBHOOK_SCHEDULER_NODE_CACHE": "true",
+            "GPUSHARE_WEBHOOK_SCHEDULER_NAME": "gpu-scheduler",
             "UNRELATED": "x",
         },
         failure_policy="fail-closed",
@@ -27,7 +27,7 @@ def test_environment_is_parsed() -> None:
     assert settings.sidecar_mode == "classic"
     assert settings.max_body_bytes == 65536
     assert settings.failure_policy == "fail-closed"
-    assert settings.scheduler_node_cache is True
+    assert settings.scheduler_name == "gpu-scheduler"
     assert settings.effective_sidecar_timekeeper_url == "http://tk:8080"
 
 
@@ -43,12 +43,10 @@ def test_every_bad_field_is_reported_together() -> None:
                 "GPUSHARE_WEBHOOK_SIDECAR_MEMORY_REQUEST": "1Gi",
                 "GPUSHARE_WEBHOOK_SYSTEM_NAMESPACES": "kube-system,Bad_Name",
                 "GPUSHARE_WEBHOOK_SIDECAR_TOKEN_EXPIRATION_SECONDS": "60",
-                "GPUSHARE_WEBHOOK_SCHEDULER_NODE_CACHE": "maybe",
             }
         )
     assert caught.value.problems == [
         "GPUSHARE_WEBHOOK_TIMEKEEPER_TIMEOUT_SECONDS: must be a number (got 'soon')",
-        "GPUSHARE_WEBHOOK_SCHEDULER_NODE_CACHE: must be true or false (got 'maybe')",
         "GPUSHARE_WEBHOOK_TIMEKEEPER_URL: must be an http:// or https:// URL with a host"
         " (got 'ftp://tk')",
         "GPUSHARE_WEBHOOK_FAILURE_POLICY: must be one of fail-open, fail-closed (got 'maybe')",

@@ -1,7 +1,7 @@
 """Adapters to the Kubernetes API and to kubelet's PodResources API.
 
-`PodSource` and `NodePublisher` are what the node manager needs from the API server;
-`KubernetesApi` implements both with the `kubernetes` client (raw JSON, no model
+`PodSource`, `NodePublisher` and `PodAnnotator` are what the node manager needs from the API
+server; `KubernetesApi` implements them with the `kubernetes` client (raw JSON, no model
 deserialisation: it is on the Allocate path). `PodResourcesSource` is what it needs from
 kubelet; `KubeletPodResources` implements it over gRPC on kubelet's unix socket.
 """
@@ -53,6 +53,12 @@ class GoneError(KubernetesError):
 class NodePublisher(Protocol):
     def annotate_node(self, node_name: str, annotations: Mapping[str, str]) -> None:
         """Merge `annotations` into the node's annotations."""
+        ...
+
+
+class PodAnnotator(Protocol):
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        """Merge `annotations` into the pod's annotations."""
         ...
 
 
@@ -178,6 +184,22 @@ class KubernetesApi:
             )
         except (ApiException, HTTPError) as err:
             raise KubernetesError(f"cannot annotate node {node_name}: {err}") from err
+
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            self._core.patch_namespaced_pod(
+                name,
+                namespace,
+                {"metadata": {"annotations": dict(annotations)}},
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+        except (ApiException, HTTPError) as err:
+            raise KubernetesError(f"cannot annotate pod {namespace}/{name}: {err}") from err
 
 
 class _JsonLines:

@@ -6,38 +6,37 @@ requests into calls of `NodeManager` and its errors into gRPC status codes.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gpushare.annotations import (
-    NODE_GPU_CAPACITY,
-    NODE_GPU_CAPACITY_VERSION,
-    GpuCapacityJson,
-    NodeGpuCapacity,
+from gpushare.assignment import (
+    NODE_GPU_INVENTORY,
+    POD_GPU_ALLOCATED,
+    POD_GPU_ASSIGNMENT,
+    InventoryGpu,
+    format_inventory,
 )
+from gpushare.assignment import Inventory as InventoryDocument
 from gpushare.resources import CORE_UNITS_PER_GPU, MEMORY_UNIT_BYTES
 from nodemanager import pods
 from nodemanager.devices import DeviceId, Kind, UnknownDeviceError, device_ids, parse_device_id
 from nodemanager.inventory import Gpu, Inventory
-from nodemanager.kube import KubernetesError, NodePublisher, PodResourcesSource, PodSource
-from nodemanager.ledger import Allocation, CheckpointWriter, Ledger, Owner
-from nodemanager.placement import (
-    Demand,
-    GpuCapacity,
-    NoFitError,
-    Placement,
-    Policy,
-    choose,
-    split_memory,
+from nodemanager.kube import (
+    KubernetesError,
+    NodePublisher,
+    PodAnnotator,
+    PodResourcesSource,
+    PodSource,
 )
+from nodemanager.ledger import Allocation, CheckpointWriter, Ledger, Owner
+from nodemanager.placement import GpuCapacity, Policy
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +111,11 @@ class NodeManager:
         pod_cache: PendingPods | None = None,
         pod_resources: PodResourcesSource | None = None,
         publisher: NodePublisher | None = None,
+        annotator: PodAnnotator | None = None,
         release_grace_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
+        scheduler_socket: str | None = None,
+        on_allocations_changed: Callable[[], None] = lambda: None,
     ) -> None:
         self.node_name = node_name
         self.inventory = inventory
@@ -125,8 +127,15 @@ class NodeManager:
         """How many times Allocate listed pending pods from the API server (not the cache)."""
         self._pod_resources = pod_resources
         self._publisher = publisher
+        self._annotator = annotator
+        self._marks: list[tuple[str, str, str]] = []
+        self._marks_ready = threading.Condition()
+        self._marker: threading.Thread | None = None
         self._grace = release_grace_seconds
         self._clock = clock
+        self._scheduler_socket = scheduler_socket
+        """Name of the GPU time scheduler's socket in a state directory; None: no scheduler."""
+        self._on_allocations_changed = on_allocations_changed
         self.gpus: tuple[Gpu, ...] = tuple(inventory.gpus())
         self._gpu_by_uuid = {gpu.uuid: gpu for gpu in self.gpus}
         self._lock = threading.Lock()
@@ -145,12 +154,12 @@ class NodeManager:
         self._pod_cache: tuple[float, list[pods.ContainerRequest]] | None = None
         self._ledger = Ledger.load(paths.checkpoint)
         self._checkpoint = CheckpointWriter(paths.checkpoint, self._checkpoint_text)
-        self._reservations: dict[tuple[str, str], tuple[float, Placement]] = {}
         self._published = ""
 
     def _allocations_changed(self) -> None:
         self._checkpoint.request()
         self.capacity_changed.set()
+        self._on_allocations_changed()
 
     def _checkpoint_text(self) -> str:
         with self._lock:
@@ -235,7 +244,7 @@ class NodeManager:
             try:
                 self.pod_lists += 1
                 listed = self._pod_source.pending_pods(self.node_name)
-                candidates = pods.pending_containers(listed)
+                candidates = pods.pending_containers(listed, self.node_name)
                 self._pod_cache = (self._clock(), candidates)
             except KubernetesError as err:
                 log.warning("pod identity unknown for this allocation: %s", err)
@@ -253,23 +262,11 @@ class NodeManager:
                 served.add((pod, owner.container, item.kind))
         return served
 
-    def _container_gpus(self, key: tuple[str, str]) -> Placement | None:
-        """GPUs already given to the container (by either resource), or reserved for it."""
-        core: dict[str, int] = {}
-        memory: dict[str, int] = {}
-        for item in self._ledger.allocations.values():
-            if item.owner is not None and (item.owner.uid, item.owner.container) == key:
-                (core if item.kind is Kind.CORE else memory).update(item.units_by_gpu)
-        if core or memory:
-            return Placement(core_by_gpu=core, memory_by_gpu=memory)
-        reserved = self._reservations.get(key)
-        return None if reserved is None else reserved[1]
-
     # --- GetPreferredAllocation ------------------------------------------------------------
     def preferred(
         self, kind: Kind, available: Sequence[str], must_include: Sequence[str], size: int
     ) -> list[str]:
-        """Device IDs kubelet should allocate: all from the GPU(s) chosen for the container."""
+        """Device IDs kubelet should allocate: those of the GPU(s) assigned to the container."""
         found = self._find(kind, size)
         with self._lock:
             parsed = self._parse(kind, available)
@@ -278,52 +275,38 @@ class NodeManager:
                 raise DoesNotFitError(
                     f"{kind.resource_name}: {size} devices asked, {len(parsed)} available"
                 )
-            self._prune_reservations()
-            placement = None
-            if found.candidate is not None:
-                placement = self._container_gpus(found.candidate.key)
-            if placement is None:
-                demand = _demand(kind, size, found.candidate)
-                placement = self._choose(kind, parsed, demand)
-                if found.candidate is not None:
-                    self._reservations[found.candidate.key] = (self._clock(), placement)
-            wanted = _share_of(placement, kind, size)
-            reused = {device.gpu_uuid for device in required}
-            shared = kind is Kind.MEMORY or size < CORE_UNITS_PER_GPU
-            if len(reused) == 1 and not reused <= set(wanted) and shared:
-                # devices kubelet reuses (from an init container) fix the GPU
-                wanted = {reused.pop(): size}
-            if sum(wanted.values()) != size:
-                # what was placed earlier does not suit this size: place it on its own
-                demand = _demand(kind, size, None)
-                fresh = self._choose(kind, parsed, demand)
-                wanted = _share_of(fresh, kind, size)
+            wanted = self._assigned(kind, size, found)
             return _pick(parsed, required, wanted, size, kind)
 
-    def _choose(self, kind: Kind, available: Sequence[DeviceId], demand: Demand) -> Placement:
-        try:
-            return choose(self._capacities_within(kind, available), demand, self.policy)
-        except NoFitError as err:
-            raise DoesNotFitError(f"{kind.resource_name}: {err}") from err
-
-    def _capacities_within(self, kind: Kind, available: Sequence[DeviceId]) -> list[GpuCapacity]:
-        """Free capacity, where kind's free units are those kubelet says are available."""
-        free: dict[str, int] = {}
-        for device in available:
-            free[device.gpu_uuid] = free.get(device.gpu_uuid, 0) + 1
-        result = []
-        for gpu in self._capacities():
-            if kind is Kind.CORE:
-                gpu = replace(gpu, core_free=min(gpu.core_free, free.get(gpu.uuid, 0)))
-            else:
-                gpu = replace(gpu, memory_free=min(gpu.memory_free, free.get(gpu.uuid, 0)))
-            result.append(gpu)
-        return result
-
-    def _prune_reservations(self) -> None:
-        oldest = self._clock() - 600
-        for key in [key for key, (at, _) in self._reservations.items() if at < oldest]:
-            del self._reservations[key]
+    def _assigned(self, kind: Kind, size: int, found: pods.Match) -> dict[str, int]:
+        """Units of `kind` per GPU assigned to the matched container; refused without one."""
+        request = found.candidate
+        if request is None:
+            raise DoesNotFitError(
+                f"{kind.resource_name}: no pod bound to node {self.node_name} and waiting for "
+                f"allocation has a container asking {size} that the gpushare scheduler "
+                f"assigned GPUs to ({POD_GPU_ASSIGNMENT}); GPU pods must be scheduled by the "
+                "gpushare scheduler (schedulerName gpushare-scheduler)"
+            )
+        wanted = dict(request.gpus(kind) or {})
+        unknown = [uuid for uuid in wanted if uuid not in self._gpu_by_uuid]
+        if unknown or sum(wanted.values()) != size:
+            raise RequestError(
+                f"{kind.resource_name}: pod {request.namespace}/{request.pod} container "
+                f"{request.container!r} is assigned {sum(wanted.values())} units on "
+                f"{', '.join(wanted) or 'no GPU'}, which does not match {size} devices of "
+                "this node"
+            )
+        if found.ambiguous:
+            log.warning(
+                "%s=%d: several waiting pods could be the one kubelet admits and their GPUs "
+                "differ; taking %s/%s",
+                kind.resource_name,
+                size,
+                request.namespace,
+                request.pod,
+            )
+        return wanted
 
     def _parse(self, kind: Kind, ids: Sequence[str]) -> list[DeviceId]:
         parsed = []
@@ -360,12 +343,16 @@ class NodeManager:
                     f"{kind.resource_name}: GPU {self._describe_gpus(unhealthy)} is unhealthy"
                 )
             core_limit = _core_limit(kind, size)
-            owner = None
-            if found.candidate is not None:
-                request = found.candidate
-                owner = Owner(request.namespace, request.pod, request.container, request.uid)
-                self._check_same_gpu(kind, request.key, by_gpu)
-                self._reservations.pop(request.key, None)
+            wanted = self._assigned(kind, size, found)
+            request = found.candidate
+            assert request is not None
+            if by_gpu != wanted:
+                raise RequestError(
+                    f"{kind.resource_name}: devices on {self._describe_split(by_gpu)}, but "
+                    f"pod {request.namespace}/{request.pod} container {request.container!r} is "
+                    f"assigned {self._describe_split(wanted)}"
+                )
+            owner = Owner(request.namespace, request.pod, request.container, request.uid)
             allocation_id = uuid.uuid4().hex[:16]
             state_dir = ""
             if kind is Kind.CORE:
@@ -397,9 +384,11 @@ class NodeManager:
                 size,
                 kind.resource_name,
                 self._describe_gpus(list(by_gpu)),
-                owner.describe() if owner else "an unidentified container",
-                " (one of several identical pending requests)" if found.ambiguous else "",
+                owner.describe(),
+                " (one of several waiting pods with different GPUs)" if found.ambiguous else "",
             )
+            if found.last:
+                self._mark_allocated(request.namespace, request.pod)
             return self._grant(allocation)
 
     def _check_shape(self, kind: Kind, size: int, by_gpu: dict[str, int]) -> None:
@@ -416,17 +405,6 @@ class NodeManager:
             raise RequestError(
                 f"{kind.resource_name}={size} asks for whole GPUs, which needs all 100 devices "
                 f"of each GPU, but the device IDs are spread as {self._describe_split(by_gpu)}"
-            )
-
-    def _check_same_gpu(self, kind: Kind, key: tuple[str, str], by_gpu: dict[str, int]) -> None:
-        placed = self._container_gpus(key)
-        if placed is None:
-            return
-        other = placed.memory_by_gpu if kind is Kind.CORE else placed.core_by_gpu
-        if other and not set(by_gpu) <= set(other) and not set(other) <= set(by_gpu):
-            raise RequestError(
-                f"{kind.resource_name}: devices on GPU {self._describe_gpus(list(by_gpu))}, "
-                f"but the container's other resource is on GPU {self._describe_gpus(list(other))}"
             )
 
     def _describe_gpus(self, uuids: Sequence[str]) -> str:
@@ -454,6 +432,10 @@ class NodeManager:
                 MountSpec(self.paths.container_state_dir, allocation.state_dir, read_only=False)
             )
             if allocation.core_limit < CORE_UNITS_PER_GPU:
+                if self._scheduler_socket is not None:
+                    envs["GPUSHARE_SCHEDULER_SOCKET"] = (
+                        f"{self.paths.container_state_dir}/{self._scheduler_socket}"
+                    )
                 envs["LD_PRELOAD"] = f"{self.paths.container_hook_dir}/{HOOK_LIBRARY_NAME}"
                 mounts.append(
                     MountSpec(
@@ -564,37 +546,61 @@ class NodeManager:
             )
         return bool(unknown)
 
+    # --- pod annotation ----------------------------------------------------------------------
+    def _mark_allocated(self, namespace: str, pod: str) -> None:
+        """Tell the extender (through the pod) that every container got its GPUs; written by
+        a background thread, never on kubelet's path."""
+        if self._annotator is None:
+            return
+        with self._marks_ready:
+            self._marks.append((namespace, pod, self.node_name))
+            if self._marker is None:
+                self._marker = threading.Thread(target=self._send_marks, daemon=True)
+                self._marker.start()
+            self._marks_ready.notify()
+
+    def _send_marks(self) -> None:
+        assert self._annotator is not None
+        while True:
+            with self._marks_ready:
+                self._marks_ready.wait_for(lambda: bool(self._marks))
+                namespace, pod, node = self._marks.pop(0)
+            try:
+                self._annotator.annotate_pod(namespace, pod, {POD_GPU_ALLOCATED: node})
+            except KubernetesError as err:
+                log.warning("cannot mark pod %s/%s allocated: %s", namespace, pod, err)
+
     # --- node annotation ---------------------------------------------------------------------
-    def capacity_annotation(self) -> str:
-        document: NodeGpuCapacity = {
-            "version": NODE_GPU_CAPACITY_VERSION,
-            "policy": self.policy.value,
-            "gpus": [
-                GpuCapacityJson(
-                    index=gpu.index,
-                    uuid=gpu.uuid,
-                    healthy=gpu.healthy,
-                    coreTotal=gpu.core_total,
-                    coreFree=gpu.core_free,
-                    memoryTotal=gpu.memory_total,
-                    memoryFree=gpu.memory_free,
-                )
-                for gpu in self.capacities()
-            ],
-        }
-        return json.dumps(document, separators=(",", ":"))
+    def inventory_annotation(self) -> str:
+        with self._lock:
+            healthy = dict(self._healthy)
+        return format_inventory(
+            InventoryDocument(
+                policy=self.policy.value,
+                gpus=tuple(
+                    InventoryGpu(
+                        index=gpu.index,
+                        uuid=gpu.uuid,
+                        memory=gpu.memory_units,
+                        healthy=healthy[gpu.uuid],
+                    )
+                    for gpu in self.gpus
+                ),
+            )
+        )
 
     def publish(self, *, force: bool = False) -> bool:
-        """Write the capacity annotation on the node when it changed; True when written."""
+        """Write the GPU inventory on the node when it changed (at start, and when a GPU's
+        health changes; never on an allocation); True when written."""
         if self._publisher is None:
             return False
-        text = self.capacity_annotation()
+        text = self.inventory_annotation()
         if text == self._published and not force:
             return False
         try:
-            self._publisher.annotate_node(self.node_name, {NODE_GPU_CAPACITY: text})
+            self._publisher.annotate_node(self.node_name, {NODE_GPU_INVENTORY: text})
         except KubernetesError as err:
-            log.warning("cannot publish GPU capacity: %s", err)
+            log.warning("cannot publish the GPU inventory: %s", err)
             return False
         self._published = text
         return True
@@ -607,27 +613,6 @@ def _core_limit(kind: Kind, size: int) -> int:
     if kind is not Kind.CORE:
         return 0
     return size if size < CORE_UNITS_PER_GPU else CORE_UNITS_PER_GPU
-
-
-def _demand(kind: Kind, size: int, request: pods.ContainerRequest | None) -> Demand:
-    if request is not None:
-        return Demand(core=request.core, memory=request.memory)
-    return Demand(core=size, memory=0) if kind is Kind.CORE else Demand(core=0, memory=size)
-
-
-def _share_of(placement: Placement, kind: Kind, size: int) -> dict[str, int]:
-    """Units of `kind` to take from each GPU of `placement`. When the placement holds only
-    the other resource (it was allocated first), the GPUs of that one are used."""
-    wanted = placement.core_by_gpu if kind is Kind.CORE else placement.memory_by_gpu
-    if wanted:
-        return dict(wanted)
-    gpus = list(placement.core_by_gpu if kind is Kind.MEMORY else placement.memory_by_gpu)
-    if kind is Kind.MEMORY:
-        parts = split_memory(size, len(gpus))
-        return {gpu: part for gpu, part in zip(gpus, parts, strict=True) if part}
-    if size < CORE_UNITS_PER_GPU:
-        return {gpus[0]: size}
-    return {gpu: CORE_UNITS_PER_GPU for gpu in gpus[: size // CORE_UNITS_PER_GPU]}
 
 
 def _pick(

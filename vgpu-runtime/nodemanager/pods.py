@@ -1,24 +1,26 @@
-"""Which pod is this? Pure matching of an Allocate call to the pending pods of this node.
+"""Which pod is this? Pure matching of an Allocate call to the pods bound to this node.
 
-kubelet's Allocate names devices, not pods. The node manager therefore lists the pods bound
-to this node that are still Pending and not being deleted, takes every container (init
-containers first, then regular ones, in spec order) that asks for vcuda resources, orders
-them as kubelet admits them (pod creation time, then namespace/name, then container order)
-and takes the first one whose request for the resource equals the number of devices and that
-has not been served for that resource yet.
+kubelet's Allocate names devices, never the pod. The GPU of every container was decided when
+the pod was bound and written on it (`gpushare.io/gpu-assignment`), so the node manager only
+has to recognise the pod, and it never guesses by creation order:
 
-The limits handed to the container never depend on this match: the core and memory limits
-are the device counts kubelet sends. Only the burst limit and the SM partition come from the
-pod; when the pending candidates with the same request disagree on one, the smallest is used
-(never more than any of them asked for). The owner is confirmed later through kubelet's
-PodResources API.
+- the candidates are the pods bound to this node, not finished nor being deleted, whose
+  assignment names this node, and that are not marked allocated (`gpushare.io/gpu-allocated`);
+- kubelet allocates a pod container by container (init containers first, then regular ones,
+  in spec order), each resource of a container in any order. A candidate's *current*
+  container is its first one with a resource not yet served; a call for `n` devices of a
+  resource matches a candidate whose current container asks `n` of it;
+- a candidate already partly served is the pod kubelet is admitting: it wins. Otherwise any
+  matching candidate will do, because the extender never leaves two pods waiting on a node
+  that the calls could confuse unless they got the same GPUs (`ambiguous` tells when they
+  did not, which is logged).
 
-The burst limit is the smaller of the pod's two ceilings, `tencent.com/vcuda-core-limit`
-(percent) and `gpushare.io/quota-limit` (a fraction, rounded down to whole percent), raised to
-the container's core request. `gpushare.io/quota-request` is not read here: the webhook admits
-it only when the core request (the hard limit) already guarantees it. The SM partition
-(`gpushare.io/sm-partition`) becomes CUDA_MPS_ACTIVE_THREAD_PERCENTAGE. Annotations are read
-as the webhook accepts them (ASCII digits); anything else is ignored.
+The burst limit and the SM partition come from the pod's annotations (when several waiting
+pods match a call, the smallest of theirs: never more than any of them asked). The burst
+limit is the smaller of `tencent.com/vcuda-core-limit` (percent) and `gpushare.io/quota-limit`
+(a fraction, rounded down to whole percent), raised to the container's core request;
+`gpushare.io/sm-partition` becomes CUDA_MPS_ACTIVE_THREAD_PERCENTAGE. Annotations are read as
+the webhook accepts them (ASCII digits); anything else is ignored.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ from typing import Any
 
 from gpushare import quantities
 from gpushare.annotations import CORE_SOFT_LIMIT, QUOTA_LIMIT, SM_PARTITION
+from gpushare.assignment import (
+    POD_GPU_ALLOCATED,
+    POD_GPU_ASSIGNMENT,
+    AssignmentError,
+    parse_assignment,
+)
 from gpushare.resources import CORE_UNITS_PER_GPU, VCUDA_CORE, VCUDA_MEMORY
 from nodemanager.devices import Kind
 
@@ -48,6 +56,9 @@ class ContainerRequest:
     memory: int
     soft_limit: int | None
     sm_partition: int | None = None
+    core_by_gpu: dict[str, int] | None = None
+    """GPU UUID → cores, from the pod's assignment (None: the pod has no valid one)."""
+    memory_by_gpu: dict[str, int] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -55,6 +66,10 @@ class ContainerRequest:
 
     def units(self, kind: Kind) -> int:
         return self.core if kind is Kind.CORE else self.memory
+
+    def gpus(self, kind: Kind) -> dict[str, int] | None:
+        """Units of `kind` to take from each GPU, as assigned; None without an assignment."""
+        return self.core_by_gpu if kind is Kind.CORE else self.memory_by_gpu
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,8 @@ class Match:
     soft_limit: int
     ambiguous: bool
     sm_partition: int | None = None
+    last: bool = False
+    """This allocation is the pod's last one: every container has both its resources then."""
 
 
 def _int_quantity(value: Any) -> int:
@@ -103,7 +120,7 @@ def _fraction_percent(text: object) -> int | None:
     return int(value * 100)
 
 
-def _soft_limit(annotations: Mapping[str, str], core: int) -> int | None:
+def burst_limit(annotations: Mapping[str, str], core: int) -> int | None:
     """The pod's burst limit for this core request: the smaller of its ceilings
     (`tencent.com/vcuda-core-limit`, `gpushare.io/quota-limit`) never below `core`; None for
     whole GPUs and when the pod gives no valid ceiling."""
@@ -126,9 +143,27 @@ def _sm_partition(annotations: Mapping[str, str]) -> int | None:
     return value if value is not None and 1 <= value < ALL_SMS else None
 
 
-def pending_containers(pods: Iterable[Mapping[str, Any]]) -> list[ContainerRequest]:
-    """Containers asking for vcuda resources in Pending pods (Kubernetes JSON), in kubelet's
-    admission order."""
+def _assigned(
+    annotations: Mapping[str, Any], node_name: str, container: str
+) -> tuple[dict[str, int], dict[str, int]] | None:
+    try:
+        assignment = parse_assignment(annotations.get(POD_GPU_ASSIGNMENT))
+    except AssignmentError:
+        return None
+    shares = assignment.containers.get(container)
+    if assignment.node != node_name or shares is None:
+        return None
+    core = {share.uuid: share.core for share in shares if share.core}
+    memory = {share.uuid: share.memory for share in shares if share.memory}
+    return core, memory
+
+
+def pending_containers(
+    pods: Iterable[Mapping[str, Any]], node_name: str = ""
+) -> list[ContainerRequest]:
+    """Containers asking for vcuda resources in this node's pods still to be allocated
+    (Kubernetes JSON), each pod's in kubelet's order; pods marked allocated are left out.
+    `core_by_gpu`/`memory_by_gpu` are None where the pod has no assignment for `node_name`."""
     found: list[ContainerRequest] = []
     for pod in pods:
         metadata = pod.get("metadata") or {}
@@ -137,6 +172,8 @@ def pending_containers(pods: Iterable[Mapping[str, Any]]) -> list[ContainerReque
             continue
         spec = pod.get("spec") or {}
         annotations = metadata.get("annotations") or {}
+        if POD_GPU_ALLOCATED in annotations:
+            continue
         containers = list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
         for position, container in enumerate(containers):
             limits = (container.get("resources") or {}).get("limits") or {}
@@ -144,26 +181,38 @@ def pending_containers(pods: Iterable[Mapping[str, Any]]) -> list[ContainerReque
             memory = _int_quantity(limits.get(VCUDA_MEMORY, 0))
             if core <= 0 and memory <= 0:
                 continue
+            name = str(container.get("name", ""))
+            assigned = _assigned(annotations, node_name, name) if node_name else None
             found.append(
                 ContainerRequest(
                     namespace=str(metadata.get("namespace", "")),
                     pod=str(metadata.get("name", "")),
                     uid=str(metadata.get("uid", "")),
-                    container=str(container.get("name", "")),
+                    container=name,
                     order=(
-                        str(metadata.get("creationTimestamp", "")),
+                        str(metadata.get("uid", "")),
                         str(metadata.get("namespace", "")),
                         str(metadata.get("name", "")),
                         position,
                     ),
                     core=core,
                     memory=memory,
-                    soft_limit=_soft_limit(annotations, core),
+                    soft_limit=burst_limit(annotations, core),
                     sm_partition=_sm_partition(annotations),
+                    core_by_gpu=None if assigned is None else assigned[0],
+                    memory_by_gpu=None if assigned is None else assigned[1],
                 )
             )
     found.sort(key=lambda request: request.order)
     return found
+
+
+def _is_served(item: ContainerRequest, kind: Kind, served: set[tuple[str, str, Kind]]) -> bool:
+    return (item.uid, item.container, kind) in served or (
+        f"{item.namespace}/{item.pod}",
+        item.container,
+        kind,
+    ) in served
 
 
 def match(
@@ -173,30 +222,51 @@ def match(
     served: set[tuple[str, str, Kind]],
     core_limit: int,
 ) -> Match:
-    """Pick the candidate for an allocation of `units` devices of `kind`.
+    """Pick the container an allocation of `units` devices of `kind` is for (see the module).
 
     `served` holds (pod UID or `namespace/pod`, container, kind) already allocated;
     `core_limit` is the hard limit the devices give (the burst limit never goes below it).
-    """
-    same = [
-        item
-        for item in candidates
-        if item.units(kind) == units
-        and (item.uid, item.container, kind) not in served
-        and (f"{item.namespace}/{item.pod}", item.container, kind) not in served
-    ]
+    Only containers with an assignment are candidates."""
+    by_pod: dict[str, list[ContainerRequest]] = {}
+    for item in candidates:
+        if item.gpus(Kind.CORE) is not None:
+            by_pod.setdefault(item.uid, []).append(item)
+    started: list[ContainerRequest] = []
+    fresh: list[ContainerRequest] = []
+    left: dict[str, int] = {}
+    for containers in by_pod.values():
+        wanted = [
+            (item, each)
+            for item in containers
+            for each in Kind
+            if item.units(each) > 0 and not _is_served(item, each, served)
+        ]
+        if not wanted:
+            continue
+        current = wanted[0][0]
+        if current.units(kind) != units or _is_served(current, kind, served):
+            continue
+        left[current.uid] = len(wanted)
+        in_progress = len(wanted) < sum(
+            1 for item in containers for each in Kind if item.units(each) > 0
+        )
+        (started if in_progress else fresh).append(current)
+    same = started or fresh
     if not same:
         return Match(candidate=None, soft_limit=core_limit, ambiguous=False)
     chosen = same[0]
+    ambiguous = len({tuple(sorted((item.gpus(kind) or {}).items())) for item in same}) > 1
+    last = left[chosen.uid] == 1
     if kind is not Kind.CORE:
-        return Match(candidate=chosen, soft_limit=core_limit, ambiguous=len(same) > 1)
-    limits = {item.soft_limit or core_limit for item in same}
-    partitions = {item.sm_partition or ALL_SMS for item in same}
-    soft_limit = max(core_limit, min(limits))
-    sm_partition = min(partitions)
+        return Match(candidate=chosen, soft_limit=core_limit, ambiguous=ambiguous, last=last)
+    # candidates the call cannot tell apart may disagree on the burst limit or the SM
+    # partition: the smallest is handed out, never more than any of them asked
+    soft_limit = max(core_limit, min(item.soft_limit or core_limit for item in same))
+    partitions = [item.sm_partition or ALL_SMS for item in same]
     return Match(
         candidate=chosen,
         soft_limit=soft_limit,
-        ambiguous=len(limits) > 1 or len(partitions) > 1,
-        sm_partition=sm_partition if sm_partition < ALL_SMS else None,
+        ambiguous=ambiguous,
+        sm_partition=min(partitions) if min(partitions) < ALL_SMS else None,
+        last=last,
     )

@@ -40,9 +40,36 @@ int gs_device_of_current_context(int *device);
 
 /* hook_memory.c: charges of this process, used by the fork handler. */
 void gs_memory_forget_all(void);
+/* The charges of everything allocated in ctx are returned (the context was destroyed). */
+void gs_memory_context_destroyed(CUcontext ctx);
 void gs_memory_atfork_prepare(void);
 void gs_memory_atfork_parent(void);
 void gs_memory_atfork_child(void);
+
+/* hook_nvml.c: the NVML device of a CUDA ordinal (matched by UUID); 0 on success. */
+int gs_nvml_handle(int cuda_device, nvmlDevice_t *handle);
+
+/* NVML's compute processes on device (pid, memory); how many, -1 when NVML cannot tell. */
+int gs_nvml_processes(int device, unsigned *pids, uint64_t *bytes, int max);
+/* This process's device memory as NVML reports it (all of it), -1 when NVML cannot tell. */
+int64_t gs_process_device_bytes(int device);
+/* Charges bytes of driver-internal memory (a context, a module) under key; enforce: refuse
+ * (-1) when over the limit, else charge regardless (it is already taken). */
+int gs_memory_charge_opaque(uint64_t key, int device, uint64_t bytes, int enforce);
+/* Moves the charge under `from` to the key `to`. */
+void gs_memory_rekey_opaque(uint64_t from, uint64_t to);
+/* Changes the charge under key to bytes in one step. */
+void gs_memory_recharge_opaque(uint64_t key, uint64_t bytes);
+/* Returns the charge under key; the bytes that were charged. */
+uint64_t gs_memory_uncharge_opaque(uint64_t key);
+
+/* A graph launch: the growth of the device's graph memory pool it causes must fit first. */
+CUresult gs_memory_graph_launch(CUgraphExec exec, CUresult (*launch)(void *), void *args);
+
+/* hook_context.c: fork handlers of the context bookkeeping. */
+void gs_context_atfork_prepare(void);
+void gs_context_atfork_parent(void);
+void gs_context_atfork_child(void);
 
 /* Physical (driver-reported) total of a device, cached. */
 int gs_physical_total(int device, uint64_t *total_bytes);

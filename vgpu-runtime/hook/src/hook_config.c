@@ -7,6 +7,19 @@
 
 #include "hook_log.h"
 
+/* Units: Ki Mi Gi Ti Pi and KiB MiB GiB TiB PiB are powers of 1024; k K M G T P and kB KB MB GB
+ * TB PB are powers of 1000, as in Kubernetes quantities (4G = 4,000,000,000 bytes). */
+static const struct {
+  const char *suffix;
+  uint64_t factor;
+} units[] = {
+    {"Ki", 1ULL << 10}, {"Mi", 1ULL << 20}, {"Gi", 1ULL << 30}, {"Ti", 1ULL << 40}, {"Pi", 1ULL << 50},
+    {"KiB", 1ULL << 10}, {"MiB", 1ULL << 20}, {"GiB", 1ULL << 30}, {"TiB", 1ULL << 40}, {"PiB", 1ULL << 50},
+    {"k", 1000ULL}, {"K", 1000ULL}, {"M", 1000000ULL}, {"G", 1000000000ULL}, {"T", 1000000000000ULL},
+    {"P", 1000000000000000ULL}, {"kB", 1000ULL}, {"KB", 1000ULL}, {"MB", 1000000ULL}, {"GB", 1000000000ULL},
+    {"TB", 1000000000000ULL}, {"PB", 1000000000000000ULL}, {"B", 1ULL}, {"", 1ULL},
+};
+
 int gs_parse_bytes(const char *text, uint64_t *bytes) {
   if (text == NULL || *text < '0' || *text > '9') return -1;
   uint64_t value = 0;
@@ -16,23 +29,24 @@ int gs_parse_bytes(const char *text, uint64_t *bytes) {
     if (value > (UINT64_MAX - digit) / 10) return -1;
     value = value * 10 + digit;
   }
-  unsigned shift = 0;
-  if (strcmp(p, "Ki") == 0) shift = 10;
-  else if (strcmp(p, "Mi") == 0) shift = 20;
-  else if (strcmp(p, "Gi") == 0) shift = 30;
-  else if (strcmp(p, "Ti") == 0) shift = 40;
-  else if (*p != '\0') return -1;
-  if (shift != 0 && value > (UINT64_MAX >> shift)) return -1;
-  *bytes = value << shift;
-  return 0;
+  for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+    if (strcmp(p, units[i].suffix) != 0) continue;
+    if (value > UINT64_MAX / units[i].factor) return -1;
+    *bytes = value * units[i].factor;
+    return 0;
+  }
+  return -1;
 }
 
 int gs_parse_percent(const char *text, int low, int high, int *percent) {
-  if (text == NULL || *text == '\0' || strlen(text) > 3) return -1;
+  if (text == NULL || *text == '\0') return -1;
+  size_t length = strlen(text);
+  if (text[length - 1] == '%') length--; /* "50%" is 50 */
+  if (length == 0 || length > 3) return -1;
   int value = 0;
-  for (const char *p = text; *p != '\0'; p++) {
-    if (*p < '0' || *p > '9') return -1;
-    value = value * 10 + (*p - '0');
+  for (size_t i = 0; i < length; i++) {
+    if (text[i] < '0' || text[i] > '9') return -1;
+    value = value * 10 + (text[i] - '0');
   }
   if (value < low || value > high) return -1;
   *percent = value;
@@ -57,7 +71,9 @@ static void reject(struct reporter *r, const char *name, const char *value, cons
 static void parse_memory(struct reporter *r, const char *name, const char *value, uint64_t *out) {
   uint64_t bytes = 0;
   if (gs_parse_bytes(value, &bytes) != 0 || bytes == 0) {
-    reject(r, name, value, "must be a positive byte count with an optional Ki, Mi, Gi or Ti suffix",
+    reject(r, name, value,
+           "must be a positive whole number of bytes with an optional unit (Ki Mi Gi Ti or KiB MiB GiB TiB: "
+           "powers of 1024; K M G T or KB MB GB TB: powers of 1000)",
            "0 bytes");
     *out = 0;
     return;
@@ -94,6 +110,13 @@ int gs_config_parse(struct gs_config *config, gs_env_reader read, void *context,
     strcpy(config->state_dir, dir);
   }
 
+  config->context_overhead_bytes = 512ULL << 20;
+  const char *overhead = read("GPUSHARE_CONTEXT_OVERHEAD", context);
+  if (overhead != NULL && gs_parse_bytes(overhead, &config->context_overhead_bytes) != 0) {
+    reject(&r, "GPUSHARE_CONTEXT_OVERHEAD", overhead, "must be a byte count with an optional unit suffix", "512Mi");
+    config->context_overhead_bytes = 512ULL << 20;
+  }
+
   uint64_t memory_all = GS_NO_MEMORY_LIMIT;
   const char *memory = read("GPUSHARE_MEMORY_LIMIT", context);
   if (memory != NULL) parse_memory(&r, "GPUSHARE_MEMORY_LIMIT", memory, &memory_all);
@@ -101,12 +124,12 @@ int gs_config_parse(struct gs_config *config, gs_env_reader read, void *context,
   int core_all = 100, soft_all = 0;
   const char *core = read("GPUSHARE_CORE_LIMIT", context);
   if (core != NULL && gs_parse_percent(core, 1, 100, &core_all) != 0) {
-    reject(&r, "GPUSHARE_CORE_LIMIT", core, "must be a whole percent from 1 to 100", "1");
+    reject(&r, "GPUSHARE_CORE_LIMIT", core, "must be a whole percent from 1 to 100 (a trailing % is allowed)", "1");
     core_all = 1;
   }
   const char *soft = read("GPUSHARE_CORE_SOFT_LIMIT", context);
   if (soft != NULL && gs_parse_percent(soft, 1, 100, &soft_all) != 0) {
-    reject(&r, "GPUSHARE_CORE_SOFT_LIMIT", soft, "must be a whole percent from 1 to 100", "no burst");
+    reject(&r, "GPUSHARE_CORE_SOFT_LIMIT", soft, "must be a whole percent from 1 to 100 (a trailing % is allowed)", "no burst");
     soft_all = 0;
   }
 
@@ -122,13 +145,13 @@ int gs_config_parse(struct gs_config *config, gs_env_reader read, void *context,
     snprintf(name, sizeof name, "GPUSHARE_CORE_LIMIT_%d", i);
     value = read(name, context);
     if (value != NULL && gs_parse_percent(value, 1, 100, &core_i) != 0) {
-      reject(&r, name, value, "must be a whole percent from 1 to 100", "1");
+      reject(&r, name, value, "must be a whole percent from 1 to 100 (a trailing % is allowed)", "1");
       core_i = 1;
     }
     snprintf(name, sizeof name, "GPUSHARE_CORE_SOFT_LIMIT_%d", i);
     value = read(name, context);
     if (value != NULL && gs_parse_percent(value, 1, 100, &soft_i) != 0) {
-      reject(&r, name, value, "must be a whole percent from 1 to 100", "no burst");
+      reject(&r, name, value, "must be a whole percent from 1 to 100 (a trailing % is allowed)", "no burst");
       soft_i = 0;
     }
     if (soft_i != 0 && soft_i < core_i) {

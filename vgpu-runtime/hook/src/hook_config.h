@@ -12,6 +12,7 @@ struct gs_config {
   uint64_t memory_limit_bytes[GS_MAX_DEVICES]; /* GS_NO_MEMORY_LIMIT when unset */
   int core_limit_percent[GS_MAX_DEVICES];      /* 1..100; 100 means not limited */
   int core_soft_limit_percent[GS_MAX_DEVICES]; /* core..100; equal to core when no burst */
+  uint64_t context_overhead_bytes; /* charged per context until measured */
   char state_dir[512];
   int log_level;
   int any_core_limit;

@@ -25,6 +25,7 @@ static void report_error(const char *line, void *context) {
 }
 
 static void atfork_prepare(void) {
+  gs_context_atfork_prepare();
   gs_limiter_atfork_prepare();
   gs_memory_atfork_prepare();
 }
@@ -32,11 +33,13 @@ static void atfork_prepare(void) {
 static void atfork_parent(void) {
   gs_memory_atfork_parent();
   gs_limiter_atfork_parent();
+  gs_context_atfork_parent();
 }
 
 static void atfork_child(void) {
   gs_memory_atfork_child();
   gs_limiter_atfork_child();
+  gs_context_atfork_child();
   gs_state_atfork_child();
 }
 
@@ -70,9 +73,22 @@ static void initialise(void) {
   }
   gs_config_parse(&config, read_env, NULL, report_error);
   gs_log_set_level(config.log_level);
+  const char *failure = gs_state_open(config.state_dir);
+  int any_memory_limit = 0;
+  for (int i = 0; i < GS_MAX_DEVICES; i++) any_memory_limit |= config.memory_limit_bytes[i] != GS_NO_MEMORY_LIMIT;
+  if (failure != NULL && (any_memory_limit || config.any_core_limit)) {
+    /* Limits that cannot be shared with the container's other processes are not limits. */
+    gs_log(GS_LOG_ERROR, "shared state unusable (%s); failing closed: memory limit 0 bytes, core limit 1%%", failure);
+    for (int i = 0; i < GS_MAX_DEVICES; i++) {
+      config.memory_limit_bytes[i] = 0;
+      config.core_limit_percent[i] = 1;
+      config.core_soft_limit_percent[i] = 1;
+    }
+    config.any_core_limit = 1;
+  }
   log_limits();
   gs_real_resolve_cuda();
-  gs_state_open(config.state_dir);
+  if (config.any_core_limit) gs_state_register(); /* its GPU time is the container's */
   gs_limiter_init(&config);
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }

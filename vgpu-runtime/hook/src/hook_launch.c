@@ -108,14 +108,70 @@ GS_EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *launch, CUfunctio
   return gs_limited_launch(stream, 1, f, call_ex, &args);
 }
 
+struct limited_graph_launch {
+  struct graph_launch graph;
+  int per_thread;
+  int limited;
+};
+
+static CUresult call_limited_graph(void *args) {
+  struct limited_graph_launch *a = args;
+  if (!a->limited) return call_graph(&a->graph);
+  return gs_limited_launch(a->graph.stream, a->per_thread, a->graph.exec, call_graph, &a->graph);
+}
+
+/* A graph's memory nodes are charged (gs_memory_graph_launch), its kernels limited. */
 GS_EXPORT CUresult cuGraphLaunch(CUgraphExec exec, CUstream stream) {
-  PASS_THROUGH_UNLESS_LIMITED(gs_cuda.cuGraphLaunch, exec, stream);
-  struct graph_launch args = {gs_cuda.cuGraphLaunch, exec, stream};
-  return gs_limited_launch(stream, 0, exec, call_graph, &args);
+  const struct gs_config *config = gs_runtime();
+  if (gs_cuda.cuGraphLaunch == NULL) return CUDA_ERROR_NOT_FOUND;
+  struct limited_graph_launch args = {{gs_cuda.cuGraphLaunch, exec, stream}, 0, config->any_core_limit};
+  return gs_memory_graph_launch(exec, call_limited_graph, &args);
 }
 
 GS_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec exec, CUstream stream) {
-  PASS_THROUGH_UNLESS_LIMITED(gs_cuda.cuGraphLaunch_ptsz, exec, stream);
-  struct graph_launch args = {gs_cuda.cuGraphLaunch_ptsz, exec, stream};
-  return gs_limited_launch(stream, 1, exec, call_graph, &args);
+  const struct gs_config *config = gs_runtime();
+  if (gs_cuda.cuGraphLaunch_ptsz == NULL) return CUDA_ERROR_NOT_FOUND;
+  struct limited_graph_launch args = {{gs_cuda.cuGraphLaunch_ptsz, exec, stream}, 1, config->any_core_limit};
+  return gs_memory_graph_launch(exec, call_limited_graph, &args);
+}
+
+/* ---- streams: trackers freed with their stream; captures counted ---- */
+
+GS_EXPORT CUresult cuStreamDestroy_v2(CUstream stream) {
+  gs_runtime();
+  if (gs_cuda.cuStreamDestroy_v2 == NULL) return CUDA_ERROR_NOT_FOUND;
+  gs_limiter_stream_destroyed(stream);
+  return gs_cuda.cuStreamDestroy_v2(stream);
+}
+
+GS_EXPORT CUresult cuStreamBeginCapture_v2(CUstream stream, CUstreamCaptureMode mode) {
+  gs_runtime();
+  if (gs_cuda.cuStreamBeginCapture_v2 == NULL) return CUDA_ERROR_NOT_FOUND;
+  CUresult rc = gs_cuda.cuStreamBeginCapture_v2(stream, mode);
+  if (rc == CUDA_SUCCESS) gs_limiter_capture_begun();
+  return rc;
+}
+
+GS_EXPORT CUresult cuStreamBeginCapture_v2_ptsz(CUstream stream, CUstreamCaptureMode mode) {
+  gs_runtime();
+  if (gs_cuda.cuStreamBeginCapture_v2_ptsz == NULL) return CUDA_ERROR_NOT_FOUND;
+  CUresult rc = gs_cuda.cuStreamBeginCapture_v2_ptsz(stream, mode);
+  if (rc == CUDA_SUCCESS) gs_limiter_capture_begun();
+  return rc;
+}
+
+GS_EXPORT CUresult cuStreamEndCapture(CUstream stream, CUgraph *graph) {
+  gs_runtime();
+  if (gs_cuda.cuStreamEndCapture == NULL) return CUDA_ERROR_NOT_FOUND;
+  CUresult rc = gs_cuda.cuStreamEndCapture(stream, graph);
+  if (rc != CUDA_ERROR_ILLEGAL_STATE) gs_limiter_capture_ended(); /* ended, even when invalidated */
+  return rc;
+}
+
+GS_EXPORT CUresult cuStreamEndCapture_ptsz(CUstream stream, CUgraph *graph) {
+  gs_runtime();
+  if (gs_cuda.cuStreamEndCapture_ptsz == NULL) return CUDA_ERROR_NOT_FOUND;
+  CUresult rc = gs_cuda.cuStreamEndCapture_ptsz(stream, graph);
+  if (rc != CUDA_ERROR_ILLEGAL_STATE) gs_limiter_capture_ended();
+  return rc;
 }

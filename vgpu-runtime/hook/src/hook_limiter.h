@@ -12,6 +12,13 @@ void gs_limiter_init(const struct gs_config *config);
 CUresult gs_limited_launch(CUstream stream, int per_thread, const void *work, CUresult (*call)(void *),
                            void *args);
 
+/* The hook's trackers of a stream or context the program destroyed are freed. */
+void gs_limiter_stream_destroyed(CUstream stream);
+void gs_limiter_context_destroyed(CUcontext ctx);
+/* Stream capture began / ended in this process (launches into a capture are not charged). */
+void gs_limiter_capture_begun(void);
+void gs_limiter_capture_ended(void);
+
 void gs_limiter_atfork_prepare(void);
 void gs_limiter_atfork_parent(void);
 void gs_limiter_atfork_child(void);

@@ -45,18 +45,23 @@ int64_t gs_bucket_capacity_ns(int percent) {
 }
 
 int64_t gs_bucket_refill(int64_t tokens_ns, int64_t elapsed_ns, int percent) {
-  int64_t capacity = gs_bucket_capacity_ns(percent);
+  return gs_bucket_refill_lagged(tokens_ns, elapsed_ns, percent, 0);
+}
+
+int64_t gs_bucket_refill_lagged(int64_t tokens_ns, int64_t elapsed_ns, int percent, int64_t unmetered_ns) {
+  if (unmetered_ns < 0) unmetered_ns = 0;
+  if (unmetered_ns > 1000000000LL) unmetered_ns = 1000000000LL;
+  int64_t capacity = gs_bucket_capacity_ns(percent) + unmetered_ns / 100 * percent;
   if (elapsed_ns <= 0) return tokens_ns;
   if (elapsed_ns > 1000000000000LL) elapsed_ns = 1000000000000LL; /* no overflow after long idling */
   int64_t tokens = tokens_ns + elapsed_ns * percent / 100;
   return tokens > capacity ? capacity : tokens;
 }
 
-int64_t gs_bucket_wait_ns(int64_t tokens_ns, int percent, int64_t min_sleep_ns, int64_t max_sleep_ns) {
-  if (tokens_ns >= 0) return 0;
+int64_t gs_bucket_wait_ns(int64_t deficit_ns, int percent, int64_t min_sleep_ns, int64_t max_sleep_ns) {
+  if (deficit_ns <= 0) return 0;
   if (percent <= 0) return max_sleep_ns;
-  int64_t deficit = -tokens_ns + GS_BUCKET_RESUME_NS;
-  int64_t wait = deficit / percent * 100 + (deficit % percent) * 100 / percent;
+  int64_t wait = deficit_ns / percent * 100 + (deficit_ns % percent) * 100 / percent;
   if (wait < min_sleep_ns) wait = min_sleep_ns;
   if (wait > max_sleep_ns) wait = max_sleep_ns;
   return wait;

@@ -19,17 +19,21 @@ uint64_t gs_array_bytes(uint64_t width, uint64_t height, uint64_t depth, unsigne
                         unsigned element_bytes, unsigned levels);
 
 /* Compute token bucket, in nanoseconds of GPU time. */
-#define GS_BUCKET_RESUME_NS 1000000LL  /* a throttled launcher resumes once this much is banked */
+#define GS_BUCKET_RESUME_NS 1000000LL  /* the bank's floor capacity */
 #define GS_BUCKET_WINDOW_NS 100000000LL /* the bank holds at most this much wall time's worth ... */
-#define GS_BUCKET_BANK_NS 20000000LL    /* ... and never more than this much GPU time */
+#define GS_BUCKET_BANK_NS 50000000LL    /* ... and never more than this much GPU time */
 
 /* Most GPU time a container may bank while idle at `percent`. */
 int64_t gs_bucket_capacity_ns(int percent);
 /* Tokens after `elapsed_ns` of wall time at `percent`, capped at the capacity. */
 int64_t gs_bucket_refill(int64_t tokens_ns, int64_t elapsed_ns, int percent);
-/* Wall time to sleep before launching: 0 while tokens are not negative, else until the bank
- * holds GS_BUCKET_RESUME_NS again (never less than min_sleep_ns, never more than max_sleep_ns). */
-int64_t gs_bucket_wait_ns(int64_t tokens_ns, int percent, int64_t min_sleep_ns, int64_t max_sleep_ns);
+/* The same while the last unmetered_ns of GPU use are not metered yet: the capacity grows by
+ * what that time refills, so that use the meter has not reported is not mistaken for idling. */
+int64_t gs_bucket_refill_lagged(int64_t tokens_ns, int64_t elapsed_ns, int percent, int64_t unmetered_ns);
+/* Wall time to sleep before re-checking a launch that is short of `deficit_ns` of GPU time at
+ * `percent`: the time the refill takes, never less than min_sleep_ns nor more than
+ * max_sleep_ns; 0 when nothing is short. */
+int64_t gs_bucket_wait_ns(int64_t deficit_ns, int percent, int64_t min_sleep_ns, int64_t max_sleep_ns);
 /* The rate in force: the soft limit while others use less than idle_percent of the GPU. */
 int gs_effective_percent(int hard_percent, int soft_percent, int foreign_percent, int idle_percent);
 /* Next estimate of a kernel's duration from a measurement (exponential moving average);

@@ -16,9 +16,14 @@ void *gs_real_dlsym(void *handle, const char *name) {
   static dlsym_fn real;
   dlsym_fn fn = __atomic_load_n(&real, __ATOMIC_ACQUIRE);
   if (fn == NULL) {
-    /* dlvsym is not interposed, so it reaches libc's dlsym under either symbol version. */
-    fn = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
-    if (fn == NULL) fn = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
+    /* dlvsym is not interposed, so it reaches libc's dlsym. Its version is the one of glibc
+     * 2.34 (where libdl moved into libc) or the architecture's first glibc version. */
+    static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5" /* x86-64 */, "GLIBC_2.17" /* aarch64 */,
+                                           "GLIBC_2.3" /* ppc64 */, "GLIBC_2.2" /* s390x */,
+                                           "GLIBC_2.27" /* riscv64 */, "GLIBC_2.36" /* loongarch64 */,
+                                           "GLIBC_2.4" /* arm */, "GLIBC_2.0" /* i386 */, "GLIBC_2.1"};
+    for (size_t i = 0; fn == NULL && i < sizeof versions / sizeof versions[0]; i++)
+      fn = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", versions[i]);
     __atomic_store_n(&real, fn, __ATOMIC_RELEASE);
   }
   return fn ? fn(handle, name) : NULL;

@@ -32,10 +32,13 @@ static uint64_t start_time_of(int pid) {
   buffer[n] = '\0';
   char *p = strrchr(buffer, ')'); /* the command name may hold spaces and parentheses */
   if (p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X') return 0;
-  /* After ')' come fields 3.. ; start time is field 22. */
-  int field = 2;
-  for (p++; *p != '\0' && field < 21; p++)
-    if (*p == ' ') field++;
+  /* After ") " comes field 3 (state); start time is field 22: skip 19 more fields. */
+  p += 2;
+  for (int field = 3; field < 22; field++) {
+    p = strchr(p, ' ');
+    if (p == NULL) return 0;
+    p++;
+  }
   return strtoull(p, NULL, 10);
 }
 
@@ -64,32 +67,44 @@ static void init_fresh(struct gs_state *s) {
   __atomic_store_n(&s->magic, GS_STATE_MAGIC, __ATOMIC_RELEASE);
 }
 
-static struct gs_state *open_private(const char *why) {
-  gs_log(GS_LOG_WARN, "shared state unavailable (%s); limits are enforced per process", why);
+static char failure[300]; /* why the shared state could not be opened */
+
+static struct gs_state *open_private(const char *why, const char *detail) {
+  snprintf(failure, sizeof failure, "%s%s%s", why, detail ? ": " : "", detail ? detail : "");
   void *p = mmap(NULL, sizeof(struct gs_state), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return NULL;
   init_fresh(p);
   return p;
 }
 
+/* The container's processes share the file; nobody else may write it: the file is 0660 and
+ * never followed through a symbolic link, and a world-writable folder needs the sticky bit. */
 static struct gs_state *open_file(const char *dir) {
   char path[600];
-  if (dir[0] == '\0') return open_private("no state directory");
-  if (mkdir(dir, 0777) != 0 && errno != EEXIST) return open_private(strerror(errno));
+  if (dir[0] == '\0') return open_private("no state directory", NULL);
+  if (mkdir(dir, 0770) != 0 && errno != EEXIST) return open_private(dir, strerror(errno));
+  struct stat folder;
+  if (stat(dir, &folder) != 0 || !S_ISDIR(folder.st_mode)) return open_private(dir, "not a directory");
+  if ((folder.st_mode & S_IWOTH) && !(folder.st_mode & S_ISVTX))
+    return open_private(dir, "writable by everyone without the sticky bit");
   snprintf(path, sizeof path, "%s/%s", dir, GS_STATE_FILE);
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-  if (fd < 0) return open_private(strerror(errno));
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0660);
+  if (fd < 0) return open_private(path, strerror(errno));
   if (flock(fd, LOCK_EX) != 0) {
     close(fd);
-    return open_private("flock failed");
+    return open_private(path, "flock failed");
   }
   struct stat st;
   struct gs_state *s = NULL;
   const char *problem = NULL;
   if (fstat(fd, &st) != 0) {
     problem = "fstat failed";
+  } else if (!S_ISREG(st.st_mode)) {
+    problem = "not a regular file";
+  } else if (st.st_mode & S_IWOTH) {
+    problem = "writable by everyone";
   } else if (st.st_size == 0) {
-    (void)fchmod(fd, 0666); /* every user of the container's processes shares it */
+    (void)fchmod(fd, 0660); /* whatever the umask: the container's users (one group) share it */
     if (ftruncate(fd, sizeof *s) != 0) problem = "cannot size the state file";
   } else if ((size_t)st.st_size != sizeof *s) {
     problem = "state file of another layout version";
@@ -108,13 +123,16 @@ static struct gs_state *open_file(const char *dir) {
   close(fd);
   if (problem != NULL) {
     if (s != NULL) munmap(s, sizeof *s);
-    return open_private(problem);
+    return open_private(path, problem);
   }
   gs_log(GS_LOG_DEBUG, "shared state %s", path);
   return s;
 }
 
-void gs_state_open(const char *dir) { state = open_file(dir); }
+const char *gs_state_open(const char *dir) {
+  state = open_file(dir);
+  return failure[0] ? failure : NULL;
+}
 
 /* Recomputes the device totals from the process slots (after a holder died mid-update). */
 static void repair_totals(void) {
@@ -200,6 +218,28 @@ int gs_state_reserve(int device, uint64_t bytes, uint64_t limit_bytes) {
   return ok ? 0 : -1;
 }
 
+void gs_state_adjust(int device, uint64_t from_bytes, uint64_t to_bytes) {
+  if (state == NULL || device < 0 || device >= GS_MAX_DEVICES || from_bytes == to_bytes) return;
+  if (lock_state() != 0) return;
+  if (ensure_slot() == 0) {
+    uint64_t *mine = &state->procs[own_slot].used_bytes[device];
+    uint64_t from = from_bytes > *mine ? *mine : from_bytes;
+    *mine = *mine - from + to_bytes;
+    state->devices[device].used_bytes = state->devices[device].used_bytes - from + to_bytes;
+  }
+  unlock_state();
+}
+
+void gs_state_force(int device, uint64_t bytes) {
+  if (state == NULL || device < 0 || device >= GS_MAX_DEVICES) return;
+  if (lock_state() != 0) return;
+  if (ensure_slot() == 0) {
+    state->devices[device].used_bytes += bytes;
+    state->procs[own_slot].used_bytes[device] += bytes;
+  }
+  unlock_state();
+}
+
 void gs_state_release(int device, uint64_t bytes) {
   if (state == NULL || device < 0 || device >= GS_MAX_DEVICES) return;
   if (lock_state() != 0) return;
@@ -221,9 +261,40 @@ uint64_t gs_state_used(int device) {
   return used;
 }
 
+void gs_state_register(void) {
+  if (state == NULL || own_slot >= 0) return;
+  if (lock_state() != 0) return;
+  ensure_slot();
+  unlock_state();
+}
+
+static unsigned own_host_pid;
+
+unsigned gs_state_host_pid(void) { return own_host_pid ? own_host_pid : (unsigned)getpid(); }
+
+void gs_state_set_host_pid(unsigned pid) {
+  own_host_pid = pid;
+  gs_state_register();
+  if (state != NULL && own_slot >= 0) __atomic_store_n(&state->procs[own_slot].host_pid, pid, __ATOMIC_RELAXED);
+}
+
+int gs_state_pids(unsigned *pids, int max) {
+  int n = 0;
+  if (state == NULL) return 0;
+  for (int i = 0; i < GS_MAX_PROCS && n < max; i++) {
+    int32_t pid = __atomic_load_n(&state->procs[i].pid, __ATOMIC_RELAXED);
+    uint32_t host = __atomic_load_n(&state->procs[i].host_pid, __ATOMIC_RELAXED);
+    if (pid > 0) pids[n++] = host ? host : (unsigned)pid;
+  }
+  return n;
+}
+
 struct gs_device_slot *gs_state_device(int device) {
   if (state == NULL || device < 0 || device >= GS_MAX_DEVICES) return NULL;
   return &state->devices[device];
 }
 
-void gs_state_atfork_child(void) { own_slot = -1; }
+void gs_state_atfork_child(void) {
+  own_slot = -1;
+  own_host_pid = 0;
+}

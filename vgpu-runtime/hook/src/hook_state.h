@@ -11,21 +11,31 @@
 #include "hook_config.h"
 
 #define GS_STATE_MAGIC 0x5441545355504733ULL /* "3GPUSTAT" read little-endian */
-#define GS_STATE_VERSION 1u
+#define GS_STATE_VERSION 2u
 #define GS_MAX_PROCS 1024
 #define GS_STATE_FILE "vgpu.state"
 
 struct gs_device_slot {
-  uint64_t used_bytes;      /* sum of the processes' used_bytes on this device */
-  int64_t tokens_ns;        /* compute token bucket (atomic access, no lock) */
-  int64_t refilled_at_ns;   /* CLOCK_MONOTONIC of the last refill (atomic) */
-  int64_t busy_ns;          /* measured kernel time of the container, for idle detection (atomic) */
-  uint64_t reserved[4];
+  uint64_t used_bytes;         /* sum of the processes' used_bytes on this device */
+  int64_t tokens_ns;           /* compute token bucket (atomic access, no lock) */
+  int64_t refilled_at_ns;      /* CLOCK_MONOTONIC of the last refill (atomic) */
+  int64_t metered_at_ns;       /* CLOCK_MONOTONIC of the last reading of NVML (atomic) */
+  uint64_t meter_last_seen_us; /* NVML timestamp of that reading */
+  int64_t used_sm_ns;          /* SM time the container was charged, in total */
+  int64_t foreign_window_ns;   /* the others' use over the current window, for burst mode */
+  int64_t foreign_used_ns;
+  int32_t foreign_percent;     /* the others' SM use over the last full window */
+  int32_t reserved32;
+  int64_t sampled_at_ns;       /* CLOCK_MONOTONIC when NVML last had a new sample */
+  int64_t meter_claimed_at_ns; /* non-zero while a process reads NVML for the container */
+  int64_t provisional_ns;      /* launches seen complete since NVML's last sample, estimated */
+  int64_t calibration_permille; /* metered SM time / estimates, learnt (0: not yet) */
+  uint64_t reserved[3];
 };
 
 struct gs_proc_slot {
   int32_t pid;              /* 0: free */
-  uint32_t reserved;
+  uint32_t host_pid;        /* the pid NVML reports for it (another PID namespace); 0: the same */
   uint64_t start_time;      /* /proc/<pid>/stat field 22: tells a reused pid apart */
   uint64_t used_bytes[GS_MAX_DEVICES];
 };
@@ -47,18 +57,30 @@ struct gs_state {
 
 _Static_assert(sizeof(pthread_mutex_t) <= 64, "mutex must fit its slot");
 _Static_assert(offsetof(struct gs_state, lock) == 32, "header layout");
-_Static_assert(sizeof(struct gs_device_slot) == 64, "device slot layout");
+_Static_assert(sizeof(struct gs_device_slot) == 128, "device slot layout");
 _Static_assert(sizeof(struct gs_proc_slot) == 16 + 8 * GS_MAX_DEVICES, "process slot layout");
 _Static_assert(offsetof(struct gs_state, devices) == 96, "devices offset");
-_Static_assert(offsetof(struct gs_state, procs) == 96 + 64 * GS_MAX_DEVICES, "procs offset");
+_Static_assert(offsetof(struct gs_state, procs) == 96 + 128 * GS_MAX_DEVICES, "procs offset");
 
-/* Maps the container's state (creating it), or a private one when that fails. */
-void gs_state_open(const char *dir);
+/* Maps the container's state (creating it). When that fails, maps a private one and returns
+ * why (the caller fails closed); NULL on success. */
+const char *gs_state_open(const char *dir);
 /* Atomically charges bytes on device if they fit under limit; 0 on success, -1 when over. */
 int gs_state_reserve(int device, uint64_t bytes, uint64_t limit_bytes);
 void gs_state_release(int device, uint64_t bytes);
+/* Charges bytes already taken by the driver, even over the limit. */
+void gs_state_force(int device, uint64_t bytes);
+/* Replaces a charge of from_bytes by to_bytes in one step (no window for others in between). */
+void gs_state_adjust(int device, uint64_t from_bytes, uint64_t to_bytes);
 /* Bytes in use on device by the container's live processes (reclaims dead ones first). */
 uint64_t gs_state_used(int device);
+/* Registers this process in the container (its pid is metered as the container's). */
+void gs_state_register(void);
+/* The pid NVML knows this process by (learnt when it created a context), or getpid(). */
+unsigned gs_state_host_pid(void);
+void gs_state_set_host_pid(unsigned pid);
+/* Pids (as NVML reports them) of the container's registered processes; returns how many. */
+int gs_state_pids(unsigned *pids, int max);
 /* The device slot, for the lock-free token bucket. */
 struct gs_device_slot *gs_state_device(int device);
 /* After fork, in the child: the child gets its own slot on its first charge. */

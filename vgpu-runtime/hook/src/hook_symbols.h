@@ -35,7 +35,31 @@
   X(cuLaunchCooperativeKernel, "cuLaunchCooperativeKernel", 9000, 0)          \
   X(cuLaunchCooperativeKernel_ptsz, "cuLaunchCooperativeKernel", 9000, 1)     \
   X(cuGraphLaunch, "cuGraphLaunch", 10000, 0)                                 \
-  X(cuGraphLaunch_ptsz, "cuGraphLaunch", 10000, 1)
+  X(cuGraphLaunch_ptsz, "cuGraphLaunch", 10000, 1)                           \
+  X(cuStreamDestroy_v2, "cuStreamDestroy", 4000, 0)                           \
+  X(cuStreamBeginCapture_v2, "cuStreamBeginCapture", 10010, 0)                \
+  X(cuStreamBeginCapture_v2_ptsz, "cuStreamBeginCapture", 10010, 1)           \
+  X(cuStreamEndCapture, "cuStreamEndCapture", 10000, 0)                       \
+  X(cuStreamEndCapture_ptsz, "cuStreamEndCapture", 10000, 1)                  \
+  X(cuCtxDestroy_v2, "cuCtxDestroy", 4000, 0)                                 \
+  X(cuCtxCreate_v2, "cuCtxCreate", 3020, 0)                                   \
+  X(cuCtxCreate_v4, "cuCtxCreate", 12050, 0)                                  \
+  X(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", 7000, 0)            \
+  X(cuDevicePrimaryCtxRelease_v2, "cuDevicePrimaryCtxRelease", 11000, 0)      \
+  X(cuDevicePrimaryCtxReset_v2, "cuDevicePrimaryCtxReset", 11000, 0)          \
+  X(cuModuleLoadData, "cuModuleLoadData", 2000, 0)                            \
+  X(cuModuleLoadDataEx, "cuModuleLoadDataEx", 2010, 0)                        \
+  X(cuModuleUnload, "cuModuleUnload", 2000, 0)                                \
+  X(cuMemMap, "cuMemMap", 10020, 0)                                           \
+  X(cuMemUnmap, "cuMemUnmap", 10020, 0)                                       \
+  X(cuMemPoolCreate, "cuMemPoolCreate", 11020, 0)                             \
+  X(cuMemPoolTrimTo, "cuMemPoolTrimTo", 11020, 0)                             \
+  X(cuMemPoolDestroy, "cuMemPoolDestroy", 11020, 0)                           \
+  X(cuGraphAddMemAllocNode, "cuGraphAddMemAllocNode", 11040, 0)               \
+  X(cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags", 11040, 0)     \
+  X(cuDeviceGraphMemTrim, "cuDeviceGraphMemTrim", 11040, 0)                   \
+  X(cuGraphDestroy, "cuGraphDestroy", 10000, 0)                               \
+  X(cuGraphExecDestroy, "cuGraphExecDestroy", 10000, 0)
 
 /* Driver functions the hook calls but does not replace. */
 #define GS_USED_CUDA(X)       \
@@ -51,7 +75,14 @@
   X(cuEventElapsedTime_v2)    \
   X(cuStreamIsCapturing)      \
   X(cuStreamIsCapturing_ptsz) \
-  X(cuThreadExchangeStreamCaptureMode)
+  X(cuThreadExchangeStreamCaptureMode) \
+  X(cuInit)                             \
+  X(cuDeviceGetCount)                   \
+  X(cuDeviceGetUuid_v2)                 \
+  X(cuDeviceGetUuid)                    \
+  X(cuDeviceGetMemPool)                 \
+  X(cuMemPoolGetAttribute)              \
+  X(cuDeviceGetGraphMemAttribute)
 
 #define GS_HOOKED_NVML(X)          \
   X(nvmlDeviceGetMemoryInfo)       \
@@ -61,6 +92,11 @@
   X(nvmlInit_v2)                     \
   X(nvmlDeviceGetIndex)              \
   X(nvmlDeviceGetHandleByIndex_v2)   \
-  X(nvmlDeviceGetUtilizationRates)
+  X(nvmlDeviceGetUtilizationRates)  \
+  X(nvmlDeviceGetCount_v2)           \
+  X(nvmlDeviceGetUUID)               \
+  X(nvmlDeviceGetHandleByUUID)       \
+  X(nvmlDeviceGetProcessUtilization) \
+  X(nvmlDeviceGetComputeRunningProcesses_v3)
 
 #endif

@@ -10,7 +10,7 @@
  *   call VIA PTSZ             launch+alloc through direct/dlsym/proc entry points
  *   fork                      fork while another thread allocates; children allocate
  *   variants                  one launch through each launch entry point from cuGetProcAddress
- *   share PATTERN SECONDS W   compute share of a pattern (tiny, long, graph, threads) after W s
+ *   share PATTERN BEGIN MEASURE END WINDOW_MS   ground-truth share of a launch pattern (see share())
  */
 #define _GNU_SOURCE
 #include <cuda.h>
@@ -194,11 +194,13 @@ static int kinds(size_t bytes) {
                                 .NumChannels = 1};
   CUstream stream;
   CHECK(cuStreamCreate(&stream, 0));
+  CUmemoryPool pool;
+  CHECK(cuDeviceGetDefaultMemPool(&pool, 0));
   printf("{\"over\": {");
   report("cuMemAlloc", cuMemAlloc(&p, bytes), 0);
   report("cuMemAllocManaged", cuMemAllocManaged(&p, bytes, CU_MEM_ATTACH_GLOBAL), 0);
   report("cuMemAllocAsync", cuMemAllocAsync(&p, bytes, stream), 0);
-  report("cuMemAllocFromPoolAsync", cuMemAllocFromPoolAsync(&p, bytes, (CUmemoryPool)1, stream), 0);
+  report("cuMemAllocFromPoolAsync", cuMemAllocFromPoolAsync(&p, bytes, pool, stream), 0);
   report("cuMemAllocPitch", cuMemAllocPitch(&p, &pitch, bytes, 1, 4), 0);
   report("cuMemCreate", cuMemCreate(&handle, bytes, &prop, 0), 0);
   report("cuArrayCreate", cuArrayCreate(&array, &a2), 0);
@@ -220,8 +222,9 @@ static int kinds(size_t bytes) {
   rc = cuMemAllocAsync(&p, half, stream);
   if (rc == CUDA_SUCCESS) rc = cuMemFreeAsync(p, stream);
   report("cuMemAllocAsync", rc, 0);
-  rc = cuMemAllocFromPoolAsync(&p, half, (CUmemoryPool)1, stream);
+  rc = cuMemAllocFromPoolAsync(&p, half, pool, stream);
   if (rc == CUDA_SUCCESS) rc = cuMemFreeAsync(p, stream);
+  if (rc == CUDA_SUCCESS) rc = cuMemPoolTrimTo(pool, 0); /* the pool kept it until now */
   report("cuMemAllocFromPoolAsync", rc, 0);
   /* width just over half: the 512-byte pitch padding must be charged as well */
   rc = cuMemAllocPitch(&p, &pitch, 1000, half / 1000, 4);
@@ -431,100 +434,423 @@ static int fork_test(size_t parent_bytes, size_t child_bytes) {
   return 0;
 }
 
-/* ---- compute share ---- */
+/* ---- compute share, measured on the model's ground truth ---- */
 
-#define SHARE_WINDOWS 5
+#define MAX_WINDOWS 64
 
-static int compare_doubles(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
+static int64_t tenant_sm(void) { return gpushareStubTenantSmNs(gpushareStubTenant(), 0); }
+
+static void sleep_until_ns(int64_t deadline) {
+  struct timespec ts = {.tv_sec = deadline / 1000000000LL, .tv_nsec = deadline % 1000000000LL};
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0) {
+  }
 }
 
-struct launcher {
+struct worker {
+  const char *pattern;
   CUfunction f;
+  CUstream stream;
+  CUgraphExec exec;
   int64_t until_ns;
+  long launches;
   CUresult rc;
 };
 
-/* A thread launching tiny kernels on its per-thread default stream, as code built with
- * --default-stream per-thread does (the _ptsz entry point, found through cuGetProcAddress). */
-static void *per_thread_launcher(void *arg) {
-  struct launcher *l = arg;
-  void *fn = NULL;
-  CUdriverProcAddressQueryResult status;
+static void *work_loop(void *arg) {
+  struct worker *w = arg;
   cuCtxSetCurrent(context);
-  l->rc = cuGetProcAddress("cuLaunchKernel", &fn, 12000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, &status);
-  while (l->rc == CUDA_SUCCESS && now_ns() < l->until_ns)
-    l->rc = ((__typeof__(&cuLaunchKernel))fn)(l->f, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
+  void *per_thread_launch = NULL;
+  if (strcmp(w->pattern, "threads") == 0) {
+    CUdriverProcAddressQueryResult status;
+    w->rc = cuGetProcAddress("cuLaunchKernel", &per_thread_launch, 12000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM,
+                             &status);
+  }
+  int64_t duration = 0;
+  int32_t sm = 100;
+  void *params[2] = {&duration, &sm};
+  while (w->rc == CUDA_SUCCESS && now_ns() < w->until_ns) {
+    const char *p = w->pattern;
+    if (strcmp(p, "threads") == 0) {
+      w->rc = ((__typeof__(&cuLaunchKernel))per_thread_launch)(w->f, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
+    } else if (strcmp(p, "graph") == 0 || strcmp(p, "capture") == 0) {
+      w->rc = cuGraphLaunch(w->exec, w->stream);
+    } else if (strcmp(p, "periodic") == 0) { /* one function: long every 8th launch */
+      duration = w->launches % 8 == 0 ? 2000000 : 50000;
+      w->rc = cuLaunchKernel(w->f, 1, 1, 1, 1, 1, 1, 0, w->stream, params, NULL);
+    } else {
+      w->rc = cuLaunchKernel(w->f, 1, 1, 1, 1, 1, 1, 0, w->stream, NULL, NULL);
+      if (w->rc == CUDA_SUCCESS && (strcmp(p, "long") == 0 || (strcmp(p, "streams3") == 0 && w->launches % 4 == 3)))
+        w->rc = cuStreamSynchronize(w->stream);
+    }
+    w->launches++;
+  }
   return NULL;
 }
 
-static int share(const char *pattern, double seconds, double warmup) {
+/* Runs PATTERN from BEGIN to END (CLOCK_MONOTONIC ns, the same clock as Python's
+ * time.monotonic_ns) and reports the SM-time the tenant received from MEASURE to END as a share
+ * of wall time, in total and per window of WINDOW_MS. Patterns:
+ *   one       1 ms kernels on one stream, no synchronisation
+ *   tiny      20 us kernels on one stream, no synchronisation
+ *   streams3  three threads, a stream each, 1 ms kernels, synchronising every 4
+ *   periodic  one function, 2 ms every 8th launch and 50 us otherwise, no synchronisation
+ *   graph     graphs of ten 200 us kernels, no synchronisation
+ *   capture   200 captured 1 ms launches (timed), then graphs of ten 1 ms kernels in a loop
+ *   long      20 ms kernels, synchronising after each
+ *   threads   four threads on their per-thread default streams, 20 us kernels */
+static int share(const char *pattern, int64_t begin, int64_t measure, int64_t end, int window_ms) {
   CUmodule module;
-  CUfunction tiny, longk, node;
-  CUstream stream;
+  CUfunction f;
+  const char *name = "one_1ms";
+  if (strcmp(pattern, "tiny") == 0 || strcmp(pattern, "threads") == 0) name = "tiny_20us";
+  else if (strcmp(pattern, "long") == 0) name = "long_20ms";
+  else if (strcmp(pattern, "periodic") == 0) name = "dyn_periodic";
+  else if (strcmp(pattern, "graph") == 0) name = "node_200us";
   CHECK(cuModuleLoadData(&module, "stub"));
-  CHECK(cuModuleGetFunction(&tiny, module, "tiny_20us"));
-  CHECK(cuModuleGetFunction(&longk, module, "long_20ms"));
-  CHECK(cuModuleGetFunction(&node, module, "node_200us"));
-  CHECK(cuStreamCreate(&stream, 0));
+  CHECK(cuModuleGetFunction(&f, module, name));
+  int threads = strcmp(pattern, "streams3") == 0 ? 3 : strcmp(pattern, "threads") == 0 ? 4 : 1;
+  struct worker workers[4];
   CUgraphExec exec = NULL;
-  if (strcmp(pattern, "graph") == 0) { /* ten 200 us kernels captured from a stream */
+  double capture_s = -1;
+  if (strcmp(pattern, "graph") == 0 || strcmp(pattern, "capture") == 0) {
     CUgraph graph;
     CUstream capture;
     CHECK(cuStreamCreate(&capture, 0));
+    if (strcmp(pattern, "capture") == 0) { /* timed: 200 captured 1 ms launches must not be throttled */
+      int64_t t0 = now_ns();
+      CHECK(cuStreamBeginCapture(capture, CU_STREAM_CAPTURE_MODE_GLOBAL));
+      for (int i = 0; i < 200; i++) CHECK(cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, capture, NULL, NULL));
+      CHECK(cuStreamEndCapture(capture, &graph));
+      capture_s = (double)(now_ns() - t0) / 1e9;
+    }
     CHECK(cuStreamBeginCapture(capture, CU_STREAM_CAPTURE_MODE_GLOBAL));
-    for (int i = 0; i < 10; i++) CHECK(cuLaunchKernel(node, 1, 1, 1, 1, 1, 1, 0, capture, NULL, NULL));
+    for (int i = 0; i < 10; i++) CHECK(cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, capture, NULL, NULL));
     CHECK(cuStreamEndCapture(capture, &graph));
     CHECK(cuGraphInstantiate(&exec, graph, 0));
   }
-  /* The measurement is cut into SHARE_WINDOWS equal windows: the median window is robust to a
-   * stall of this process on a loaded machine, which the whole-run share is not. */
-  int64_t start = now_ns(), t1 = start + (int64_t)(warmup * 1e9), t2 = t1 + (int64_t)(seconds * 1e9);
-  int64_t sample_at[SHARE_WINDOWS + 1], sample_busy[SHARE_WINDOWS + 1];
-  int samples = 0;
+  sleep_until_ns(begin);
+  pthread_t ids[4];
+  for (int i = 0; i < threads; i++) {
+    workers[i] = (struct worker){pattern, f, NULL, exec, end, 0, CUDA_SUCCESS};
+    CHECK(cuStreamCreate(&workers[i].stream, 0));
+    pthread_create(&ids[i], NULL, work_loop, &workers[i]);
+  }
+  int windows = (int)((end - measure) / ((int64_t)window_ms * 1000000LL));
+  if (windows < 1) windows = 1;
+  if (windows > MAX_WINDOWS) windows = MAX_WINDOWS;
+  int64_t at[MAX_WINDOWS + 1], sm[MAX_WINDOWS + 1];
+  for (int i = 0; i <= windows; i++) {
+    sleep_until_ns(measure + (end - measure) * i / windows);
+    at[i] = now_ns();
+    sm[i] = tenant_sm();
+  }
   long launches = 0;
-  struct launcher launchers[4];
-  pthread_t threads[4];
-  int threaded = strcmp(pattern, "threads") == 0;
-  for (int i = 0; threaded && i < 4; i++) {
-    launchers[i] = (struct launcher){tiny, t2 + 100000000LL, CUDA_SUCCESS};
-    pthread_create(&threads[i], NULL, per_thread_launcher, &launchers[i]);
+  for (int i = 0; i < threads; i++) {
+    pthread_join(ids[i], NULL);
+    launches += workers[i].launches;
+    if (workers[i].rc != CUDA_SUCCESS) printf("{\"error\": \"launch %d\"}\n", (int)workers[i].rc);
   }
-  for (;;) {
-    int64_t now = now_ns();
-    if (now >= t1 + (t2 - t1) * samples / SHARE_WINDOWS) {
-      sample_busy[samples] = gpushareStubBusyNs(0);
-      sample_at[samples++] = now;
-      if (samples == SHARE_WINDOWS + 1) break;
-    }
-    if (strcmp(pattern, "tiny") == 0) {
-      CHECK(cuLaunchKernel(tiny, 1, 1, 1, 1, 1, 1, 0, stream, NULL, NULL));
-    } else if (threaded) {
-      struct timespec pause = {0, 1000000}; /* the launching happens in the threads */
-      nanosleep(&pause, NULL);
-    } else if (strcmp(pattern, "long") == 0) {
-      CHECK(cuLaunchKernel(longk, 1, 1, 1, 1, 1, 1, 0, stream, NULL, NULL));
-      CHECK(cuStreamSynchronize(stream));
-    } else {
-      CHECK(cuGraphLaunch(exec, stream));
-    }
-    launches++;
-  }
-  for (int i = 0; threaded && i < 4; i++)
-    if (launchers[i].rc != CUDA_SUCCESS) printf("{\"error\": \"thread launch %d\"}\n", (int)launchers[i].rc);
-  double windows[SHARE_WINDOWS];
-  printf("{\"windows\": [");
-  for (int i = 0; i < SHARE_WINDOWS; i++) {
-    windows[i] = (double)(sample_busy[i + 1] - sample_busy[i]) / (double)(sample_at[i + 1] - sample_at[i]);
-    printf("%s%.4f", i ? ", " : "", windows[i]);
-  }
-  qsort(windows, SHARE_WINDOWS, sizeof windows[0], compare_doubles);
-  int64_t busy = sample_busy[SHARE_WINDOWS] - sample_busy[0], wall = sample_at[SHARE_WINDOWS] - sample_at[0];
-  printf("], \"median\": %.4f, \"share\": %.4f, \"busy_ns\": %lld, \"wall_ns\": %lld, \"launches\": %ld}\n",
-         windows[SHARE_WINDOWS / 2], (double)busy / (double)wall, (long long)busy, (long long)wall, launches);
+  printf("{\"share\": %.4f, \"windows\": [", (double)(sm[windows] - sm[0]) / (double)(at[windows] - at[0]));
+  for (int i = 0; i < windows; i++)
+    printf("%s%.4f", i ? ", " : "", (double)(sm[i + 1] - sm[i]) / (double)(at[i + 1] - at[i]));
+  printf("], \"launches\": %ld, \"capture_seconds\": %.4f, \"device_waits\": %lld}\n", launches, capture_s,
+         (long long)gpushareStubWaits());
   fflush(stdout);
-  _exit(0); /* do not wait for the queued work */
+  _exit(0); /* do not wait for queued work */
+}
+
+/* ---- the launch path: never waits on the GPU; debt is bounded ---- */
+
+static double launch_seconds(CUfunction f, CUstream stream, int64_t duration_ns) {
+  int32_t sm = 100;
+  void *params[2] = {&duration_ns, &sm};
+  int64_t t0 = now_ns();
+  CHECK(cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL));
+  return (double)(now_ns() - t0) / 1e9;
+}
+
+/* A KERNEL_MS kernel, then (without synchronising) a launch of another function on the same
+ * stream; then, after synchronising, one more launch, which pays the debt. */
+static int launch_waits(int64_t kernel_ms) {
+  CUmodule module;
+  CUfunction big, other;
+  CUstream stream;
+  CHECK(cuModuleLoadData(&module, "stub"));
+  CHECK(cuModuleGetFunction(&big, module, "dyn_big"));
+  CHECK(cuModuleGetFunction(&other, module, "dyn_other"));
+  CHECK(cuStreamCreate(&stream, 0));
+  double first = launch_seconds(big, stream, kernel_ms * 1000000LL);
+  double behind_busy_gpu = launch_seconds(other, stream, 1000);
+  CHECK(cuStreamSynchronize(stream));
+  double after_debt = launch_seconds(other, stream, 1000);
+  printf("{\"first\": %.4f, \"behind_busy_gpu\": %.4f, \"after_debt\": %.4f}\n", first, behind_busy_gpu,
+         after_debt);
+  return 0;
+}
+
+/* ---- NVML devices by index: total memory each reports ---- */
+
+static int nvml_totals(void) {
+  unsigned count = 0;
+  if (nvmlInit_v2() != NVML_SUCCESS || nvmlDeviceGetCount_v2(&count) != NVML_SUCCESS) {
+    printf("{\"error\": \"nvml\"}\n");
+    return 3;
+  }
+  printf("{\"totals\": [");
+  for (unsigned i = 0; i < count; i++) {
+    nvmlDevice_t handle;
+    nvmlMemory_t m = {0, 0, 0};
+    nvmlDeviceGetHandleByIndex_v2(i, &handle);
+    nvmlDeviceGetMemoryInfo(handle, &m);
+    printf("%s%llu", i ? ", " : "", m.total);
+  }
+  printf("]}\n");
+  return 0;
+}
+
+/* ---- memory cases on the model: the hook's view and the model's truth side by side ---- */
+
+static size_t free_now(void) {
+  size_t f = 0, t = 0;
+  cuMemGetInfo(&f, &t);
+  return f;
+}
+
+static long long truth(void) { return (long long)gpushareStubTenantMem(gpushareStubTenant(), 0); }
+
+/* An executable graph of one allocation node of `bytes` and one kernel. */
+static CUgraphExec graph_with_memory(CUfunction f, size_t bytes) {
+  CUgraph graph;
+  CUgraphExec exec;
+  CHECK(cuGraphCreate(&graph, 0));
+  CUDA_MEM_ALLOC_NODE_PARAMS alloc = {.poolProps = {.allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                                    .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE}},
+                                      .bytesize = bytes};
+  CHECK(cuGraphAddMemAllocNode(NULL, graph, NULL, 0, &alloc));
+  CUDA_KERNEL_NODE_PARAMS node = {.func = f, .gridDimX = 1, .gridDimY = 1, .gridDimZ = 1, .blockDimX = 1,
+                                  .blockDimY = 1, .blockDimZ = 1};
+  CHECK(cuGraphAddKernelNode(NULL, graph, NULL, 0, &node));
+  CHECK(cuGraphInstantiate(&exec, graph, 0));
+  CHECK(cuGraphDestroy(graph));
+  return exec;
+}
+
+static int memcase(const char *name) {
+  const size_t mib = 1 << 20;
+  printf("{\"case\": \"%s\", \"free0\": %zu, \"truth0\": %lld", name, free_now(), truth());
+  if (strcmp(name, "pool") == 0) { /* freed memory stays in the pool, and charged, until trimmed */
+    CUstream stream;
+    CUmemoryPool pool;
+    CUdeviceptr p;
+    CHECK(cuStreamCreate(&stream, 0));
+    CHECK(cuDeviceGetDefaultMemPool(&pool, 0));
+    CHECK(cuMemAllocAsync(&p, 256 * mib, stream));
+    printf(", \"allocated\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuMemFreeAsync(p, stream));
+    printf(", \"freed\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuMemAllocAsync(&p, 128 * mib, stream)); /* served by the pool: nothing more */
+    printf(", \"reused\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuMemFreeAsync(p, stream));
+    CHECK(cuMemPoolTrimTo(pool, 0));
+    printf(", \"trimmed\": [%zu, %lld]", free_now(), truth());
+  } else if (strcmp(name, "pooldevice") == 0) { /* a pool on device 1, used from device 0 */
+    CUcontext other;
+    CUdevice one;
+    CHECK(cuDeviceGet(&one, 1));
+    CHECK(cuDevicePrimaryCtxRetain(&other, one));
+    CHECK(cuCtxSetCurrent(other));
+    size_t free1 = free_now();
+    CHECK(cuCtxSetCurrent(context));
+    size_t free0 = free_now();
+    CUmemPoolProps props = {.allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                            .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 1}};
+    CUmemoryPool pool;
+    CUstream stream;
+    CUdeviceptr p;
+    CHECK(cuMemPoolCreate(&pool, &props));
+    CHECK(cuStreamCreate(&stream, 0));
+    CHECK(cuMemAllocFromPoolAsync(&p, 256 * mib, pool, stream));
+    size_t after0 = free_now();
+    CHECK(cuCtxSetCurrent(other));
+    printf(", \"device0_taken\": %zu, \"device1_taken\": %zu", free0 - after0, free1 - free_now());
+    CHECK(cuCtxSetCurrent(context));
+  } else if (strcmp(name, "graphmem") == 0) { /* graph allocation nodes: the graph pool */
+    CUmodule module;
+    CUfunction f;
+    CUstream stream;
+    CHECK(cuModuleLoadData(&module, "stub"));
+    CHECK(cuModuleGetFunction(&f, module, "node_100us"));
+    CHECK(cuStreamCreate(&stream, 0));
+    CUgraphExec small = graph_with_memory(f, 512 * mib), big = graph_with_memory(f, 4096 * mib);
+    printf(", \"instantiated\": [%zu, %lld]", free_now(), truth());
+    printf(", \"small_rc\": %d", (int)cuGraphLaunch(small, stream));
+    CHECK(cuStreamSynchronize(stream));
+    printf(", \"launched\": [%zu, %lld]", free_now(), truth());
+    printf(", \"big_rc\": %d", (int)cuGraphLaunch(big, stream)); /* over the limit: refused */
+    printf(", \"refused\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuGraphExecDestroy(small));
+    CHECK(cuDeviceGraphMemTrim(0));
+    printf(", \"trimmed\": [%zu, %lld]", free_now(), truth());
+  } else if (strcmp(name, "vmm") == 0) { /* released while mapped: still held until unmapped */
+    CUmemGenericAllocationHandle handle;
+    CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED, .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE}};
+    CUdeviceptr va;
+    CHECK(cuMemCreate(&handle, 256 * mib, &prop, 0));
+    CHECK(cuMemAddressReserve(&va, 256 * mib, 0, 0, 0));
+    CHECK(cuMemMap(va, 256 * mib, 0, handle, 0));
+    printf(", \"mapped\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuMemRelease(handle));
+    printf(", \"released\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuMemUnmap(va, 256 * mib));
+    printf(", \"unmapped\": [%zu, %lld]", free_now(), truth());
+  } else if (strcmp(name, "context") == 0) { /* a context's memory comes back with it */
+    CUcontext ctx;
+    CUdeviceptr p;
+    CHECK(cuCtxCreate(&ctx, NULL, 0, 0));
+    CHECK(cuMemAlloc(&p, 300 * mib));
+    printf(", \"created\": [%zu, %lld]", free_now(), truth());
+    CHECK(cuCtxDestroy(ctx));
+    CHECK(cuCtxSetCurrent(context));
+    printf(", \"destroyed\": [%zu, %lld]", free_now(), truth());
+  } else if (strcmp(name, "module") == 0) { /* module images are device memory too */
+    CUmodule modules[8];
+    for (int i = 0; i < 8; i++) CHECK(cuModuleLoadData(&modules[i], "stub"));
+    printf(", \"loaded\": [%zu, %lld]", free_now(), truth());
+    for (int i = 0; i < 8; i++) CHECK(cuModuleUnload(modules[i]));
+    printf(", \"unloaded\": [%zu, %lld]", free_now(), truth());
+  } else if (strcmp(name, "zombie") == 0) { /* an unreaped child's memory is reclaimed */
+    size_t f0 = free_now();
+    pid_t pid = fork();
+    if (pid == 0) {
+      CUdeviceptr p;
+      _exit(cuMemAlloc(&p, f0 / 2 + 1) == CUDA_SUCCESS ? 0 : 1);
+    }
+    char path[64], buffer[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    for (int tries = 0; tries < 2000; tries++) { /* until it is a zombie (not reaped) */
+      FILE *f = fopen(path, "r");
+      size_t n = f ? fread(buffer, 1, sizeof buffer - 1, f) : 0;
+      if (f) fclose(f);
+      buffer[n] = '\0';
+      char *close = strrchr(buffer, ')');
+      if (close != NULL && close[2] == 'Z') break;
+      struct timespec pause = {0, 1000000};
+      nanosleep(&pause, NULL);
+    }
+    CUdeviceptr p;
+    printf(", \"alloc_after_zombie\": %d", (int)cuMemAlloc(&p, f0 / 2 + 1));
+    waitpid(pid, NULL, 0);
+  } else {
+    printf(", \"error\": \"unknown case\"");
+  }
+  printf("}\n");
+  return 0;
+}
+
+/* Allocates and frees random sizes through MODE (plain, async, vmm, mixed) for SECONDS, always
+ * up to refusal; prints the most physical memory the tenant ever held (the model's truth). */
+static int stress(const char *mode, double seconds) {
+  const size_t mib = 1 << 20;
+  CUstream stream;
+  CUmemoryPool pool;
+  CUmodule module;
+  CUfunction f;
+  CHECK(cuModuleLoadData(&module, "stub"));
+  CHECK(cuModuleGetFunction(&f, module, "node_0ns"));
+  CHECK(cuStreamCreate(&stream, 0));
+  CHECK(cuDeviceGetDefaultMemPool(&pool, 0));
+  struct held {
+    CUdeviceptr ptr;
+    CUmemGenericAllocationHandle handle;
+    int kind; /* 0 plain, 1 async, 2 vmm, 3 graph */
+    CUgraphExec exec;
+    size_t bytes;
+  } held[512];
+  int n = 0;
+  long refused = 0, granted = 0;
+  unsigned seed = (unsigned)getpid();
+  int64_t until = now_ns() + (int64_t)(seconds * 1e9);
+  CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED, .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE}};
+  while (now_ns() < until) {
+    size_t bytes = ((size_t)(rand_r(&seed) % 64) + 1) * mib;
+    int kind = strcmp(mode, "plain") == 0   ? 0
+               : strcmp(mode, "async") == 0 ? 1
+               : strcmp(mode, "vmm") == 0   ? 2
+               : strcmp(mode, "graph") == 0 ? 3
+                                            : rand_r(&seed) % 4;
+    struct held h = {.kind = kind, .bytes = bytes};
+    CUresult rc;
+    if (kind == 3) {
+      h.exec = graph_with_memory(f, bytes);
+      rc = cuGraphLaunch(h.exec, stream);
+      if (rc != CUDA_SUCCESS) cuGraphExecDestroy(h.exec);
+    } else if (kind == 0) {
+      rc = cuMemAlloc(&h.ptr, bytes);
+    } else if (kind == 1) {
+      rc = cuMemAllocAsync(&h.ptr, bytes, stream);
+    } else {
+      rc = cuMemCreate(&h.handle, bytes, &prop, 0);
+      if (rc == CUDA_SUCCESS && cuMemAddressReserve(&h.ptr, bytes, 0, 0, 0) == CUDA_SUCCESS) {
+        cuMemMap(h.ptr, bytes, 0, h.handle, 0);
+        cuMemRelease(h.handle); /* held through its mapping */
+      }
+    }
+    if (rc == CUDA_SUCCESS && n < 512) {
+      held[n++] = h;
+      granted++;
+      continue;
+    }
+    refused += rc != CUDA_SUCCESS;
+    for (int i = 0; i < n; i++) { /* free about half */
+      if (rand_r(&seed) % 2) continue;
+      if (held[i].kind == 0) cuMemFree(held[i].ptr);
+      else if (held[i].kind == 1) cuMemFreeAsync(held[i].ptr, stream);
+      else if (held[i].kind == 2) cuMemUnmap(held[i].ptr, held[i].bytes);
+      else cuGraphExecDestroy(held[i].exec);
+      held[i--] = held[--n];
+    }
+    if (rand_r(&seed) % 4 == 0) cuMemPoolTrimTo(pool, 0);
+    if (rand_r(&seed) % 4 == 0) cuDeviceGraphMemTrim(0);
+  }
+  printf("{\"granted\": %ld, \"refused\": %ld, \"peak\": %lld}\n", granted, refused,
+         (long long)gpushareStubTenantMemPeak(gpushareStubTenant(), 0));
+  return 0;
+}
+
+/* Creates, uses and destroys COUNT streams (each with a launch under the limiter); prints the
+ * process's resident memory and live events before and after. */
+static long rss_kib(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  long pages = 0, resident = 0;
+  if (f != NULL) {
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    fclose(f);
+  }
+  return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static int streams(int count) {
+  CUmodule module;
+  CUfunction f;
+  CHECK(cuModuleLoadData(&module, "stub"));
+  CHECK(cuModuleGetFunction(&f, module, "empty_0ns"));
+  long rss[2] = {0, 0};
+  long long events[2] = {0, 0};
+  for (int i = 0; i < count; i++) {
+    if (i == count / 10) { /* after warming up every allocator */
+      rss[0] = rss_kib();
+      events[0] = (long long)gpushareStubEventsAlive();
+    }
+    CUstream s;
+    CHECK(cuStreamCreate(&s, 0));
+    CHECK(cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, s, NULL, NULL));
+    CHECK(cuStreamSynchronize(s));
+    CHECK(cuStreamDestroy(s));
+  }
+  rss[1] = rss_kib();
+  events[1] = (long long)gpushareStubEventsAlive();
+  printf("{\"rss_kib\": [%ld, %ld], \"events\": [%lld, %lld]}\n", rss[0], rss[1], events[0], events[1]);
+  return 0;
 }
 
 int main(int argc, char **argv) {
@@ -548,7 +874,14 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "call") == 0 && argc == 4) return call_via(argv[2], atoi(argv[3]));
   if (strcmp(cmd, "variants") == 0) return variants();
   if (strcmp(cmd, "fork") == 0 && argc == 4) return fork_test(strtoull(argv[2], NULL, 10), strtoull(argv[3], NULL, 10));
-  if (strcmp(cmd, "share") == 0 && argc == 5) return share(argv[2], atof(argv[3]), atof(argv[4]));
+  if (strcmp(cmd, "nvml") == 0) return nvml_totals();
+  if (strcmp(cmd, "waits") == 0 && argc == 3) return launch_waits(atoll(argv[2]));
+  if (strcmp(cmd, "memcase") == 0 && argc == 3) return memcase(argv[2]);
+  if (strcmp(cmd, "stress") == 0 && argc == 4) return stress(argv[2], atof(argv[3]));
+  if (strcmp(cmd, "streams") == 0 && argc == 3) return streams(atoi(argv[2]));
+  if (strcmp(cmd, "share") == 0 && argc == 7)
+    return share(argv[2], strtoll(argv[3], NULL, 10), strtoll(argv[4], NULL, 10), strtoll(argv[5], NULL, 10),
+                 atoi(argv[6]));
   fprintf(stderr, "hooktool: unknown command or arguments\n");
   return 2;
 }

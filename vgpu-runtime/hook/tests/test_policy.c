@@ -23,7 +23,9 @@ static void test_parse_bytes(void) {
       {"0", 0, 0}, {"1", 0, 1}, {"1024", 0, 1024}, {"1Ki", 0, 1024}, {"3Mi", 0, 3ULL << 20},
       {"2Gi", 0, 2ULL << 30}, {"1Ti", 0, 1ULL << 40}, {"18446744073709551615", 0, UINT64_MAX},
       {"18446744073709551616", -1, 0}, {"17179869184Gi", -1, 0}, {"", -1, 0}, {"Gi", -1, 0},
-      {"1G", -1, 0}, {"1 Gi", -1, 0}, {"-1", -1, 0}, {"1.5Gi", -1, 0}, {"12XB", -1, 0}, {"0x10", -1, 0},
+      {"4G", 0, 4000000000ULL}, {"4GiB", 0, 4ULL << 30}, {"4096Mi", 0, 4ULL << 30}, {"4GB", 0, 4000000000ULL},
+      {"512MiB", 0, 512ULL << 20}, {"2k", 0, 2000}, {"7B", 0, 7}, {"1g", -1, 0}, {"1Gib", -1, 0},
+      {"20000000P", -1, 0}, {"1 Gi", -1, 0}, {"-1", -1, 0}, {"1.5Gi", -1, 0}, {"12XB", -1, 0}, {"0x10", -1, 0},
   };
   for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
     uint64_t bytes = 0;
@@ -32,6 +34,21 @@ static void test_parse_bytes(void) {
     int rc = gs_parse_bytes(table[i].text, &bytes);
     EXPECT_EQ(name, rc, table[i].rc);
     if (rc == 0) EXPECT_EQ(name, bytes, table[i].bytes);
+  }
+}
+
+static void test_parse_percent(void) {
+  static const struct { const char *text; int rc, percent; } table[] = {
+      {"50", 0, 50}, {"50%", 0, 50}, {"100%", 0, 100}, {"1", 0, 1}, {"0", -1, 0}, {"101", -1, 0},
+      {"%", -1, 0}, {"5%0", -1, 0}, {"50%%", -1, 0}, {"", -1, 0}, {" 50", -1, 0}, {"1000%", -1, 0},
+  };
+  for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+    int percent = 0;
+    char name[64];
+    snprintf(name, sizeof name, "parse_percent(\"%s\")", table[i].text);
+    int rc = gs_parse_percent(table[i].text, 1, 100, &percent);
+    EXPECT_EQ(name, rc, table[i].rc);
+    if (rc == 0) EXPECT_EQ(name, percent, table[i].percent);
   }
 }
 
@@ -62,16 +79,17 @@ static void test_memory_policy(void) {
 
 static void test_bucket(void) {
   EXPECT_EQ("capacity 10", gs_bucket_capacity_ns(10), 1000000 + 10000000);
-  EXPECT_EQ("capacity 30 capped", gs_bucket_capacity_ns(30), 1000000 + 20000000);
-  EXPECT_EQ("capacity 90 capped", gs_bucket_capacity_ns(90), 1000000 + 20000000);
+  EXPECT_EQ("capacity 30", gs_bucket_capacity_ns(30), 1000000 + 30000000);
+  EXPECT_EQ("capacity 90 capped", gs_bucket_capacity_ns(90), 1000000 + 50000000);
   EXPECT_EQ("refill 30% of 1ms", gs_bucket_refill(0, 1000000, 30), 300000);
   EXPECT_EQ("refill capped", gs_bucket_refill(0, 1000000000, 30), gs_bucket_capacity_ns(30));
   EXPECT_EQ("refill from debt", gs_bucket_refill(-5000000, 10000000, 50), 0);
   EXPECT_EQ("refill negative elapsed", gs_bucket_refill(7, -5, 50), 7);
-  EXPECT_EQ("wait none when not negative", gs_bucket_wait_ns(0, 10, 100000, 50000000), 0);
-  EXPECT_EQ("wait to resume level", gs_bucket_wait_ns(-1000000, 10, 100000, 50000000), 20000000);
-  EXPECT_EQ("wait at least min", gs_bucket_wait_ns(-1, 100, 100000, 50000000), 1000001 > 100000 ? 1000001 : 100000);
-  EXPECT_EQ("wait at most max", gs_bucket_wait_ns(-1000000000, 1, 100000, 50000000), 50000000);
+  EXPECT_EQ("wait none when nothing is short", gs_bucket_wait_ns(0, 10, 20000, 2000000), 0);
+  EXPECT_EQ("wait for the refill", gs_bucket_wait_ns(100000, 10, 20000, 2000000), 1000000);
+  EXPECT_EQ("wait at least min", gs_bucket_wait_ns(1, 100, 20000, 2000000), 20000);
+  EXPECT_EQ("wait at most max", gs_bucket_wait_ns(1000000000, 1, 20000, 2000000), 2000000);
+  EXPECT_EQ("wait with no rate", gs_bucket_wait_ns(5, 0, 20000, 2000000), 2000000);
   EXPECT_EQ("soft when idle", gs_effective_percent(30, 60, 5, 10), 60);
   EXPECT_EQ("hard when busy", gs_effective_percent(30, 60, 40, 10), 30);
   EXPECT_EQ("no soft", gs_effective_percent(30, 30, 0, 10), 30);
@@ -128,7 +146,7 @@ static void test_config(void) {
       {"GPUSHARE_MEMORY_LIMIT", "12XB", 1, 100}, {"GPUSHARE_MEMORY_LIMIT", "0", 1, 100},
       {"GPUSHARE_MEMORY_LIMIT", "", 1, 100},     {"GPUSHARE_MEMORY_LIMIT", "-5Gi", 1, 100},
       {"GPUSHARE_CORE_LIMIT", "abc", 0, 1},      {"GPUSHARE_CORE_LIMIT", "0", 0, 1},
-      {"GPUSHARE_CORE_LIMIT", "101", 0, 1},      {"GPUSHARE_CORE_LIMIT", "50%", 0, 1},
+      {"GPUSHARE_CORE_LIMIT", "101", 0, 1},      {"GPUSHARE_CORE_LIMIT", "5O", 0, 1},  
   };
   for (size_t i = 0; i < sizeof garbage / sizeof garbage[0]; i++) {
     const char *pairs[] = {garbage[i].name, garbage[i].value, NULL};
@@ -153,6 +171,7 @@ static void test_config(void) {
 
 int main(void) {
   test_parse_bytes();
+  test_parse_percent();
   test_memory_policy();
   test_bucket();
   test_config();

@@ -1,0 +1,1 @@
+"""The gpushare scheduler extender: GPU placement decided once, at bind, and recorded on the pod."""
