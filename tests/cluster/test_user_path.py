@@ -56,8 +56,6 @@ EXAMPLE_POD = ROOT / "deployment" / "examples" / "gpu-pod.yaml"
 RELEASE, RELEASE_NAMESPACE = "gpushare", "gpushare-system"
 REPORT_INTERVAL_SECONDS = 1
 """The admin's `sidecar.reportIntervalSeconds` (the chart's least): short, so the test is."""
-TABLE_HOURS_STEP = 0.0001
-"""`gpushare usage NAMESPACE` prints a pod's GPU-hours with four decimals."""
 
 
 def gpushare(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -80,21 +78,29 @@ def _utc(text: str) -> datetime:
 
 @dataclass(frozen=True)
 class PodRow:
-    """One row of `gpushare usage NAMESPACE`'s table of pods."""
+    """One pod's use, as `gpushare usage -o json NAMESPACE` prints it."""
 
     gpu_hours: float
+    gpu_seconds: float
     reports: int
     first_start: datetime
     last_end: datetime
+    namespace_status: dict[str, Any]
 
 
 def usage_row(timekeeper_url: str, namespace: str, pod: str) -> PodRow | None:
-    """The pod's row in the table `gpushare usage --url URL NAMESPACE` prints, if any."""
-    out = gpushare("usage", "--url", timekeeper_url, namespace).stdout
-    for line in out.splitlines():
-        cells = line.split()
-        if cells and cells[0] == pod:
-            return PodRow(float(cells[1]), int(cells[2]), _utc(cells[3]), _utc(cells[4]))
+    """The pod's row in `gpushare usage --url URL -o json NAMESPACE`, if any."""
+    answer = json.loads(gpushare("usage", "--url", timekeeper_url, "-o", "json", namespace).stdout)
+    for row in answer["usage"]["rows"]:
+        if row["pod"] == pod:
+            return PodRow(
+                row["gpuHours"],
+                row["gpuSeconds"],
+                row["reports"],
+                _utc(row["firstStart"]),
+                _utc(row["lastEnd"]),
+                answer["status"],
+            )
     return None
 
 
@@ -192,11 +198,7 @@ def platform(
         )
     )
     node = f"gpu-node-{uuid.uuid4().hex[:6]}"
-    make_node(
-        node,
-        {"tencent.com/vcuda-core": 200, "tencent.com/vcuda-memory": 128},
-        labels={"gpushare.io/gpu-node": "true"},
-    )
+    make_node(node, {"tencent.com/vcuda-core": 200, "tencent.com/vcuda-memory": 128})
     kubelet = Kubelet(control_plane, node, tmp_path / "kubelet")
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -464,10 +466,9 @@ def test_a_users_gpu_pod_is_admitted_run_and_charged_with_nothing_lost(
     assert spawned <= row.first_start <= seen_started[0]
     assert terminated <= row.last_end <= exited
     covered_seconds = (row.last_end - row.first_start).total_seconds()
-    # The table's rounding is far below what one lost interval would cost.
-    lost_interval_hours = share * REPORT_INTERVAL_SECONDS / 3600
-    assert lost_interval_hours > TABLE_HOURS_STEP / 2
-    assert abs(row.gpu_hours - share * covered_seconds / 3600) <= TABLE_HOURS_STEP / 2, row
+    # The intervals are contiguous: what is charged is the whole span they cover (a lost
+    # interval, a whole period of it, would show here).
+    assert row.gpu_seconds == pytest.approx(share * covered_seconds, abs=1e-3), row
     # One report per period, plus the one SIGTERM closed.
     assert row.reports in (
         int(covered_seconds // REPORT_INTERVAL_SECONDS),
@@ -475,30 +476,16 @@ def test_a_users_gpu_pod_is_admitted_run_and_charged_with_nothing_lost(
     ), row
     assert row.reports > reported[-1].reports, "SIGTERM delivered the open interval"
     # The expected charge for the pod's life as the test saw it, within what the sidecar's
-    # start-up and shutdown take.
-    expected = share * (terminated - spawned).total_seconds() / 3600
-    slack = share * ((seen_started[0] - spawned) + (exited - terminated)).total_seconds() / 3600
-    assert expected - slack - TABLE_HOURS_STEP <= row.gpu_hours <= expected + slack, (
-        row,
-        expected,
-        slack,
-    )
-    # The namespace's line shows the same use against its budget.
-    table = gpushare("usage", "--url", platform.timekeeper_url).stdout
-    (line,) = [line.split() for line in table.splitlines() if line.startswith(namespace + " ")]
-    assert line[1:4] == ["in-budget", f"{row.gpu_hours:.2f}", "2.00"], table
-    status = json.loads(
-        _get_json(f"{platform.timekeeper_url}/api/v1/namespaces/{namespace}/usage?group_by=pod")
-    )
-    (exact,) = status["rows"]
-    # Exactly: the intervals are contiguous (their sum equals the span they cover).
-    span = (_utc(exact["lastEnd"]) - _utc(exact["firstStart"])).total_seconds()
-    assert exact["gpuSeconds"] == pytest.approx(share * span, abs=1e-3), exact
-
-
-def _get_json(url: str) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        body: bytes = reply.read()
-    return body.decode()
+    # start-up and shutdown took (each well under one reporting period here).
+    expected = share * (terminated - spawned).total_seconds()
+    slack = share * ((seen_started[0] - spawned) + (exited - terminated)).total_seconds()
+    assert expected - slack <= row.gpu_seconds <= expected + slack, (row, expected, slack)
+    assert row.gpu_hours == pytest.approx(row.gpu_seconds / 3600, abs=1e-6)
+    # The namespace's status shows the same use against the budget from the admin's file.
+    status = row.namespace_status
+    assert (status["state"], status["budgetGpuHours"]) == ("in-budget", 2.0), status
+    assert status["usedGpuHours"] == pytest.approx(row.gpu_hours, abs=1e-6), status
+    # And the table a user reads shows the pod's row.
+    table = gpushare("usage", "--url", platform.timekeeper_url, namespace).stdout
+    (line,) = [line.split() for line in table.splitlines() if line.startswith(name + " ")]
+    assert line[1] == f"{row.gpu_hours:,.4f}", table
