@@ -88,9 +88,9 @@ class PodRow:
     namespace_status: dict[str, Any]
 
 
-def usage_row(timekeeper_url: str, namespace: str, pod: str) -> PodRow | None:
+def usage_row(platform: Platform, namespace: str, pod: str) -> PodRow | None:
     """The pod's row in `gpushare usage --url URL -o json NAMESPACE`, if any."""
-    answer = json.loads(gpushare("usage", "--url", timekeeper_url, "-o", "json", namespace).stdout)
+    answer = json.loads(platform.usage("-o", "json", namespace).stdout)
     for row in answer["usage"]["rows"]:
         if row["pod"] == pod:
             return PodRow(
@@ -112,6 +112,15 @@ class Platform:
     timekeeper_service: str
     """`host:port` of the timekeeper's Service, as the chart's URLs name it."""
     kubelet: Kubelet
+    reads_need_a_token: bool
+    """The admin's `timekeeper.readRequiresToken`."""
+    reader_token: str = ""
+    """A token for reads (audience gpushare-timekeeper), when they need one."""
+
+    def usage(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`gpushare usage --url TIMEKEEPER [--token T] ARGS…`"""
+        token = ["--token", self.reader_token] if self.reader_token else []
+        return gpushare("usage", "--url", self.timekeeper_url, *token, *args)
 
 
 def _pods(control_plane: ControlPlane, namespace: str, component: str) -> list[dict[str, Any]]:
@@ -165,10 +174,17 @@ def _point_webhooks_at(control_plane: ControlPlane, port: int, namespace: str) -
         control_plane.kubectl("replace", "-f", "-", input=json.dumps(configuration))
 
 
-@pytest.fixture
+@pytest.fixture(
+    params=[pytest.param(False, id="reads-open"), pytest.param(True, id="reads-need-a-token")]
+)
 def platform(
-    control_plane: ControlPlane, namespace: str, make_node: Any, tmp_path: Path
+    control_plane: ControlPlane,
+    namespace: str,
+    make_node: Any,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Platform]:
+    reads_need_a_token: bool = request.param
     admin = tmp_path / "admin"
     admin.mkdir()
     # -- the admin, as the README and docs/deployment.md say ------------------------------------
@@ -192,10 +208,17 @@ def platform(
                 "timekeeper": {
                     "auth": {"oidcIssuer": issuer},
                     "budgetsConfigMap": "gpushare-budgets",
+                    "readRequiresToken": reads_need_a_token,
                 },
                 "sidecar": {"reportIntervalSeconds": REPORT_INTERVAL_SECONDS},
             }
         )
+    )
+    # An earlier install's namespace (the documented one) must be gone before this one.
+    wait_until(
+        lambda: not _exists(control_plane, "namespace", RELEASE_NAMESPACE, "default"),
+        timeout=90,
+        what=f"namespace {RELEASE_NAMESPACE} of an earlier install deleted",
     )
     node = f"gpu-node-{uuid.uuid4().hex[:6]}"
     make_node(node, {"tencent.com/vcuda-core": 200, "tencent.com/vcuda-memory": 128})
@@ -292,7 +315,7 @@ def platform(
         webhook = webhook_container.start(tmp_path / "webhook.log", pass_fds=[listener.fileno()])
         cleanup.callback(webhook.terminate)
         _webhook_admits(control_plane, namespace, webhook)
-        yield Platform(timekeeper_url, timekeeper_service, kubelet)
+        yield Platform(timekeeper_url, timekeeper_service, kubelet, reads_need_a_token)
 
 
 def _remove_release(control_plane: ControlPlane) -> None:
@@ -375,6 +398,13 @@ def test_a_users_gpu_pod_is_admitted_run_and_charged_with_nothing_lost(
     control_plane: ControlPlane, namespace: str, platform: Platform, tmp_path: Path
 ) -> None:
     kubectl = _user_kubectl(control_plane, namespace, tmp_path / "alice")
+    if platform.reads_need_a_token:
+        # Reads need a token for the timekeeper's audience: the user's own will do.
+        refused = gpushare("usage", "--url", platform.timekeeper_url, namespace, check=False)
+        assert refused.returncode != 0 and "HTTP 401" in refused.stderr, refused
+        platform.reader_token = kubectl(
+            "create", "token", "alice", "-n", namespace, "--audience", "gpushare-timekeeper"
+        ).stdout.strip()
     name = yaml.safe_load(EXAMPLE_POD.read_text())["metadata"]["name"]
 
     # -- the user applies the example ------------------------------------------------------------
@@ -434,7 +464,7 @@ def test_a_users_gpu_pod_is_admitted_run_and_charged_with_nothing_lost(
         reported: list[PodRow] = []
 
         def reports_arrive() -> bool:
-            row = usage_row(platform.timekeeper_url, namespace, name)
+            row = usage_row(platform, namespace, name)
             if row is not None:
                 reported.append(row)
             return row is not None and row.reports >= 3
@@ -458,7 +488,7 @@ def test_a_users_gpu_pod_is_admitted_run_and_charged_with_nothing_lost(
     assert sorted(p.name for p in spool.glob("0*.json")) == [], "an interval left undelivered"
 
     # -- what the user sees -----------------------------------------------------------------------
-    row = usage_row(platform.timekeeper_url, namespace, name)
+    row = usage_row(platform, namespace, name)
     assert row is not None
     share = core_units / 100
     # Every second the sidecar lived is charged once: from its start (after the process was
@@ -486,6 +516,6 @@ def test_a_users_gpu_pod_is_admitted_run_and_charged_with_nothing_lost(
     assert (status["state"], status["budgetGpuHours"]) == ("in-budget", 2.0), status
     assert status["usedGpuHours"] == pytest.approx(row.gpu_hours, abs=1e-6), status
     # And the table a user reads shows the pod's row.
-    table = gpushare("usage", "--url", platform.timekeeper_url, namespace).stdout
+    table = platform.usage(namespace).stdout
     (line,) = [line.split() for line in table.splitlines() if line.startswith(name + " ")]
     assert line[1] == f"{row.gpu_hours:,.4f}", table
