@@ -9,12 +9,13 @@
 #
 # There is no Kubernetes here: the webhook is called with curl, the node manager serves its
 # device plugin sockets under .run/ and the sidecar reports for a made-up pod.
-# Ports move with GPUSHARE_RUN_*_PORT. Ctrl-C stops everything; state stays in .run/.
+# Ports move with GPUSHARE_RUN_*_PORT, the state folder with GPUSHARE_RUN_DIR. Ctrl-C stops
+# everything, the sidecar first (its last interval delivered), the timekeeper last; state stays.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=.venv/bin
-RUN="$PWD/.run"
+RUN=$(realpath -m "${GPUSHARE_RUN_DIR:-.run}")
 TIMEKEEPER_PORT=${GPUSHARE_RUN_TIMEKEEPER_PORT:-8080}
 WEBHOOK_PORT=${GPUSHARE_RUN_WEBHOOK_PORT:-8443}
 NODEMANAGER_PORT=${GPUSHARE_RUN_NODEMANAGER_PORT:-9400}
@@ -39,32 +40,34 @@ wait_ready() {
     say "$name ready at $url"
 }
 
+# Each part runs in its own session, so Ctrl-C reaches only this script (a terminal sends it
+# to the whole foreground process group), which stops the parts in the reverse order of their
+# start: the sidecar first, while the timekeeper can still take its last interval, and the
+# timekeeper last.
 pids=()
-sidecar_pid=""
 stop_all() {
-    trap - INT TERM EXIT
-    # The sidecar first, while the timekeeper can still take its last interval; then the rest.
-    if [[ -n $sidecar_pid ]]; then
-        kill -TERM "$sidecar_pid" 2>/dev/null || true
-        wait "$sidecar_pid" 2>/dev/null || true
-    fi
-    ((${#pids[@]})) && kill -TERM "${pids[@]}" 2>/dev/null || true
-    wait 2>/dev/null || true
+    trap - INT TERM HUP EXIT
+    local i
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${pids[i]}" 2>/dev/null || true
+        wait "${pids[i]}" 2>/dev/null || true
+    done
     say "stopped; state and logs are in $RUN/"
 }
 # Ctrl-C is the normal way out: stop everything and exit 0.
-trap 'stop_all; exit 0' INT TERM
+trap 'stop_all; exit 0' INT TERM HUP
 trap stop_all EXIT
 
 start() {
     local name=$1
     shift
-    "$@" >"$RUN/logs/$name.log" 2>&1 &
+    setsid "$@" >"$RUN/logs/$name.log" 2>&1 &
     pids+=($!)
 }
 
 if [[ ! -f $RUN/certs/tls.crt ]]; then
-    "$BIN/gpushare" certs generate --out "$RUN/certs" --dns localhost --ip 127.0.0.1 >/dev/null
+    "$BIN/gpushare" certs generate --out "$RUN/certs" --dns localhost --ip 127.0.0.1 \
+        >"$RUN/logs/certs.log" 2>&1 || { cat "$RUN/logs/certs.log" >&2; exit 1; }
     say "made a CA and a serving certificate in $RUN/certs/"
 fi
 
@@ -108,7 +111,6 @@ start sidecar env GPUSHARE_TIMEKEEPER_URL="$TIMEKEEPER_URL" GPUSHARE_TOKEN="$dem
     GPUSHARE_VCUDA_CORE=50 GPUSHARE_VCUDA_MEMORY=16 GPUSHARE_REPORT_INTERVAL_SECONDS=5 \
     GPUSHARE_SPOOL_DIR="$RUN/spool" GPUSHARE_SHUTDOWN_DEADLINE_SECONDS=1 \
     GPUSHARE_USAGE_DIR="$RUN/usage" GPUSHARE_LOG_FORMAT=text "$BIN/gpushare" sidecar
-sidecar_pid=${pids[-1]}
 say "demo sidecar reporting for pod team-a/demo-train (50 % of a GPU) every 5 s"
 
 cat <<MSG

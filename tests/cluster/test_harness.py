@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -66,3 +68,51 @@ def test_failed_start_reports_the_logs_and_leaves_nothing_behind(
     for pid in pids.read_text().split():
         with pytest.raises(ProcessLookupError):
             os.kill(int(pid), 0)
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome", "message"),
+    [
+        pytest.param(
+            "", "1 skipped", "real control plane not available: KUBEBUILDER_ASSETS", id="local"
+        ),
+        pytest.param(
+            "true",
+            "1 error",
+            "(CI=true: the real-control-plane tests must run)",
+            id="ci-true",
+        ),
+    ],
+)
+def test_without_binaries_the_tier_skips_locally_and_fails_under_ci(
+    tmp_path: Path, ci: str, outcome: str, message: str
+) -> None:
+    root = Path(__file__).resolve().parents[2]
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("CI", "KUBEBUILDER_ASSETS", "PYTEST_ADDOPTS")
+    }
+    environ.update({"CI": ci, "KUBEBUILDER_ASSETS": str(tmp_path / "nowhere")})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rse",
+            f"{root / 'tests' / 'cluster' / 'test_controlplane.py'}"
+            "::test_the_controller_manager_makes_default_service_accounts",
+        ],
+        cwd=root,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert outcome in result.stdout, result.stdout
+    assert message in result.stdout, result.stdout
+    assert (result.returncode == 0) == (ci == ""), result.stdout
