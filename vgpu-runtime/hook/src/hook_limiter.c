@@ -241,6 +241,11 @@ static void meter(int device, struct gs_device_slot *slot, int64_t now) {
   __atomic_store_n(&slot->meter_claimed_at_ns, 0, __ATOMIC_RELEASE);
 }
 
+void gs_limiter_meter(int device) {
+  struct gs_device_slot *slot = gs_state_device(device);
+  if (slot != NULL) meter(device, slot, now_ns());
+}
+
 static int current_percent(int device, struct gs_device_slot *slot) {
   struct device_limit *d = &limits[device];
   if (d->soft_percent <= d->hard_percent) return d->hard_percent;
