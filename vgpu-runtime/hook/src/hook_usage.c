@@ -166,8 +166,9 @@ static void tick(void) {
   pthread_mutex_unlock(&write_lock);
 }
 
+/* At a normal exit the writer (or, while nobody holds the lock, this process) writes once more. */
 static void at_exit(void) {
-  if (!enabled || !writer) return;
+  if (!enabled || !__atomic_load_n(&started, __ATOMIC_ACQUIRE)) return;
   tick();
 }
 
