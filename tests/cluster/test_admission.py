@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from gpushare import __version__
+from gpushare.resources import USAGE_DIR
 from tests.cluster.admission import (
     CORE,
     MEMORY,
@@ -169,6 +170,25 @@ def admission(
                 )
 
 
+def assert_usage_folder(pod: dict[str, Any], sidecar: dict[str, Any]) -> None:
+    """The pod's usage folder, as stored: read-write in every container holding GPU time,
+    read-only in the sidecar, which is told where it is; an emptyDir."""
+    mount = {"name": "gpushare-usage", "mountPath": USAGE_DIR}
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "gpushare-usage"]
+    assert volume["emptyDir"] == {"sizeLimit": "1Mi"}
+    assert {**mount, "readOnly": True} in sidecar["volumeMounts"]
+    assert env_of(sidecar)["GPUSHARE_USAGE_DIR"] == USAGE_DIR
+    gpu = [
+        item
+        for item in [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]
+        if "tencent.com/vcuda-core" in item.get("resources", {}).get("limits", {})
+    ]
+    assert gpu
+    for item in gpu:
+        at_path = [m for m in item["volumeMounts"] if m["mountPath"] == USAGE_DIR]
+        assert at_path == [mount], item["volumeMounts"]
+
+
 def assert_admitted(
     admission: Admission, pod: dict[str, Any], priority_class: str = "gpushare-standard"
 ) -> dict[str, Any]:
@@ -195,6 +215,7 @@ def assert_admitted(
             }
         }
     ]
+    assert_usage_folder(pod, sidecar)
     assert pod["spec"]["priorityClassName"] == priority_class
     # Removed by the webhook, recomputed by the API server's Priority plugin from the class.
     assert pod["spec"]["priority"] == admission.priorities[priority_class]
