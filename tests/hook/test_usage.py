@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sidecar.usage_files import UsageFile, parse_usage_file
-from tests.hook.conftest import ToolRunner, hook_environment, parse_lines
+from tests.hook.conftest import ToolRunner, hook_environment, parse_lines, read_json_line
 from tests.polling import wait_until
 
 MIB = 1 << 20
@@ -84,9 +83,14 @@ def test_rewritten_at_least_once_a_second_with_the_memory_held(
     )
     try:
         wait_until(path.exists, timeout=10, what="the usage file appears")
+        # the held allocation (plus the context's and module's own memory) is counted from
+        # the first rewrite after the program allocated it
+        wait_until(
+            lambda: read_usage(path).devices[0].memory_used_bytes >= 512 * MIB,
+            timeout=2,
+            what="the allocation in the usage file",
+        )
         first = read_usage(path)
-        # the held allocation (plus the context's and module's own memory) is counted
-        assert first.devices[0].memory_used_bytes >= 512 * MIB
         stamp = first.monotonic_nanoseconds
         for _ in range(3):  # each rewrite comes within a second of the one before
             before = stamp
@@ -102,39 +106,57 @@ def test_rewritten_at_least_once_a_second_with_the_memory_held(
     assert process.returncode == 0, err
 
 
-def test_one_writer_per_container_and_a_successor_when_it_exits(
+def test_one_writer_per_container_and_a_successor_when_it_is_killed(
     hook_build: Path, tmp_path: Path
 ) -> None:
-    # two processes of one container (one state folder, one tenant in the model): one holds
-    # the file; when the shorter one ends, the other carries on, and the file counts both
+    # two processes of one container (one state folder, one tenant in the model): the first
+    # holds the file; when it is killed (SIGKILL: no exit handler), the other takes over
+    # within a period, and the file counts the GPU time of both
     (tmp_path / "usage").mkdir()
     env = hook_environment(
         hook_build,
         tmp_path / "state",
         **usage_env(tmp_path, GPUSHARE_CORE_LIMIT="60", GPUSHARE_MEMORY_LIMIT="4Gi"),
     )
-    processes = [
-        subprocess.Popen(
+    path = tmp_path / "usage" / "alloc-1.json"
+
+    def start(ms: int) -> subprocess.Popen[str]:
+        return subprocess.Popen(
             [str(hook_build / "hooktool"), "pace", "2000", "10000", str(ms), "0"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for ms in (1000, 2500)
-    ]
-    results: list[list[dict[str, Any]]] = []
-    for process in processes:
-        out, err = process.communicate(timeout=30)
-        assert process.returncode == 0, err
-        results.append(parse_lines(out))
-    began = min(lines[0]["at_ns"] for lines in results)
-    ended = max(lines[1]["at_ns"] for lines in results)
-    truth = max(lines[1]["sm_ns"] for lines in results)  # the tenant's total, from zero
-    (device,) = read_usage(tmp_path / "usage" / "alloc-1.json").devices
-    assert abs(device.busy_nanoseconds - truth) <= busy_tolerance_ns(ended - began), (
+
+    first = start(10_000)
+    second = None
+    try:
+        began = read_json_line(first)["at_ns"]
+        wait_until(path.exists, timeout=10, what="the first process writes the file")
+        second = start(2500)
+        read_json_line(second)
+        first.kill()
+        first.wait(timeout=10)
+        killed = read_usage(path).monotonic_nanoseconds
+        wait_until(
+            lambda: read_usage(path).monotonic_nanoseconds > killed + 100_000_000,
+            timeout=1.5,
+            what="the second process taking the file over",
+        )
+        out, err = second.communicate(timeout=30)
+        assert second.returncode == 0, err
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+    end = parse_lines(out)[-1]
+    (device,) = read_usage(path).devices
+    # the tenant's total, from zero: both processes' kernels
+    assert abs(device.busy_nanoseconds - end["sm_ns"]) <= busy_tolerance_ns(end["at_ns"] - began), (
         device,
-        truth,
+        end,
     )
     assert [p.name for p in (tmp_path / "usage").iterdir()] == ["alloc-1.json"]
 
