@@ -11,10 +11,11 @@ BUDGET_STATE: Final = f"{DOMAIN}/budget-state"
 """The namespace's budget state when the pod was admitted."""
 
 QUOTA_REQUEST: Final = f"{DOMAIN}/quota-request"
-"""Guaranteed fraction of GPU time, 0 < request <= limit <= 1 (FaST-GShare vocabulary)."""
+"""Guaranteed fraction of GPU time, 0 <= request <= limit <= 1, 0 = best effort (FaST-GShare
+vocabulary); may be changed on a running pod."""
 
 QUOTA_LIMIT: Final = f"{DOMAIN}/quota-limit"
-"""Upper bound on the fraction of GPU time, 0 < request <= limit <= 1."""
+"""Upper bound on the fraction of GPU time, 0 < limit <= 1; may be changed on a running pod."""
 
 SM_PARTITION: Final = f"{DOMAIN}/sm-partition"
 """Percent of the GPU's SMs, 1..100."""

@@ -2,14 +2,16 @@
 
 Ties the pure budget logic (`budgets`, `periods`, `states`) to the ledger adapter. Status is
 the sum of the running-total buckets inside the namespace's current period window, never a
-scan of the ledger.
+scan of the ledger (except, for a namespace exhausted with `throttle`, the names of its pods
+that reported in the last `RUNNING_POD_SECONDS`: the pods held at the floor).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from timekeeper.auth import Identity, authorize_report
 from timekeeper.budgets import Budget, BudgetPolicy
@@ -19,6 +21,9 @@ from timekeeper.periods import period_window
 from timekeeper.policy_source import PolicySource
 from timekeeper.reports import Report, check_timing, is_namespace_name
 from timekeeper.states import EXHAUSTED, BudgetStatus, budget_status, refill_time
+
+RUNNING_POD_SECONDS: Final = 300.0
+"""A pod that reported within this long is running (sidecars report every 15 s by default)."""
 
 
 def utc_now() -> datetime:
@@ -92,6 +97,10 @@ class Accounting:
         status = budget_status(
             namespace, budget, gpu_hours_from_core_microseconds(used_core_microseconds), at
         )
+        if status.state == EXHAUSTED and budget.when_exhausted == "throttle":
+            since = at - timedelta(seconds=RUNNING_POD_SECONDS)
+            pods = tuple(self.ledger.pods_reporting_since(namespace, since))
+            status = dataclasses.replace(status, throttled_pods=pods)
         if status.state != EXHAUSTED or budget.period.kind != "rolling":
             return status
         # Only an exhausted rolling window needs its buckets: when its use slides out.

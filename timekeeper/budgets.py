@@ -32,13 +32,15 @@ from timekeeper.yaml_nodes import (
 )
 
 PeriodKind: TypeAlias = Literal["day", "week", "month", "rolling"]
-ExhaustedAction: TypeAlias = Literal["deprioritize", "deny"]
+ExhaustedAction: TypeAlias = Literal["deprioritize", "deny", "throttle"]
 
 UNLIMITED: Final = "unlimited"
 ROLLING_MAX_DAYS: Final = 366
 """Longest rolling window: a year (leap or not) of 15-minute buckets."""
 
-EXHAUSTED_ACTIONS: Final[tuple[ExhaustedAction, ...]] = ("deprioritize", "deny")
+EXHAUSTED_ACTIONS: Final[tuple[ExhaustedAction, ...]] = ("deprioritize", "deny", "throttle")
+DEFAULT_THROTTLE_PERCENT: Final = 10.0
+"""`throttleToPercent` when not given: throttled containers keep a tenth of their share."""
 CALENDAR_PERIODS: Final[tuple[PeriodKind, ...]] = ("day", "week", "month")
 
 BUDGET_KEYS: Final = (
@@ -47,6 +49,7 @@ BUDGET_KEYS: Final = (
     "gpuHours",
     "warnAtPercent",
     "whenExhausted",
+    "throttleToPercent",
     "maxVcudaCore",
     "maxVcudaMemory",
 )
@@ -86,6 +89,8 @@ class Budget:
     warn_at_percent: float
     """The state is `warning` from this percentage of `gpu_hours` used (100: never warn)."""
     when_exhausted: ExhaustedAction
+    throttle_to_percent: float = DEFAULT_THROTTLE_PERCENT
+    """With `throttle`: the percent of its share each running shared container keeps."""
     max_vcuda_core: int | None = None
     """Cap on `tencent.com/vcuda-core` requested by the namespace's pods at once (a
     ResourceQuota); None: no cap."""
@@ -247,6 +252,8 @@ _MAX_MEMORY_RULE: Final = (
     f"must be a whole number of tencent.com/vcuda-memory units (256 MiB each) in "
     f"0..{MAX_VCUDA_MEMORY_CAP}, or 'unlimited'"
 )
+_THROTTLE_RULE: Final = "must be a number above 0 and at most 100 (percent of each pod's share)"
+_ACTION_RULE: Final = "must be deprioritize, deny or throttle"
 
 
 def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Problem]) -> Budget:
@@ -259,6 +266,7 @@ def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Probl
     entries = mapping_entries(node, path, problems, known_keys=BUDGET_KEYS)
     period, timezone, gpu_hours = base.period, base.timezone, base.gpu_hours
     warn_at_percent, when_exhausted = base.warn_at_percent, base.when_exhausted
+    throttle_to_percent = base.throttle_to_percent
     max_core, max_memory = base.max_vcuda_core, base.max_vcuda_memory
 
     for key, (_, value) in entries.items():
@@ -275,16 +283,18 @@ def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Probl
                 if not 0 < warn_at_percent <= 100:
                     raise ValueError(_WARN_RULE)
             elif key == "whenExhausted":
-                action = string(value, "must be deprioritize or deny")
+                action = string(value, _ACTION_RULE)
                 if action not in EXHAUSTED_ACTIONS:
-                    raise ValueError(
-                        "must be deprioritize or deny" + did_you_mean(action, EXHAUSTED_ACTIONS)
-                    )
+                    raise ValueError(_ACTION_RULE + did_you_mean(action, EXHAUSTED_ACTIONS))
                 when_exhausted = action
             elif key == "maxVcudaCore":
                 max_core = _parse_cap(value, MAX_VCUDA_CORE_CAP, _MAX_CORE_RULE)
             elif key == "maxVcudaMemory":
                 max_memory = _parse_cap(value, MAX_VCUDA_MEMORY_CAP, _MAX_MEMORY_RULE)
+            elif key == "throttleToPercent":
+                throttle_to_percent = number(value, _THROTTLE_RULE)
+                if not 0 < throttle_to_percent <= 100:
+                    raise ValueError(_THROTTLE_RULE)
         except ValueError as err:
             problems.append(Problem(field_path, f"{err} (got {describe(value)})", line_of(value)))
     return Budget(
@@ -295,6 +305,7 @@ def _parse_budget(node: yaml.Node, path: str, base: Budget, problems: list[Probl
         when_exhausted,
         max_vcuda_core=max_core,
         max_vcuda_memory=max_memory,
+        throttle_to_percent=throttle_to_percent,
     )
 
 

@@ -521,10 +521,10 @@ def describe_budget(budget: Budget) -> str:
         if budget.warn_at_percent >= 100
         else f"warning at {_number(budget.warn_at_percent)}%"
     )
-    return (
-        f"{_number(budget.gpu_hours)} GPU-hours {period}, {warning}, then "
-        f"{budget.when_exhausted}{held}"
-    )
+    action = str(budget.when_exhausted)
+    if budget.when_exhausted == "throttle":
+        action = f"throttle to {_number(budget.throttle_to_percent)}%"
+    return f"{_number(budget.gpu_hours)} GPU-hours {period}, {warning}, then {action}{held}"
 
 
 def _number(value: float) -> str:

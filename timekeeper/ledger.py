@@ -163,6 +163,18 @@ class Ledger:
             ).all()
         return {row.bucket_start: int(row.core_microseconds) for row in rows}
 
+    def pods_reporting_since(self, namespace: str, since: datetime) -> list[str]:
+        """Names of the pods of `namespace` with a report ending at or after `since`."""
+        reports = usage_reports
+        with self._read() as connection:
+            rows = connection.execute(
+                sa.select(reports.c.pod)
+                .where(reports.c.namespace == namespace, reports.c.end_at >= since)
+                .distinct()
+                .order_by(reports.c.pod)
+            ).all()
+        return [row.pod for row in rows]
+
     def used_by_namespace(
         self, start: datetime, end: datetime, namespaces: Iterable[str] | None = None
     ) -> dict[str, int]:

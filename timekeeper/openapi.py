@@ -354,13 +354,27 @@ def openapi_document() -> dict[str, Any]:
                         "remainingGpuHours": {"type": ["number", "null"]},
                         "periodStart": _TIME,
                         "periodEnd": _TIME,
-                        "whenExhausted": {"type": "string", "enum": ["deprioritize", "deny"]},
+                        "whenExhausted": {
+                            "type": "string",
+                            "enum": ["deprioritize", "deny", "throttle"],
+                        },
                         "burnRateGpuHoursPerDay": {"type": "number"},
                         "projectedGpuHours": {"type": "number"},
                         "refillsAt": {
                             "description": "when an exhausted namespace stops being exhausted "
                             "if it uses nothing more; null when not exhausted or never",
                             "oneOf": [_TIME, {"type": "null"}],
+                        },
+                        "throttleToPercent": {
+                            "description": "only with whenExhausted throttle: the percent of "
+                            "its GPU share each running pod keeps while exhausted",
+                            "type": "number",
+                        },
+                        "throttledPods": {
+                            "description": "only with whenExhausted throttle: the pods held "
+                            "at the floor now (exhausted, reported in the last 5 minutes)",
+                            "type": "array",
+                            "items": {"type": "string"},
                         },
                         "period": {
                             "type": "string",

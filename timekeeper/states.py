@@ -58,6 +58,10 @@ class BudgetStatus:
     `refill_time`). None when not exhausted, or never (a budget of 0)."""
     period: str = ""
     """The period kind as the budgets file writes it: `day`, `week`, `month`, `rolling:<N>d`."""
+    throttle_to_percent: float | None = None
+    """With `whenExhausted: throttle`: the percent of its share each pod keeps when throttled."""
+    throttled_pods: tuple[str, ...] = ()
+    """Exhausted with `throttle`: the namespace's running GPU pods, held at the floor."""
 
 
 def budget_state(budget: Budget, used_gpu_hours: float) -> str:
@@ -110,6 +114,9 @@ def budget_status(
         projected_gpu_hours=projected,
         refills_at=end if refills else None,
         period=str(budget.period),
+        throttle_to_percent=budget.throttle_to_percent
+        if budget.when_exhausted == "throttle"
+        else None,
     )
 
 
@@ -146,8 +153,9 @@ def refill_time(
 
 
 def status_to_json(status: BudgetStatus) -> dict[str, object]:
-    """The wire form (camelCase, RFC 3339 UTC times, null where unlimited)."""
-    return {
+    """The wire form (camelCase, RFC 3339 UTC times, null where unlimited); namespaces that
+    throttle when exhausted also carry their floor and the pods throttled now."""
+    wire: dict[str, object] = {
         "namespace": status.namespace,
         "state": status.state,
         "budgetGpuHours": _hours(status.budget_gpu_hours),
@@ -161,6 +169,10 @@ def status_to_json(status: BudgetStatus) -> dict[str, object]:
         "refillsAt": None if status.refills_at is None else rfc3339(status.refills_at),
         "period": status.period,
     }
+    if status.when_exhausted == "throttle":
+        wire["throttleToPercent"] = status.throttle_to_percent
+        wire["throttledPods"] = list(status.throttled_pods)
+    return wire
 
 
 def rfc3339(instant: datetime) -> str:

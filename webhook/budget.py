@@ -2,8 +2,9 @@
 
 The timekeeper's namespace status is decoded here (its wire format is a contract), and the
 admission decision follows the design: in-budget, warning and unlimited run at the standard
-PriorityClass; exhausted namespaces run over-budget (preemptible) or are refused, as their
-policy says.
+PriorityClass; exhausted namespaces run over-budget (preemptible), are refused, or (with
+`throttle`) are admitted at the standard PriorityClass with a warning that the pod runs at the
+throttle floor, as their policy says.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from gpushare import annotations as keys
 
-WHEN_EXHAUSTED = ("deprioritize", "deny")
+WHEN_EXHAUSTED = ("deprioritize", "deny", "throttle")
 
 
 class StatusFormatError(ValueError):
@@ -33,6 +34,8 @@ class BudgetStatus:
     period_end: str | None
     refills_at: str | None = None
     """When an exhausted namespace stops being exhausted (null from older timekeepers)."""
+    throttle_to_percent: float | None = None
+    """With `throttle`: the percent of its share a pod keeps while the namespace is exhausted."""
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,15 @@ def parse_status(namespace: str, body: object) -> BudgetStatus:
         raise StatusFormatError(f"state={state!r} is not one of {', '.join(keys.BUDGET_STATES)}")
     when = body.get("whenExhausted", "deprioritize")
     if when not in WHEN_EXHAUSTED:
-        raise StatusFormatError(f"whenExhausted={when!r} is not one of deprioritize, deny")
+        raise StatusFormatError(f"whenExhausted={when!r} is not one of {', '.join(WHEN_EXHAUSTED)}")
     used = _number(body, "usedGpuHours", default=0.0)
     budget = None if body.get("budgetGpuHours") is None else _number(body, "budgetGpuHours")
     period_end = _time(body, "periodEnd")
     refills_at = _time(body, "refillsAt")
-    return BudgetStatus(namespace, state, when, used, budget, period_end, refills_at)
+    floor = None
+    if when == "throttle":
+        floor = _number(body, "throttleToPercent", default=10.0)
+    return BudgetStatus(namespace, state, when, used, budget, period_end, refills_at, floor)
 
 
 def _time(body: Mapping[str, Any], field: str) -> str | None:
@@ -95,6 +101,12 @@ def warnings_for(status: BudgetStatus, decision: PriorityDecision) -> list[str]:
             f" runs at PriorityClass {keys.PRIORITY_CLASS_OVERBUDGET}: preemptible (in-budget"
             f" GPU pods may evict it) until the budget refills at {_refill(status)}"
         ]
+    if status.state == "exhausted" and status.when_exhausted == "throttle":
+        return [
+            f'gpushare: namespace "{status.namespace}" has used {_used(status)}, so this pod'
+            f" runs throttled to {status.throttle_to_percent:g}% of its GPU share until the"
+            f" budget refills at {_refill(status)}"
+        ]
     if status.state == "warning":
         return [
             f'gpushare: namespace "{status.namespace}" has used {_used(status)}; it refills'
@@ -109,6 +121,8 @@ def decide_priority(status: BudgetStatus) -> PriorityDecision:
         return PriorityDecision(keys.PRIORITY_CLASS_STANDARD)
     if status.when_exhausted == "deprioritize":
         return PriorityDecision(keys.PRIORITY_CLASS_OVERBUDGET)
+    if status.when_exhausted == "throttle":
+        return PriorityDecision(keys.PRIORITY_CLASS_STANDARD)  # held at the floor on the node
     hours = status.budget_gpu_hours
     budget = "an unlimited" if hours is None else f"its {hours:g}"
     refill = _refill(status)

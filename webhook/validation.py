@@ -277,10 +277,16 @@ def _annotation_problems(annotations: Mapping[str, Any], requests: list[GpuReque
         if value is None:
             continue
         number = Decimal(value) if isinstance(value, str) and _FRACTION.fullmatch(value) else None
-        if number is None or not 0 < number <= 1:
+        if number is None or not 0 <= number <= 1:
             problems.append(
                 f"annotation {key}={_show(value)}; it must be a fraction of GPU time"
-                " with 0 < quota-request <= quota-limit <= 1"
+                " with 0 <= quota-request <= quota-limit <= 1"
+            )
+        elif key == keys.QUOTA_LIMIT and number == 0:
+            # a request of 0 is best effort (spare time only); a limit of 0 would never run
+            problems.append(
+                f"annotation {key}={_show(value)}; it must be above 0 (a fraction of GPU time"
+                " with 0 <= quota-request <= quota-limit <= 1)"
             )
         else:
             fractions[key] = number
@@ -288,7 +294,7 @@ def _annotation_problems(annotations: Mapping[str, Any], requests: list[GpuReque
         problems.append(
             f"annotation {keys.QUOTA_REQUEST}={annotations[keys.QUOTA_REQUEST]} is above"
             f" {keys.QUOTA_LIMIT}={annotations[keys.QUOTA_LIMIT]}; it must be"
-            " 0 < quota-request <= quota-limit <= 1"
+            " 0 <= quota-request <= quota-limit <= 1"
         )
     problems.extend(_quota_against_core(annotations, fractions, requests))
     sm = annotations.get(keys.SM_PARTITION)

@@ -138,7 +138,9 @@ def known_variables(part: str) -> set[str]:
         return {name for name, _, _ in webhook_settings.describe()}
     if part in ("timekeeper", "db"):
         return set(timekeeper_settings.ENV_NAMES.values())
-    if part in ("nodemanager", "extender", "quotas"):
+    if part == "nodemanager":
+        return {nodemanager_settings.TIMEKEEPER_URL_ENV}
+    if part in ("extender", "quotas"):
         return set()
     raise AssertionError(f"no settings known for {part}")
 

@@ -106,6 +106,15 @@ class FakeApiServer:
                     pod.setdefault("status", {})["phase"] = phase
                     self._record(old, pod)
 
+    def annotate_pod(self, name: str, annotations: dict[str, str]) -> None:
+        """Merge `annotations` into the pod's (as `kubectl annotate --overwrite` does)."""
+        with self._lock:
+            for pod in self.pods:
+                if pod["metadata"]["name"] == name:
+                    old = copy.deepcopy(pod)
+                    pod["metadata"].setdefault("annotations", {}).update(annotations)
+                    self._record(old, pod)
+
     def delete_pod(self, name: str) -> None:
         with self._lock:
             for pod in [pod for pod in self.pods if pod["metadata"]["name"] == name]:

@@ -746,3 +746,43 @@ def test_readyz_fails_when_the_database_is_dropped_under_it(
         )
         assert (status, answer["error"]) == (503, "unavailable")
     app.extensions["gpushare"]["engine"].dispose()
+
+
+def test_throttled_namespace_status_names_its_running_pods(make_app: MakeApp) -> None:
+    """Exhausted with `throttle`: the status gives the floor and the pods that reported in
+    the last 5 minutes (running, held at the floor); an old pod is not among them."""
+    budgets = (
+        "namespaces:\n"
+        "  lab: {gpuHours: 0.5, whenExhausted: throttle, throttleToPercent: 20}\n"
+        "  other: {gpuHours: 5, whenExhausted: throttle}\n"
+    )
+    client = make_app(budgets=budgets).test_client()
+    recent = NOW - timedelta(minutes=2)
+    reports = [
+        ("old-pod", NOW - timedelta(days=1), timedelta(minutes=40)),
+        ("train", recent - timedelta(minutes=1), timedelta(minutes=1)),
+        ("serve", recent - timedelta(minutes=1), timedelta(minutes=1)),
+    ]
+    for pod, start, length in reports:
+        body = report_body(
+            namespace="lab",
+            pod=pod,
+            podUid=f"uid-{pod}",
+            vcudaCore=100,
+            start=rfc3339(start),
+            end=rfc3339(start + length),
+        )
+        assert post(client, body)[0] == 200
+    status = client.get("/api/v1/namespaces/lab").get_json()
+    assert status["state"] == "exhausted"
+    assert status["whenExhausted"] == "throttle"
+    assert status["throttleToPercent"] == 20
+    assert status["throttledPods"] == ["serve", "train"]
+    other = client.get("/api/v1/namespaces/other").get_json()
+    assert (other["state"], other["throttleToPercent"], other["throttledPods"]) == (
+        "in-budget",
+        10,
+        [],
+    )
+    deny = client.get("/api/v1/namespaces/someone-else").get_json()
+    assert "throttledPods" not in deny and "throttleToPercent" not in deny

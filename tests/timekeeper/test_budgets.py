@@ -104,6 +104,15 @@ namespaces:                     # namespaces not listed get the defaults
             id="rolling-366d-and-exponent-number",
         ),
         pytest.param(
+            "defaults: {gpuHours: 5, whenExhausted: throttle}\n"
+            "namespaces:\n  team-a: {throttleToPercent: 25}\n",
+            policy(
+                Budget(Period("month"), "UTC", 5.0, 80.0, "throttle"),
+                **{"team-a": Budget(Period("month"), "UTC", 5.0, 80.0, "throttle", 25.0)},
+            ),
+            id="throttle-with-default-and-own-floor",
+        ),
+        pytest.param(
             "defaults: {gpuHours: 10_000}\n",
             policy(Budget(Period("month"), "UTC", 10000.0, 80.0, "deprioritize")),
             id="underscore-digit-separators",
@@ -328,14 +337,22 @@ DNS_RULE = (
             id="warn-boolean-off",
         ),
         pytest.param(
+            "defaults: {whenExhausted: throttle, throttleToPercent: 0}\n",
+            (
+                "defaults.throttleToPercent: must be a number above 0 and at most 100"
+                " (percent of each pod's share) (got 0)",
+            ),
+            id="throttle-floor-zero",
+        ),
+        pytest.param(
             "defaults: {whenExhausted: reject}\n",
-            ("defaults.whenExhausted: must be deprioritize or deny (got 'reject')",),
+            ("defaults.whenExhausted: must be deprioritize, deny or throttle (got 'reject')",),
             id="action-unknown",
         ),
         pytest.param(
             "defaults: {whenExhausted: deprioritise}\n",
             (
-                "defaults.whenExhausted: must be deprioritize or deny; "
+                "defaults.whenExhausted: must be deprioritize, deny or throttle; "
                 "did you mean 'deprioritize'? (got 'deprioritise')",
             ),
             id="action-british-spelling",
@@ -354,7 +371,8 @@ DNS_RULE = (
             "namespaces:\n  team-a: {priority: 3}\n",
             (
                 "namespaces.team-a.priority: unknown key; known keys: period, timezone, "
-                "gpuHours, warnAtPercent, whenExhausted, maxVcudaCore, maxVcudaMemory",
+                "gpuHours, warnAtPercent, whenExhausted, throttleToPercent, maxVcudaCore, "
+                "maxVcudaMemory",
             ),
             id="unknown-key-unrelated",
         ),
@@ -455,7 +473,7 @@ DNS_RULE = (
             (
                 "defaults.period: must be day, week, month or rolling:<N>d (got 'yearly')",
                 f"defaults.gpuHours: {GPU_HOURS_RULE} (got 'lots')",
-                "namespaces.x.whenExhausted: must be deprioritize or deny (got 'kill')",
+                "namespaces.x.whenExhausted: must be deprioritize, deny or throttle (got 'kill')",
             ),
             id="every-problem-at-once-in-line-order",
         ),
@@ -560,7 +578,8 @@ budget_values = st.builds(
     st.sampled_from(["UTC", "Europe/Berlin", "Australia/Lord_Howe", "Asia/Kathmandu"]),
     st.one_of(st.none(), st.floats(0, 1e9, allow_nan=False, allow_infinity=False)),
     st.floats(0, 100, exclude_min=True),
-    st.sampled_from(["deprioritize", "deny"]),
+    st.sampled_from(["deprioritize", "deny", "throttle"]),
+    st.floats(0, 100, exclude_min=True),
     max_vcuda_core=st.one_of(st.none(), st.integers(0, 10_000_000)),
     max_vcuda_memory=st.one_of(st.none(), st.integers(0, 1_000_000_000)),
 )
@@ -575,6 +594,7 @@ def render(b: Budget, keys: set[str]) -> str:
         "whenExhausted": b.when_exhausted,
         "maxVcudaCore": "unlimited" if b.max_vcuda_core is None else str(b.max_vcuda_core),
         "maxVcudaMemory": "unlimited" if b.max_vcuda_memory is None else str(b.max_vcuda_memory),
+        "throttleToPercent": repr(b.throttle_to_percent),
     }
     return "{" + ", ".join(f"{key}: {values[key]}" for key in sorted(keys)) + "}"
 
@@ -603,6 +623,7 @@ def test_rendered_policies_parse_back(
             b.gpu_hours if "gpuHours" in keys else defaults.gpu_hours,
             b.warn_at_percent if "warnAtPercent" in keys else defaults.warn_at_percent,
             b.when_exhausted if "whenExhausted" in keys else defaults.when_exhausted,
+            b.throttle_to_percent if "throttleToPercent" in keys else defaults.throttle_to_percent,
             max_vcuda_core=b.max_vcuda_core if "maxVcudaCore" in keys else defaults.max_vcuda_core,
             max_vcuda_memory=(
                 b.max_vcuda_memory if "maxVcudaMemory" in keys else defaults.max_vcuda_memory

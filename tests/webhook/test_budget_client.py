@@ -89,7 +89,7 @@ def test_decodes_status(timekeeper: FakeTimekeeper, wire: dict, expected: Budget
         pytest.param(
             wire_status(whenExhausted="shrug"),
             "timekeeper sent a bad namespace status: whenExhausted='shrug' is not one of"
-            " deprioritize, deny",
+            " deprioritize, deny, throttle",
             id="bad-policy",
         ),
         pytest.param(None, 'timekeeper answered HTTP 404 for namespace "team-a"', id="404"),

@@ -146,7 +146,7 @@ def test_odd_core_quantities_are_refused_with_the_rule(
         pytest.param(
             {"gpushare.io/quota-request": "0.5\n"},
             "annotation gpushare.io/quota-request='0.5\\n'; it must be a fraction of GPU time"
-            " with 0 < quota-request <= quota-limit <= 1",
+            " with 0 <= quota-request <= quota-limit <= 1",
             id="quota-trailing-newline-quoted",
         ),
         pytest.param(

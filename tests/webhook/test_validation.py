@@ -203,7 +203,7 @@ SM = "gpushare.io/sm-partition"
             pod(container(limits=gpu(30, 8)), annotations={QREQ: "0.6", QLIM: "0.5"}),
             [
                 "annotation gpushare.io/quota-request=0.6 is above gpushare.io/quota-limit=0.5;"
-                " it must be 0 < quota-request <= quota-limit <= 1",
+                " it must be 0 <= quota-request <= quota-limit <= 1",
                 "annotation gpushare.io/quota-request=0.6 cannot be guaranteed: container"
                 ' "train" asks tencent.com/vcuda-core=30 (0.3 of a GPU), and the guaranteed'
                 " share is that allocation; lower gpushare.io/quota-request to at most 0.3 or"
@@ -302,17 +302,22 @@ SM = "gpushare.io/sm-partition"
         ),
         pytest.param(
             pod(container(limits=gpu(30, 8)), annotations={QREQ: "0"}),
+            [],
+            id="quota-request-zero-best-effort",
+        ),
+        pytest.param(
+            pod(container(limits=gpu(30, 8)), annotations={QREQ: "0", QLIM: "0"}),
             [
-                "annotation gpushare.io/quota-request=0; it must be a fraction of GPU time with"
-                " 0 < quota-request <= quota-limit <= 1"
+                "annotation gpushare.io/quota-limit=0; it must be above 0 (a fraction of GPU"
+                " time with 0 <= quota-request <= quota-limit <= 1)"
             ],
-            id="quota-request-zero",
+            id="quota-limit-zero",
         ),
         pytest.param(
             pod(container(limits=gpu(30, 8)), annotations={QLIM: "1.5"}),
             [
                 "annotation gpushare.io/quota-limit=1.5; it must be a fraction of GPU time with"
-                " 0 < quota-request <= quota-limit <= 1"
+                " 0 <= quota-request <= quota-limit <= 1"
             ],
             id="quota-limit-above-one",
         ),
@@ -320,7 +325,7 @@ SM = "gpushare.io/sm-partition"
             pod(container(limits=gpu(30, 8)), annotations={QLIM: "half"}),
             [
                 "annotation gpushare.io/quota-limit=half; it must be a fraction of GPU time with"
-                " 0 < quota-request <= quota-limit <= 1"
+                " 0 <= quota-request <= quota-limit <= 1"
             ],
             id="quota-limit-not-a-number",
         ),

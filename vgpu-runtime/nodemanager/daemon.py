@@ -9,6 +9,11 @@ import time
 from types import FrameType
 
 from gpushare import logs
+from nodemanager.gputime.budgetstates import BudgetStates, HttpFetch
+from nodemanager.gputime.metrics import GpuTimeCollector
+from nodemanager.gputime.scheduler import SchedulerConfig
+from nodemanager.gputime.server import SOCKET_NAME, GpuTimeServer
+from nodemanager.gputime.service import GpuTimeService
 from nodemanager.inventory import Inventory, SimulatedInventory
 from nodemanager.kube import (
     KubeletPodResources,
@@ -41,7 +46,12 @@ class Daemon:
         self.settings = settings
         pod_source: PodSource | None = kubernetes
         publisher: NodePublisher | None = kubernetes
-        self.pod_watch = None if kubernetes is None else PodWatch(kubernetes, settings.node_name)
+        self.gpu_time: GpuTimeService | None = None
+        self.pod_watch = (
+            None
+            if kubernetes is None
+            else PodWatch(kubernetes, settings.node_name, on_change=self._gpu_time_changed)
+        )
         self.manager = NodeManager(
             node_name=settings.node_name,
             inventory=inventory,
@@ -57,16 +67,47 @@ class Daemon:
             publisher=publisher,
             annotator=kubernetes,
             release_grace_seconds=settings.release_grace_seconds,
+            scheduler_socket=SOCKET_NAME if settings.gpu_time else None,
+            on_allocations_changed=self._gpu_time_changed,
         )
+        if settings.gpu_time:
+            budgets = None
+            if settings.timekeeper_url is not None:
+                fetch = HttpFetch(
+                    settings.timekeeper_url, token_file=settings.timekeeper_token_file
+                )
+                budgets = BudgetStates(
+                    fetch,
+                    poll_seconds=settings.budget_poll_seconds,
+                    on_change=self._gpu_time_changed,
+                )
+            server = GpuTimeServer(
+                SchedulerConfig(
+                    window_seconds=settings.gpu_time_window_seconds,
+                    min_token_seconds=settings.gpu_time_min_token_seconds,
+                    max_token_seconds=settings.gpu_time_max_token_seconds,
+                )
+            )
+            self.gpu_time = GpuTimeService(
+                server, self.manager, pods=self.pod_watch, budgets=budgets
+            )
         self.runner = PluginRunner(self.manager, settings.device_plugin_dir)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.metrics_port = 0
 
+    def _gpu_time_changed(self) -> None:
+        if self.gpu_time is not None:
+            self.gpu_time.wake()
+
     def start(self) -> None:
         from prometheus_client import start_http_server
 
         registry = registry_for(self.manager, ProcEnvironAttribution())
+        if self.gpu_time is not None:
+            registry.register(
+                GpuTimeCollector(self.settings.node_name, self.gpu_time.server, self.manager)
+            )
         server, _ = start_http_server(
             self.settings.port, addr=self.settings.host, registry=registry
         )
@@ -76,6 +117,8 @@ class Daemon:
             self.pod_watch.start()
         self.manager.check_health()
         self.manager.reconcile()
+        if self.gpu_time is not None:
+            self.gpu_time.start()
         self.runner.start()
         self._thread = threading.Thread(target=self._housekeeping, name="housekeeping")
         self._thread.daemon = True
@@ -111,6 +154,8 @@ class Daemon:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.runner.stop()
+        if self.gpu_time is not None:
+            self.gpu_time.stop()
         if self.pod_watch is not None:
             self.pod_watch.stop()
         self.manager.flush_checkpoint()

@@ -117,6 +117,8 @@ class NodeManager:
         annotator: PodAnnotator | None = None,
         release_grace_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
+        scheduler_socket: str | None = None,
+        on_allocations_changed: Callable[[], None] = lambda: None,
     ) -> None:
         self.node_name = node_name
         self.inventory = inventory
@@ -134,6 +136,9 @@ class NodeManager:
         self._marker: threading.Thread | None = None
         self._grace = release_grace_seconds
         self._clock = clock
+        self._scheduler_socket = scheduler_socket
+        """Name of the GPU time scheduler's socket in a state directory; None: no scheduler."""
+        self._on_allocations_changed = on_allocations_changed
         self.gpus: tuple[Gpu, ...] = tuple(inventory.gpus())
         self._gpu_by_uuid = {gpu.uuid: gpu for gpu in self.gpus}
         self._lock = threading.Lock()
@@ -157,6 +162,7 @@ class NodeManager:
     def _allocations_changed(self) -> None:
         self._checkpoint.request()
         self.capacity_changed.set()
+        self._on_allocations_changed()
 
     def _checkpoint_text(self) -> str:
         with self._lock:
@@ -430,6 +436,10 @@ class NodeManager:
                 MountSpec(self.paths.container_state_dir, allocation.state_dir, read_only=False)
             )
             if allocation.core_limit < CORE_UNITS_PER_GPU:
+                if self._scheduler_socket is not None:
+                    envs["GPUSHARE_SCHEDULER_SOCKET"] = (
+                        f"{self.paths.container_state_dir}/{self._scheduler_socket}"
+                    )
                 envs["LD_PRELOAD"] = f"{self.paths.container_hook_dir}/{HOOK_LIBRARY_NAME}"
                 mounts.append(
                     MountSpec(

@@ -120,7 +120,7 @@ def _fraction_percent(text: object) -> int | None:
     return int(value * 100)
 
 
-def _soft_limit(annotations: Mapping[str, str], core: int) -> int | None:
+def burst_limit(annotations: Mapping[str, str], core: int) -> int | None:
     """The pod's burst limit for this core request: the smaller of its ceilings
     (`tencent.com/vcuda-core-limit`, `gpushare.io/quota-limit`) never below `core`; None for
     whole GPUs and when the pod gives no valid ceiling."""
@@ -197,7 +197,7 @@ def pending_containers(
                     ),
                     core=core,
                     memory=memory,
-                    soft_limit=_soft_limit(annotations, core),
+                    soft_limit=burst_limit(annotations, core),
                     sm_partition=_sm_partition(annotations),
                     core_by_gpu=None if assigned is None else assigned[0],
                     memory_by_gpu=None if assigned is None else assigned[1],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from nodemanager import pods
@@ -49,8 +50,11 @@ class PodWatch:
         watch_timeout_seconds: int = 300,
         retry_seconds: float = 1.0,
         max_retry_seconds: float = 30.0,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._source = source
+        self._on_change = on_change
+        """Called (outside the lock) after every list and every pod event applied."""
         self._node = node_name
         self._watch_timeout = watch_timeout_seconds
         self._retry = retry_seconds
@@ -96,6 +100,11 @@ class PodWatch:
     def pod_names(self) -> set[PodKey]:
         with self._lock:
             return set(self._pods)
+
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A pod of this node as last seen (Kubernetes JSON); None when unknown or unsynced."""
+        with self._lock:
+            return self._pods.get((namespace, name)) if self._synced else None
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> PodWatch:
@@ -159,6 +168,7 @@ class PodWatch:
             self._pending = None
             self._synced = True
             self.relists += 1
+        self._on_change()
         log.debug("pod cache of node %s: %d pods at version %s", self._node, len(listed), version)
 
     def _watch(self) -> None:
@@ -203,3 +213,4 @@ class PodWatch:
             if version:
                 self._version = version
             self._pending = None
+        self._on_change()

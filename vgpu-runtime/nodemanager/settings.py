@@ -11,6 +11,9 @@ from pathlib import Path
 from nodemanager.inventory import parse_simulate_gpus
 from nodemanager.placement import Policy
 
+TIMEKEEPER_URL_ENV = "GPUSHARE_NODEMANAGER_TIMEKEEPER_URL"
+"""Where --timekeeper-url comes from when the flag is not given (the chart sets it)."""
+
 
 class SettingsError(Exception):
     """One or more flags are invalid; the message lists them all."""
@@ -52,6 +55,20 @@ class Settings:
     """debug, info, warning or error."""
     log_format: str = "text"
     """text (terminal) or json (one object per line, for the cluster)."""
+    gpu_time: bool = True
+    """Run the GPU time scheduler (a socket per shared container, GPUSHARE_SCHEDULER_SOCKET)."""
+    gpu_time_window_seconds: float = 1.0
+    """The scheduler's sliding window: shares are held over it, quota changes act within it."""
+    gpu_time_min_token_seconds: float = 0.01
+    """The shortest token of GPU time granted."""
+    gpu_time_max_token_seconds: float = 0.025
+    """The longest token of GPU time granted."""
+    timekeeper_url: str | None = None
+    """Timekeeper whose namespace states throttle pods (whenExhausted: throttle); None: never."""
+    timekeeper_token_file: Path | None = None
+    """Bearer token file for the timekeeper (read at every poll: projected tokens rotate)."""
+    budget_poll_seconds: float = 10.0
+    """How often the namespace states are pulled from the timekeeper."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +106,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--release-grace", help="seconds an allocation unknown to kubelet is kept (default: 60)")
     add("--log-level", help="debug, info (default), warning or error")
     add("--log-format", help="text (default) or json")
+    add("--no-gpu-time", action="store_true", help="do not run the GPU time scheduler")
+    add("--gpu-time-window", help="seconds of the GPU time scheduler's window (default: 1)")
+    add("--gpu-time-min-token", help="seconds of the shortest GPU time token (default: 0.01)")
+    add("--gpu-time-max-token", help="seconds of the longest GPU time token (default: 0.025)")
+    add(
+        "--timekeeper-url",
+        help=f"timekeeper whose budget states throttle pods (default: ${TIMEKEEPER_URL_ENV})",
+    )
+    add("--timekeeper-token-file", help="bearer token file for the timekeeper (default: none)")
+    add("--budget-poll-interval", help="seconds between pulls of budget states (default: 10)")
 
 
 def parse_settings(args: argparse.Namespace) -> Settings:
@@ -135,6 +162,20 @@ def parse_settings(args: argparse.Namespace) -> Settings:
     health = number("--health-interval", args.health_interval, 10.0, 0.1)
     reconcile = number("--reconcile-interval", args.reconcile_interval, 30.0, 0.1)
     grace = number("--release-grace", args.release_grace, 60.0, 0.0)
+    window = number("--gpu-time-window", args.gpu_time_window, 1.0, 0.01)
+    min_token = number("--gpu-time-min-token", args.gpu_time_min_token, 0.01, 0.001)
+    max_token = number("--gpu-time-max-token", args.gpu_time_max_token, 0.025, 0.001)
+    if not min_token <= max_token <= window:
+        errors.append(
+            "--gpu-time-max-token: must be between --gpu-time-min-token and --gpu-time-window"
+            f" (got min token {min_token:g}, max token {max_token:g}, window {window:g})"
+        )
+    budget_poll = number("--budget-poll-interval", args.budget_poll_interval, 10.0, 0.1)
+    timekeeper_url = args.timekeeper_url or os.environ.get(TIMEKEEPER_URL_ENV) or None
+    if timekeeper_url is not None and not timekeeper_url.startswith(("http://", "https://")):
+        errors.append(
+            f"--timekeeper-url: must be an http:// or https:// URL (got {timekeeper_url!r})"
+        )
     log_level = args.log_level or defaults.log_level
     if log_level not in ("debug", "info", "warning", "error"):
         errors.append(f"--log-level: must be debug, info, warning or error (got {log_level!r})")
@@ -165,4 +206,13 @@ def parse_settings(args: argparse.Namespace) -> Settings:
         release_grace_seconds=grace,
         log_level=log_level,
         log_format=log_format,
+        gpu_time=not args.no_gpu_time,
+        gpu_time_window_seconds=window,
+        gpu_time_min_token_seconds=min_token,
+        gpu_time_max_token_seconds=max_token,
+        timekeeper_url=timekeeper_url,
+        timekeeper_token_file=Path(args.timekeeper_token_file)
+        if args.timekeeper_token_file
+        else None,
+        budget_poll_seconds=budget_poll,
     )
