@@ -109,7 +109,9 @@ def _admitting(control_plane: ControlPlane, namespace: str) -> bool:
 def admission(
     control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Admission]:
-    run_id = uuid.uuid4().hex[:8]
+    # A letter first: an id of digits with one "e" (such as "12e45678") is a number to the
+    # API server's YAML reader, and a label value must be a string.
+    run_id = f"r{uuid.uuid4().hex[:7]}"
     labels = {SELECTOR_LABEL: run_id}
     work = tmp_path_factory.mktemp("admission")
     generate_certs(work / "certs")
