@@ -8,6 +8,10 @@ VCUDA_CORE: Final = "tencent.com/vcuda-core"
 VCUDA_MEMORY: Final = "tencent.com/vcuda-memory"
 """1 unit = 256 MiB of GPU memory. Required together with a shared core request."""
 
+USAGE_DIR: Final = "/var/run/gpushare-usage"
+"""Where a GPU pod's usage folder appears: read-write in its GPU containers (the vGPU hook
+writes its usage file there), read-only in the accounting sidecar."""
+
 CORE_UNITS_PER_GPU: Final = 100
 MEMORY_UNIT_BYTES: Final = 256 * 1024 * 1024
 

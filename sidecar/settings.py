@@ -81,7 +81,7 @@ class Settings:
     is dead-lettered (a token being rotated or the timekeeper's keys being fixed)."""
     resume_window_seconds: float = 600.0
     """GPUSHARE_RESUME_WINDOW_SECONDS: a restart this soon continues the interval it lost."""
-    usage_dir: str = "/var/run/gpushare/usage"
+    usage_dir: str = "/var/run/gpushare-usage"
     """GPUSHARE_USAGE_DIR: folder of the hook's usage files (measured use); when it does not
     exist, NVML is tried instead."""
     nvml: str = "auto"
@@ -300,7 +300,7 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
     )
     usage_dir = env.text(
         "GPUSHARE_USAGE_DIR",
-        default="/var/run/gpushare/usage",
+        default="/var/run/gpushare-usage",
         rule="must be an absolute path",
         check=os.path.isabs,
     )

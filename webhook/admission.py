@@ -67,7 +67,9 @@ def _sidecar_problems(
             " admitted only through gpushare's mutating webhook, which injects it"
         ]
     totals = validation.pod_totals(report.requests)
-    return injection.sidecar_problems(found, pod, settings, totals)
+    return injection.sidecar_problems(
+        found, pod, settings, totals
+    ) + injection.missing_usage_mounts(pod, report)
 
 
 def validate(request: AdmissionRequest, settings: Settings) -> Verdict:
@@ -143,6 +145,11 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
     spec: Mapping[str, Any] = pod["spec"]
     wanted = {keys.BUDGET_STATE: state}
     ops: list[patches.Operation] = []
+    # The usage folder in the GPU containers: its operations address containers by their
+    # index in the pod as sent, so they precede the sidecar's insertion.
+    mount_problems, mount_ops = injection.usage_mounts(pod, report)
+    if mount_problems:
+        return _denied(mount_problems)
     totals = validation.pod_totals(report.requests)
     found = injection.find_sidecar(pod)
     if found is not None:
@@ -161,7 +168,7 @@ def mutate(request: AdmissionRequest, settings: Settings, budgets: BudgetSource)
         ops += patches.insert_ops(spec, field, [sidecar], first=native)
         ops += patches.insert_ops(spec, "volumes", injection.sidecar_volumes(settings), first=False)
         wanted[keys.SIDECAR_INJECTED] = settings.sidecar_mode
-    ops = patches.annotation_ops(pod, wanted) + ops
+    ops = patches.annotation_ops(pod, wanted) + mount_ops + ops
     ops += patches.priority_ops(spec, decision.priority_class)
     ops += patches.scheduler_ops(spec, settings.scheduler_name)
     chosen = spec.get("priorityClassName")

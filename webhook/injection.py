@@ -12,8 +12,10 @@ from typing import Any
 
 from gpushare import annotations as keys
 from gpushare import quantities
+from gpushare.resources import USAGE_DIR
+from webhook import patches
 from webhook.settings import Settings
-from webhook.validation import PodGpuTotals
+from webhook.validation import ContainerRef, PodGpuTotals, PodReport
 
 SIDECAR_NAME = "gpushare-sidecar"
 SIDECAR_COMMAND = ("gpushare", "sidecar")
@@ -22,6 +24,8 @@ TOKEN_DIR = "/var/run/secrets/gpushare.io/serviceaccount"
 TOKEN_FILE = f"{TOKEN_DIR}/token"
 SPOOL_VOLUME = "gpushare-spool"
 SPOOL_DIR = "/var/lib/gpushare/spool"
+USAGE_VOLUME = "gpushare-usage"
+USAGE_SIZE_LIMIT = "1Mi"
 
 
 SIDECAR_ENV_NAMES = (
@@ -34,6 +38,7 @@ SIDECAR_ENV_NAMES = (
     "GPUSHARE_VCUDA_MEMORY",
     "GPUSHARE_REPORT_INTERVAL_SECONDS",
     "GPUSHARE_SPOOL_DIR",
+    "GPUSHARE_USAGE_DIR",
 )
 """The sidecar's environment (its contract with the sidecar part), in the order injected."""
 
@@ -62,6 +67,7 @@ def sidecar_container(settings: Settings, totals: PodGpuTotals) -> dict[str, Any
                 "value": str(settings.sidecar_report_interval_seconds),
             },
             {"name": "GPUSHARE_SPOOL_DIR", "value": SPOOL_DIR},
+            {"name": "GPUSHARE_USAGE_DIR", "value": USAGE_DIR},
         ],
         "resources": {
             "requests": {
@@ -83,6 +89,7 @@ def sidecar_container(settings: Settings, totals: PodGpuTotals) -> dict[str, Any
         "volumeMounts": [
             {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
             {"name": SPOOL_VOLUME, "mountPath": SPOOL_DIR},
+            {"name": USAGE_VOLUME, "mountPath": USAGE_DIR, "readOnly": True},
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -92,7 +99,8 @@ def sidecar_container(settings: Settings, totals: PodGpuTotals) -> dict[str, Any
 
 
 def sidecar_volumes(settings: Settings) -> list[dict[str, Any]]:
-    """The projected ServiceAccount token (audience: the timekeeper) and the spool."""
+    """The projected ServiceAccount token (audience: the timekeeper), the spool, and the
+    pod's usage folder (the vGPU hook's usage files, read by the sidecar)."""
     return [
         {
             "name": TOKEN_VOLUME,
@@ -109,6 +117,7 @@ def sidecar_volumes(settings: Settings) -> list[dict[str, Any]]:
             },
         },
         {"name": SPOOL_VOLUME, "emptyDir": {"sizeLimit": settings.sidecar_spool_size_limit}},
+        {"name": USAGE_VOLUME, "emptyDir": {"sizeLimit": USAGE_SIZE_LIMIT}},
     ]
 
 
@@ -122,12 +131,12 @@ def find_sidecar(pod: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None
     return None
 
 
-RESERVED_VOLUMES = (TOKEN_VOLUME, SPOOL_VOLUME)
+RESERVED_VOLUMES = (TOKEN_VOLUME, SPOOL_VOLUME, USAGE_VOLUME)
 
 
 def written_by_user(pod: Mapping[str, Any]) -> list[str]:
     """The reserved containers and volumes (`gpushare-sidecar`, `gpushare-token`,
-    `gpushare-spool`) that the pod's creator wrote, as refusal reasons.
+    `gpushare-spool`, `gpushare-usage`) that the pod's creator wrote, as refusal reasons.
 
     On CREATE the API server records in `metadata.managedFields` every field of the object
     as the client sent it, before any admission step runs, and recomputes that record
@@ -160,6 +169,91 @@ def written_by_user(pod: Mapping[str, Any]) -> list[str]:
         for name in RESERVED_VOLUMES
         if ("f:volumes", name) in owned
     ]
+    return problems
+
+
+USAGE_MOUNT: dict[str, Any] = {"name": USAGE_VOLUME, "mountPath": USAGE_DIR}
+"""The usage folder as every GPU container mounts it (read-write: the hook writes there)."""
+
+
+def _gpu_containers(report: PodReport) -> set[tuple[str, str]]:
+    """(field, name) of the containers that hold GPU time: the node hands each of them the
+    hook and `GPUSHARE_USAGE_DIR`."""
+    field = {"initContainer": "initContainers", "container": "containers"}
+    return {
+        (field[request.container.kind], request.container.name)
+        for request in report.requests
+        if request.core_units > 0
+    }
+
+
+def _under_usage_dir(mount: Mapping[str, Any]) -> bool:
+    path = mount.get("mountPath")
+    if not isinstance(path, str):
+        return False
+    path = path.rstrip("/")
+    return path == USAGE_DIR or path.startswith(USAGE_DIR + "/")
+
+
+def _usage_mount_state(container: Mapping[str, Any]) -> str:
+    """`absent`, `ours`, or `other` (something else mounted at or under the usage folder)."""
+    mounts = [m for m in container.get("volumeMounts") or [] if isinstance(m, dict)]
+    there = [_as_mount(m) for m in mounts if _under_usage_dir(m)]
+    if not there:
+        return "absent"
+    return "ours" if there == [_as_mount(USAGE_MOUNT)] else "other"
+
+
+def usage_mounts(pod: Mapping[str, Any], report: PodReport) -> tuple[list[str], list[Any]]:
+    """The usage folder in every GPU container: refusal reasons where a container mounts
+    something else at or under it, and the patch operations that add it where it is missing.
+
+    A mount that is exactly gpushare's (volume `gpushare-usage`, read-write, no subPath) is
+    kept as it is: on a re-invocation it is the one added before, and nobody else can bring
+    the volume it names (a user-written `gpushare-usage` volume is refused). Operations
+    address containers by their index in the pod as sent, so they go before any insertion.
+    """
+    gpu = _gpu_containers(report)
+    problems: list[str] = []
+    ops: list[Any] = []
+    spec = pod.get("spec", {})
+    for field in ("initContainers", "containers"):
+        for index, container in enumerate(spec.get(field) or []):
+            if not isinstance(container, dict) or (field, container.get("name")) not in gpu:
+                continue
+            state = _usage_mount_state(container)
+            if state == "other":
+                ref = ContainerRef(
+                    "initContainer" if field == "initContainers" else "container",
+                    str(container.get("name")),
+                    False,
+                )
+                problems.append(
+                    f"{ref.describe()} mounts something at or under {USAGE_DIR}; that folder"
+                    f" is reserved for the pod's usage folder (volume {USAGE_VOLUME!r}, which"
+                    " gpushare mounts there for the GPU's measured use): use another path"
+                )
+            elif state == "absent":
+                where = patches.pointer("spec", field, str(index), "volumeMounts")
+                if container.get("volumeMounts"):
+                    ops.append({"op": "add", "path": where + "/-", "value": dict(USAGE_MOUNT)})
+                else:
+                    ops.append({"op": "add", "path": where, "value": [dict(USAGE_MOUNT)]})
+    return problems, ops
+
+
+def missing_usage_mounts(pod: Mapping[str, Any], report: PodReport) -> list[str]:
+    """Why the pod, as every mutating step left it, lacks gpushare's usage folder in a GPU
+    container (validation after mutation: every GPU container must hold exactly it)."""
+    problems, ops = usage_mounts(pod, report)
+    for op in ops:
+        field, index = op["path"].split("/")[2:4]
+        name = pod["spec"][field][int(index)].get("name")
+        problems.append(
+            f'{"initContainer" if field == "initContainers" else "container"} "{name}" lacks'
+            f" the usage folder gpushare mounts in GPU containers (volume {USAGE_VOLUME!r} at"
+            f" {USAGE_DIR})"
+        )
     return problems
 
 

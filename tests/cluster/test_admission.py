@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from gpushare import __version__
+from gpushare.resources import USAGE_DIR
 from tests.cluster.admission import (
     CORE,
     MEMORY,
@@ -108,7 +109,9 @@ def _admitting(control_plane: ControlPlane, namespace: str) -> bool:
 def admission(
     control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Admission]:
-    run_id = uuid.uuid4().hex[:8]
+    # A letter first: an id of digits with one "e" (such as "12e45678") is a number to the
+    # API server's YAML reader, and a label value must be a string.
+    run_id = f"r{uuid.uuid4().hex[:7]}"
     labels = {SELECTOR_LABEL: run_id}
     work = tmp_path_factory.mktemp("admission")
     generate_certs(work / "certs")
@@ -169,6 +172,25 @@ def admission(
                 )
 
 
+def assert_usage_folder(pod: dict[str, Any], sidecar: dict[str, Any]) -> None:
+    """The pod's usage folder, as stored: read-write in every container holding GPU time,
+    read-only in the sidecar, which is told where it is; an emptyDir."""
+    mount = {"name": "gpushare-usage", "mountPath": USAGE_DIR}
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "gpushare-usage"]
+    assert volume["emptyDir"] == {"sizeLimit": "1Mi"}
+    assert {**mount, "readOnly": True} in sidecar["volumeMounts"]
+    assert env_of(sidecar)["GPUSHARE_USAGE_DIR"] == USAGE_DIR
+    gpu = [
+        item
+        for item in [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]
+        if "tencent.com/vcuda-core" in item.get("resources", {}).get("limits", {})
+    ]
+    assert gpu
+    for item in gpu:
+        at_path = [m for m in item["volumeMounts"] if m["mountPath"] == USAGE_DIR]
+        assert at_path == [mount], item["volumeMounts"]
+
+
 def assert_admitted(
     admission: Admission, pod: dict[str, Any], priority_class: str = "gpushare-standard"
 ) -> dict[str, Any]:
@@ -195,6 +217,7 @@ def assert_admitted(
             }
         }
     ]
+    assert_usage_folder(pod, sidecar)
     assert pod["spec"]["priorityClassName"] == priority_class
     # Removed by the webhook, recomputed by the API server's Priority plugin from the class.
     assert pod["spec"]["priority"] == admission.priorities[priority_class]

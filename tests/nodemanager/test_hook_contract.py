@@ -12,6 +12,8 @@ from nodemanager.devices import Kind
 from nodemanager.inventory import SimulatedInventory
 from nodemanager.manager import NodeManager, Paths
 
+from gpushare.resources import USAGE_DIR
+from sidecar.usage_files import parse_usage_file
 from tests.hook.conftest import ToolRunner
 
 # The hook tests' fixtures (re-exported names are used by pytest, not here).
@@ -94,8 +96,17 @@ def test_the_hook_accepts_what_the_node_manager_hands_out(
     # The container's paths do not exist here; the hook test harness sets its own.
     for name in ("LD_PRELOAD", "GPUSHARE_STATE_DIR"):
         envs.pop(name, None)
+    assert envs["GPUSHARE_USAGE_DIR"] == USAGE_DIR  # where the webhook mounts the pod's folder
+    envs["GPUSHARE_USAGE_DIR"] = str(tmp_path / "usage")
+    (tmp_path / "usage").mkdir()
     run = tool("info", **envs)
     assert run.log_lines("error:") == []
+    # the allocation id names the usage file the sidecar reads (once a context fits: the
+    # smallest share's 256 MiB cannot hold the 512 MiB a context is charged before it exists)
+    usage_file = tmp_path / "usage" / f"{envs['GPUSHARE_ALLOCATION_ID']}.json"
+    if memory > 1:
+        usage = parse_usage_file(usage_file.read_bytes())
+        assert [device.index for device in usage.devices] == [0]
     (limits,) = run.log_lines("limits:")
     for part in expected:
         assert part in limits

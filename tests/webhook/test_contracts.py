@@ -4,11 +4,13 @@ through the node manager's own pod matching."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from nodemanager import pods
 from nodemanager.devices import Kind
+from nodemanager.manager import Paths
 
 from gpushare.assignment import POD_GPU_ASSIGNMENT, Assignment, Share, format_assignment
 from sidecar.settings import from_environ
@@ -75,6 +77,16 @@ def test_injected_environment_is_what_the_sidecar_parses(
     mounts = {mount["mountPath"] for mount in sidecar["volumeMounts"]}
     assert parsed.spool_dir in mounts  # the read-only root leaves only the spool writable
     assert parsed.token_file.rsplit("/", 1)[0] in mounts
+    # the usage folder: where the sidecar reads is where the GPU containers have the pod's
+    # folder and where the node manager tells the hook to write
+    (usage,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == parsed.usage_dir]
+    assert usage == {"name": "gpushare-usage", "mountPath": parsed.usage_dir, "readOnly": True}
+    for item in containers:
+        if "tencent.com/vcuda-core" in item.get("resources", {}).get("limits", {}):
+            assert {"name": "gpushare-usage", "mountPath": parsed.usage_dir} in item["volumeMounts"]
+    assert Paths(Path("lib"), Path("state"), Path("checkpoint")).container_usage_dir == (
+        parsed.usage_dir
+    )
 
 
 @pytest.mark.parametrize(

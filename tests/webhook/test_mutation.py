@@ -67,7 +67,20 @@ def summary(patched: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-INJECTED_VOLUMES = ["gpushare-token", "gpushare-spool"]
+INJECTED_VOLUMES = ["gpushare-token", "gpushare-spool", "gpushare-usage"]
+USAGE_MOUNT = {"name": "gpushare-usage", "mountPath": "/var/run/gpushare-usage"}
+
+
+def without_usage_mount(container: dict[str, Any]) -> dict[str, Any]:
+    """The container as its creator wrote it: the usage folder's mount taken out (and the
+    list, where the webhook created it)."""
+    result = dict(container)
+    mounts = [m for m in result.get("volumeMounts", []) if m != USAGE_MOUNT]
+    if mounts:
+        result["volumeMounts"] = mounts
+    else:
+        result.pop("volumeMounts", None)
+    return result
 
 
 @pytest.mark.parametrize(
@@ -209,7 +222,13 @@ def test_mutation(
     assert summary(patched) == expected
     assert subject == original, "the review's pod must not be changed in place"
     user_containers = [c for c in patched["spec"]["containers"] if c["name"] != "gpushare-sidecar"]
-    assert user_containers == original["spec"]["containers"], "user containers must be untouched"
+    # the one change to a user container: a GPU container gets the pod's usage folder
+    assert [without_usage_mount(c) for c in user_containers] == original["spec"]["containers"]
+    for before, after in zip(original["spec"]["containers"], user_containers, strict=True):
+        holds_gpu_time = "tencent.com/vcuda-core" in (before.get("resources") or {}).get(
+            "limits", {}
+        )
+        assert (USAGE_MOUNT in after.get("volumeMounts", [])) == holds_gpu_time, after
 
 
 @pytest.mark.parametrize(
@@ -446,6 +465,7 @@ def test_sidecar_contract() -> None:
             {"name": "GPUSHARE_VCUDA_MEMORY", "value": "6"},
             {"name": "GPUSHARE_REPORT_INTERVAL_SECONDS", "value": "15"},
             {"name": "GPUSHARE_SPOOL_DIR", "value": "/var/lib/gpushare/spool"},
+            {"name": "GPUSHARE_USAGE_DIR", "value": "/var/run/gpushare-usage"},
         ],
         "resources": {
             "requests": {"cpu": "10m", "memory": "32Mi"},
@@ -468,6 +488,7 @@ def test_sidecar_contract() -> None:
                 "readOnly": True,
             },
             {"name": "gpushare-spool", "mountPath": "/var/lib/gpushare/spool"},
+            {"name": "gpushare-usage", "mountPath": "/var/run/gpushare-usage", "readOnly": True},
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -487,6 +508,7 @@ def test_sidecar_contract() -> None:
             },
         },
         {"name": "gpushare-spool", "emptyDir": {"sizeLimit": "16Mi"}},
+        {"name": "gpushare-usage", "emptyDir": {"sizeLimit": "1Mi"}},
     ]
 
 

@@ -342,7 +342,9 @@ def _copy_of_admitted() -> dict[str, Any]:
             _copy_of_admitted(),
             f'{RESERVED_CONTAINER}; volume "gpushare-token" is reserved for the gpushare'
             ' accounting sidecar; give the volume another name; volume "gpushare-spool" is'
-            " reserved for the gpushare accounting sidecar; give the volume another name",
+            " reserved for the gpushare accounting sidecar; give the volume another name;"
+            ' volume "gpushare-usage" is reserved for the gpushare accounting sidecar; give'
+            " the volume another name",
             id="copy-of-an-admitted-pod-identical-sidecar",
         ),
         pytest.param(

@@ -24,7 +24,7 @@ from gpushare.assignment import (
     format_inventory,
 )
 from gpushare.assignment import Inventory as InventoryDocument
-from gpushare.resources import CORE_UNITS_PER_GPU, MEMORY_UNIT_BYTES
+from gpushare.resources import CORE_UNITS_PER_GPU, MEMORY_UNIT_BYTES, USAGE_DIR
 from nodemanager import pods
 from nodemanager.devices import (
     DeviceId,
@@ -66,6 +66,9 @@ class Paths:
     """Where the hook library directory appears inside containers (read-only)."""
     container_state_dir: str = "/var/run/gpushare"
     """Where the container's state directory appears inside it."""
+    container_usage_dir: str = USAGE_DIR
+    """Where the pod's usage folder appears in its GPU containers (an emptyDir the webhook
+    adds); the hook writes `<allocation id>.json` there for the accounting sidecar."""
 
 
 @dataclass(frozen=True)
@@ -434,6 +437,7 @@ class NodeManager:
             envs["GPUSHARE_CORE_SOFT_LIMIT"] = str(allocation.core_soft_limit)
             envs["GPUSHARE_STATE_DIR"] = self.paths.container_state_dir
             envs["GPUSHARE_ALLOCATION_ID"] = allocation.id
+            envs["GPUSHARE_USAGE_DIR"] = self.paths.container_usage_dir
             if allocation.sm_partition:
                 # honoured by the CUDA driver only in a client of an MPS server
                 envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(allocation.sm_partition)

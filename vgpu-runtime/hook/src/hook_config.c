@@ -68,6 +68,45 @@ static void reject(struct reporter *r, const char *name, const char *value, cons
   r->errors++;
 }
 
+/* An allocation id names a file: letters, digits, '_', '-' and '.', not starting with '.'. */
+static int valid_allocation_id(const char *id) {
+  size_t n = strlen(id);
+  if (n == 0 || n > 64 || id[0] == '.') return 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = id[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+          c == '.'))
+      return 0;
+  }
+  return 1;
+}
+
+/* The usage file ($GPUSHARE_USAGE_DIR/$GPUSHARE_ALLOCATION_ID.json) is written only when both
+ * are set and valid; a bad value means no usage file (limits are not affected). */
+static void parse_usage(struct reporter *r, struct gs_config *config, gs_env_reader read, void *context) {
+  config->usage_dir[0] = '\0';
+  config->allocation_id[0] = '\0';
+  const char *dir = read("GPUSHARE_USAGE_DIR", context);
+  const char *id = read("GPUSHARE_ALLOCATION_ID", context);
+  int dir_ok = 0;
+  if (dir != NULL && *dir != '\0') {
+    if (dir[0] != '/' || strlen(dir) >= sizeof config->usage_dir)
+      reject(r, "GPUSHARE_USAGE_DIR", dir, "must be an absolute path shorter than 400 bytes", "no usage file");
+    else dir_ok = 1;
+  }
+  int id_ok = 0;
+  if (id != NULL && *id != '\0') {
+    if (!valid_allocation_id(id))
+      reject(r, "GPUSHARE_ALLOCATION_ID", id,
+             "must be 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'", "no usage file");
+    else id_ok = 1;
+  }
+  if (dir_ok && id_ok) {
+    strcpy(config->usage_dir, dir);
+    strcpy(config->allocation_id, id);
+  }
+}
+
 static void parse_memory(struct reporter *r, const char *name, const char *value, uint64_t *out) {
   uint64_t bytes = 0;
   if (gs_parse_bytes(value, &bytes) != 0 || bytes == 0) {
@@ -111,6 +150,8 @@ int gs_config_parse(struct gs_config *config, gs_env_reader read, void *context,
   }
 
   config->context_overhead_bytes = 512ULL << 20;
+  parse_usage(&r, config, read, context);
+
   const char *overhead = read("GPUSHARE_CONTEXT_OVERHEAD", context);
   if (overhead != NULL && gs_parse_bytes(overhead, &config->context_overhead_bytes) != 0) {
     reject(&r, "GPUSHARE_CONTEXT_OVERHEAD", overhead, "must be a byte count with an optional unit suffix", "512Mi");

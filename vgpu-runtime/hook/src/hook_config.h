@@ -14,6 +14,8 @@ struct gs_config {
   int core_soft_limit_percent[GS_MAX_DEVICES]; /* core..100; equal to core when no burst */
   uint64_t context_overhead_bytes; /* charged per context until measured */
   char state_dir[512];
+  char usage_dir[400];     /* GPUSHARE_USAGE_DIR: folder of the usage file; "" when none */
+  char allocation_id[65];  /* GPUSHARE_ALLOCATION_ID: the usage file's name; "" when none */
   int log_level;
   int any_core_limit;
 };

@@ -10,6 +10,7 @@
 #include "hook_log.h"
 #include "hook_policy.h"
 #include "hook_state.h"
+#include "hook_usage.h"
 
 GS_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
   const struct gs_config *config = gs_runtime();
@@ -135,6 +136,7 @@ static CUresult created_context(CUresult rc, CUcontext *ctx, CUdevice device, co
   }
   gs_memory_rekey_opaque(pending, context_key(*ctx));
   settle_estimate(device, context_key(*ctx), before);
+  gs_usage_device_in_use(device);
   return rc;
 }
 
@@ -169,6 +171,7 @@ GS_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice device) {
   if (rc == CUDA_SUCCESS) {
     primary_refs[device]++;
     if (first) settle_estimate(device, primary_key(device), &before);
+    gs_usage_device_in_use(device);
   } else if (first) {
     gs_memory_uncharge_opaque(primary_key(device));
   }

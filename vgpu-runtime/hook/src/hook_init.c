@@ -10,6 +10,7 @@
 #include "hook_limiter.h"
 #include "hook_log.h"
 #include "hook_state.h"
+#include "hook_usage.h"
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static struct gs_config config;
@@ -41,6 +42,7 @@ static void atfork_child(void) {
   gs_limiter_atfork_child();
   gs_context_atfork_child();
   gs_state_atfork_child();
+  gs_usage_atfork_child();
 }
 
 static void log_limits(void) {
@@ -88,7 +90,9 @@ static void initialise(void) {
   }
   log_limits();
   gs_real_resolve_cuda();
-  if (config.any_core_limit) gs_state_register(); /* its GPU time is the container's */
+  gs_usage_init(&config, failure == NULL);
+  /* Its GPU time is the container's: the meter reads NVML for registered processes. */
+  if (config.any_core_limit || gs_usage_enabled()) gs_state_register();
   gs_limiter_init(&config);
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }

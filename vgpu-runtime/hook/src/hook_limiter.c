@@ -190,7 +190,9 @@ static void meter(int device, struct gs_device_slot *slot, int64_t now) {
   unsigned pids[GS_MAX_PROCS];
   static int warned;
   if (gs_nvml_handle(device, &handle) != 0 && !__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
-    gs_log(GS_LOG_WARN, "NVML reports no per-process utilisation for device %d: its core limit cannot be metered",
+    gs_log(GS_LOG_WARN,
+           "NVML reports no per-process utilisation for device %d: its GPU time cannot be metered "
+           "(no core limit, no busy time in the usage file)",
            device);
   if (handle != NULL && pthread_mutex_trylock(&samples_lock) == 0) {
     uint64_t last_seen = __atomic_load_n(&slot->meter_last_seen_us, __ATOMIC_RELAXED);
@@ -239,6 +241,11 @@ static void meter(int device, struct gs_device_slot *slot, int64_t now) {
     pthread_mutex_unlock(&samples_lock);
   }
   __atomic_store_n(&slot->meter_claimed_at_ns, 0, __ATOMIC_RELEASE);
+}
+
+void gs_limiter_meter(int device) {
+  struct gs_device_slot *slot = gs_state_device(device);
+  if (slot != NULL) meter(device, slot, now_ns());
 }
 
 static int current_percent(int device, struct gs_device_slot *slot) {

@@ -19,6 +19,10 @@ void gs_limiter_context_destroyed(CUcontext ctx);
 void gs_limiter_capture_begun(void);
 void gs_limiter_capture_ended(void);
 
+/* Reads NVML for the container's SM time on device now (unless read within the last 2 ms or
+ * another process is reading it): the usage file's writer calls it, limited or not. */
+void gs_limiter_meter(int device);
+
 void gs_limiter_atfork_prepare(void);
 void gs_limiter_atfork_parent(void);
 void gs_limiter_atfork_child(void);

@@ -853,6 +853,36 @@ static int streams(int count) {
   return 0;
 }
 
+/* ---- a paced workload: a KERNEL_US kernel every EVERY_US for MS milliseconds ---- */
+
+/* Holds BYTES of device memory, then runs one kernel at a time on a stream, each started on a
+ * fixed beat; prints the model's ground truth (this tenant's SM time) at its start and end.
+ * Ends normally (exit handlers run). */
+static int pace(int64_t kernel_us, int64_t every_us, int64_t ms, uint64_t bytes) {
+  CUmodule module;
+  CUfunction f;
+  CUstream stream;
+  CUdeviceptr memory = 0;
+  CHECK(cuModuleLoadData(&module, "stub"));
+  CHECK(cuModuleGetFunction(&f, module, "dyn_pace"));
+  CHECK(cuStreamCreate(&stream, 0));
+  if (bytes > 0) CHECK(cuMemAlloc(&memory, bytes));
+  int64_t began = now_ns(), began_sm = tenant_sm();
+  printf("{\"phase\": \"start\", \"at_ns\": %lld, \"sm_ns\": %lld}\n", (long long)began, (long long)began_sm);
+  int64_t duration = kernel_us * 1000;
+  int32_t sm = 100;
+  void *params[2] = {&duration, &sm};
+  for (int64_t beat = began; beat < began + ms * 1000000LL; beat += every_us * 1000) {
+    sleep_until_ns(beat);
+    CHECK(cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL));
+    CHECK(cuStreamSynchronize(stream));
+  }
+  printf("{\"phase\": \"end\", \"at_ns\": %lld, \"sm_ns\": %lld, \"began_ns\": %lld, \"began_sm_ns\": %lld}\n",
+         (long long)now_ns(), (long long)tenant_sm(), (long long)began, (long long)began_sm);
+  if (memory != 0) CHECK(cuMemFree(memory));
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   /* Precise wake-ups: the simulated device's synchronisation sleeps until exact deadlines. */
@@ -879,6 +909,8 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "memcase") == 0 && argc == 3) return memcase(argv[2]);
   if (strcmp(cmd, "stress") == 0 && argc == 4) return stress(argv[2], atof(argv[3]));
   if (strcmp(cmd, "streams") == 0 && argc == 3) return streams(atoi(argv[2]));
+  if (strcmp(cmd, "pace") == 0 && argc == 6)
+    return pace(atoll(argv[2]), atoll(argv[3]), atoll(argv[4]), strtoull(argv[5], NULL, 10));
   if (strcmp(cmd, "share") == 0 && argc == 7)
     return share(argv[2], strtoll(argv[3], NULL, 10), strtoll(argv[4], NULL, 10), strtoll(argv[5], NULL, 10),
                  atoi(argv[6]));
