@@ -13,7 +13,8 @@ sidecar` reports until the user deletes the pod and it gets SIGTERM. `gpushare u
 shows the pod charged vcuda-core / 100 x the seconds it held the GPU, with nothing lost.
 
 What is rewritten, and only that (each rewrite is asserted to have happened):
-- paths under a container's mounts point at the folders that stand for the volumes;
+- paths under a container's mounts point at the folders that stand for the volumes (the
+  spool, the token and the pod's usage folder);
 - listening addresses: the timekeeper `--host=127.0.0.1 --port=0`, the webhook on an
   inherited loopback socket (`--bind-fd`);
 - Service DNS names, which only cluster DNS resolves: the timekeeper's Service address in
@@ -42,6 +43,7 @@ import kubernetes.client
 import pytest
 import yaml
 
+from gpushare.resources import USAGE_DIR
 from tests.cluster.admission import SIDECAR, env_of, sidecars
 from tests.cluster.controlplane import ControlPlane, run_tool
 from tests.cluster.kubelet import Container, Kubelet, Process
@@ -436,6 +438,7 @@ def test_a_users_gpu_pod_is_admitted_run_and_charged_with_nothing_lost(
         [
             "/var/lib/gpushare/spool",
             "/var/run/secrets/gpushare.io/serviceaccount",
+            USAGE_DIR,  # the pod's shared usage folder, read-only in the sidecar
             platform.timekeeper_service,
         ]
     )
