@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "hook.h"
+#include "hook_gputime.h"
 #include "hook_limiter.h"
 #include "hook_log.h"
 #include "hook_state.h"
@@ -41,6 +42,7 @@ static void atfork_child(void) {
   gs_limiter_atfork_child();
   gs_context_atfork_child();
   gs_state_atfork_child();
+  gs_gputime_atfork_child();
 }
 
 static void log_limits(void) {
@@ -90,6 +92,7 @@ static void initialise(void) {
   gs_real_resolve_cuda();
   if (config.any_core_limit) gs_state_register(); /* its GPU time is the container's */
   gs_limiter_init(&config);
+  gs_gputime_init();
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 

@@ -35,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hook_gputime.h"
 #include "hook_log.h"
 #include "hook_policy.h"
 #include "hook_state.h"
@@ -491,6 +492,69 @@ static void admit(struct tracker *t, struct gs_device_slot *slot) {
   restore_capture_mode(mode);
 }
 
+/* Under the GPU time scheduler: waits (on the client's futex, no lock held) until this process
+ * holds the token and this thread's work in flight fits in what is left of it. Returns 0 when
+ * admitted, -1 when the scheduler was lost meanwhile (the bucket decides then). */
+static int admit_scheduled(struct tracker *t, struct gs_device_slot *slot) {
+  t->since_slow = 0;
+  CUstreamCaptureMode mode = relax_capture_mode();
+  int admitted = -1;
+  for (;;) {
+    uint32_t seen = gs_gputime_generation();
+    int64_t now = now_ns();
+    harvest(t, slot);
+    meter(t->device, slot, now);
+    if (!gs_gputime_gating()) break;
+    int64_t remaining = gs_gputime_remaining_ns(now);
+    if (remaining > 0 && t->inflight_ns <= remaining) {
+      admitted = 0;
+      break;
+    }
+    int64_t wait = WAIT_MAX_NS;
+    if (remaining > 0) { /* the token holds, this thread's queue is too long for it: let it drain */
+      close_batch(t);
+      wait = t->inflight_ns - remaining < WAIT_MAX_NS ? t->inflight_ns - remaining : WAIT_MAX_NS;
+      if (wait < WAIT_MIN_NS) wait = WAIT_MIN_NS;
+    } else {
+      gs_gputime_want(t->device);
+    }
+    if (gs_gputime_wait(seen, wait) != 0) { /* a signal: let the program see it */
+      admitted = 0;
+      break;
+    }
+  }
+  restore_capture_mode(mode);
+  return admitted;
+}
+
+int64_t gs_limiter_unreported_ns(unsigned device_mask) {
+  int64_t now = now_ns(), total = 0;
+  for (int device = 0; device < GS_MAX_DEVICES; device++) {
+    if (!(device_mask & (1u << device))) continue;
+    struct gs_device_slot *slot = gs_state_device(device);
+    if (slot == NULL) continue;
+    meter(device, slot, now);
+    int64_t used = __atomic_load_n(&slot->used_sm_ns, __ATOMIC_ACQUIRE);
+    int64_t reported = __atomic_load_n(&slot->scheduler_reported_ns, __ATOMIC_ACQUIRE);
+    while (reported < used && !__atomic_compare_exchange_n(&slot->scheduler_reported_ns, &reported, used, 0,
+                                                           __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    }
+    if (reported < used) total += used - reported;
+  }
+  return total;
+}
+
+void gs_limiter_scheduler_lost(void) {
+  for (int device = 0; device < GS_MAX_DEVICES; device++) {
+    struct gs_device_slot *slot = gs_state_device(device);
+    if (slot == NULL) continue;
+    int64_t tokens = __atomic_load_n(&slot->tokens_ns, __ATOMIC_ACQUIRE);
+    while (tokens < 0 && !__atomic_compare_exchange_n(&slot->tokens_ns, &tokens, 0, 0, __ATOMIC_ACQ_REL,
+                                                      __ATOMIC_ACQUIRE)) {
+    }
+  }
+}
+
 CUresult gs_limited_launch(CUstream stream, int per_thread, const void *work, CUresult (*call)(void *),
                            void *args) {
   (void)work;
@@ -503,8 +567,13 @@ CUresult gs_limited_launch(CUstream stream, int per_thread, const void *work, CU
   struct gs_device_slot *slot = gs_state_device(t->device);
   if (slot == NULL) return call(args);
 
-  int64_t tokens = __atomic_load_n(&slot->tokens_ns, __ATOMIC_RELAXED);
-  if (t->since_slow >= FAST_LAUNCHES || tokens - t->inflight_ns < 0) admit(t, slot);
+  if (gs_gputime_gating()) {
+    if ((t->since_slow >= FAST_LAUNCHES || !gs_gputime_open()) && admit_scheduled(t, slot) != 0) admit(t, slot);
+    gs_gputime_launched(t->device);
+  } else {
+    int64_t tokens = __atomic_load_n(&slot->tokens_ns, __ATOMIC_RELAXED);
+    if (t->since_slow >= FAST_LAUNCHES || tokens - t->inflight_ns < 0) admit(t, slot);
+  }
   t->since_slow++;
   if (t->batch_launches == 0 && t->count == 0) {
     /* The stream may be idle: measure this batch from its own start, not from an old marker. */

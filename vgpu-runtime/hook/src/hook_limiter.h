@@ -19,6 +19,12 @@ void gs_limiter_context_destroyed(CUcontext ctx);
 void gs_limiter_capture_begun(void);
 void gs_limiter_capture_ended(void);
 
+/* For the GPU time scheduler's client: the container's SM time on the devices of device_mask
+ * that no process of the container has reported yet (metered now), marked reported. */
+int64_t gs_limiter_unreported_ns(unsigned device_mask);
+/* The scheduler was lost: debt run up under its tokens is forgiven, the local limit resumes. */
+void gs_limiter_scheduler_lost(void);
+
 void gs_limiter_atfork_prepare(void);
 void gs_limiter_atfork_parent(void);
 void gs_limiter_atfork_child(void);

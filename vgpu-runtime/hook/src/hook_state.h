@@ -30,7 +30,8 @@ struct gs_device_slot {
   int64_t meter_claimed_at_ns; /* non-zero while a process reads NVML for the container */
   int64_t provisional_ns;      /* launches seen complete since NVML's last sample, estimated */
   int64_t calibration_permille; /* metered SM time / estimates, learnt (0: not yet) */
-  uint64_t reserved[3];
+  int64_t scheduler_reported_ns; /* of used_sm_ns, what was reported to the GPU time scheduler */
+  uint64_t reserved[2];
 };
 
 struct gs_proc_slot {
