@@ -85,6 +85,8 @@ struct session {
   int64_t window_ns;
   int64_t sequence;       /* of the token held, 0 when none */
   int64_t token_end_ns;
+  int64_t granted_at_ns;
+  int64_t length_us;
   int64_t idle_check_ns;
   int acquire_sent;
   int64_t acquire_at_ns;
@@ -153,6 +155,8 @@ static int release(struct session *s, int again) {
   char line[LINE_BYTES];
   snprintf(line, sizeof line, "RELEASE %lld %lld\n", (long long)sequence, (long long)(used_ns / 1000));
   if (send_line(s, line) != 0) return -1;
+  gs_log(GS_LOG_DEBUG, "GPU time: token %lld returned after %lld us of %lld us, %lld us used", (long long)sequence,
+         (long long)(now_ns() - s->granted_at_ns) / 1000, (long long)s->length_us, (long long)(used_ns / 1000));
   if (again || __atomic_load_n(&want, __ATOMIC_ACQUIRE)) {
     __atomic_store_n(&want, 0, __ATOMIC_RELEASE);
     if (send_line(s, "ACQUIRE\n") != 0) return -1;
@@ -181,6 +185,8 @@ static int handle(struct session *s, const char *line) {
     s->sequence = sequence;
     s->acquire_sent = 0;
     s->token_end_ns = now + length_us * 1000;
+    s->granted_at_ns = now;
+    s->length_us = length_us;
     s->idle_check_ns = now + IDLE_NS;
     __atomic_store_n(&launched, 1, __ATOMIC_RELAXED); /* the waiting launch counts as activity */
     __atomic_store_n(&open_until_ns, s->token_end_ns, __ATOMIC_RELEASE);

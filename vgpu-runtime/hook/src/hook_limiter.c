@@ -72,6 +72,7 @@ struct tracker {
   int64_t average_ns;   /* stream time per launch (estimate) */
   int measured;         /* average_ns has been measured */
   unsigned since_slow;
+  int64_t allowance_ns; /* under the scheduler's token: work this thread may still queue */
   unsigned batch_launches;
   int64_t batch_ns;
   CUevent batch_start;
@@ -506,13 +507,17 @@ static int admit_scheduled(struct tracker *t, struct gs_device_slot *slot) {
     meter(t->device, slot, now);
     if (!gs_gputime_gating()) break;
     int64_t remaining = gs_gputime_remaining_ns(now);
-    if (remaining > 0 && t->inflight_ns <= remaining) {
+    /* Never more queued than the token has left (so its work runs under it); an idle stream
+     * may always start one launch. */
+    if (remaining > 0 && (t->inflight_ns + t->average_ns <= remaining || t->inflight_ns == 0)) {
+      t->allowance_ns = remaining - t->inflight_ns;
       admitted = 0;
       break;
     }
     int64_t wait = WAIT_MAX_NS;
     if (remaining > 0) { /* the token holds, this thread's queue is too long for it: let it drain */
       close_batch(t);
+      gs_gputime_launched(t->device); /* busy, not idle: the token must not go back early */
       wait = t->inflight_ns - remaining < WAIT_MAX_NS ? t->inflight_ns - remaining : WAIT_MAX_NS;
       if (wait < WAIT_MIN_NS) wait = WAIT_MIN_NS;
     } else {
@@ -568,7 +573,10 @@ CUresult gs_limited_launch(CUstream stream, int per_thread, const void *work, CU
   if (slot == NULL) return call(args);
 
   if (gs_gputime_gating()) {
-    if ((t->since_slow >= FAST_LAUNCHES || !gs_gputime_open()) && admit_scheduled(t, slot) != 0) admit(t, slot);
+    if ((t->since_slow >= FAST_LAUNCHES || !gs_gputime_open() || t->allowance_ns < t->average_ns) &&
+        admit_scheduled(t, slot) != 0)
+      admit(t, slot);
+    t->allowance_ns -= t->average_ns;
     gs_gputime_launched(t->device);
   } else {
     int64_t tokens = __atomic_load_n(&slot->tokens_ns, __ATOMIC_RELAXED);
