@@ -73,6 +73,7 @@ class GpuTimeNode:
         *,
         seconds: float,
         window_seconds: float = 1.0,
+        min_token_seconds: float = 0.01,
         timekeeper_url: str | None = None,
         budget_poll_seconds: float = 10.0,
         annotations: dict[str, dict[str, str]] | None = None,
@@ -88,6 +89,7 @@ class GpuTimeNode:
             json.dumps(
                 {
                     "window_seconds": window_seconds,
+                    "min_token_seconds": min_token_seconds,
                     "timekeeper_url": timekeeper_url,
                     "budget_poll_seconds": budget_poll_seconds,
                     "annotations_file": str(self.annotations_file),
@@ -149,10 +151,10 @@ class GpuTimeNode:
         staging.replace(self.annotations_file)
 
     # --- the run -------------------------------------------------------------------------------
-    def start(self, *, scheduler: bool = True) -> None:
-        if scheduler:
-            self.start_scheduler()
-        self.start_ns = time.monotonic_ns() + int(START_DELAY_S * 1e9)
+    def start(self, start_ns: int | None = None) -> None:
+        """Starts the containers' processes (the scheduler must be up) and the observer; the
+        scenario's clock starts at start_ns (default: in START_DELAY_S)."""
+        self.start_ns = start_ns or time.monotonic_ns() + int(START_DELAY_S * 1e9)
         end = self.at(self.seconds)
         model = str(self.folder / "gpu.model")
         for index, tenant in enumerate(self.tenants):
@@ -184,7 +186,7 @@ class GpuTimeNode:
                 model,
                 str(len(self.tenants)),
                 "50",
-                str(self.seconds + START_DELAY_S + 0.5),
+                str((self.at(self.seconds) - time.monotonic_ns()) / 1e9 + 0.3),
             ],
             stdout=subprocess.PIPE,
             text=True,

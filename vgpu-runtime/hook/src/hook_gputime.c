@@ -36,7 +36,7 @@
 #define PROTOCOL_VERSION 1
 #define LINE_BYTES 128                  /* the protocol's longest line, `\n` included */
 #define BACKOFF_MIN_NS 50000000LL       /* first wait before reconnecting ... */
-#define BACKOFF_MAX_NS 1000000000LL     /* ... doubling up to this */
+#define BACKOFF_MAX_NS 500000000LL      /* ... doubling up to this */
 #define GREET_TIMEOUT_NS 1000000000LL   /* WELCOME and QUOTA must arrive within this */
 #define IDLE_NS 2000000LL               /* no launch for this long: the token goes back early */
 #define GRANT_TIMEOUT_MIN_NS 3000000000LL /* no GRANT for max(this, 3 windows): unreachable */
@@ -151,12 +151,15 @@ static void close_token(struct session *s) {
 static int release(struct session *s, int again) {
   int64_t sequence = s->sequence;
   close_token(s);
-  int64_t used_ns = gs_limiter_unreported_ns(__atomic_load_n(&device_mask, __ATOMIC_RELAXED));
+  /* The scheduler charges at most the time the token was held: use beyond that (work still
+   * running from before) stays unreported, for the next token, rather than being lost. */
+  int64_t held_ns = now_ns() - s->granted_at_ns;
+  int64_t used_ns = gs_limiter_unreported_ns(__atomic_load_n(&device_mask, __ATOMIC_RELAXED), held_ns);
   char line[LINE_BYTES];
   snprintf(line, sizeof line, "RELEASE %lld %lld\n", (long long)sequence, (long long)(used_ns / 1000));
   if (send_line(s, line) != 0) return -1;
   gs_log(GS_LOG_DEBUG, "GPU time: token %lld returned after %lld us of %lld us, %lld us used", (long long)sequence,
-         (long long)(now_ns() - s->granted_at_ns) / 1000, (long long)s->length_us, (long long)(used_ns / 1000));
+         (long long)held_ns / 1000, (long long)s->length_us, (long long)(used_ns / 1000));
   if (again || __atomic_load_n(&want, __ATOMIC_ACQUIRE)) {
     __atomic_store_n(&want, 0, __ATOMIC_RELEASE);
     if (send_line(s, "ACQUIRE\n") != 0) return -1;
@@ -194,6 +197,8 @@ static int handle(struct session *s, const char *line) {
   } else if (strncmp(line, "REVOKE ", 7) == 0) {
     if (field(line, 1) == s->sequence) {
       gs_log(GS_LOG_WARN, "GPU time: token %lld revoked by the scheduler", (long long)s->sequence);
+      /* charged the whole time held: that much of the use is settled */
+      gs_limiter_unreported_ns(__atomic_load_n(&device_mask, __ATOMIC_RELAXED), now_ns() - s->granted_at_ns);
       close_token(s);
     }
   } else if (strncmp(line, "QUOTA ", 6) == 0) {

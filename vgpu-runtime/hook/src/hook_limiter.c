@@ -54,6 +54,7 @@
 #define IDLE_FOREIGN_PERCENT 10  /* others below this: the GPU counts as idle (burst allowed) */
 #define MAX_SAMPLES 256
 #define CLAIM_STALE_NS 100000000 /* a meter claim this old is abandoned */
+#define HANDOVER_NS 2000000      /* work queued past the end of the scheduler's token */
 
 struct marker {
   CUevent start; /* NULL: measured from the previous marker's end */
@@ -507,10 +508,11 @@ static int admit_scheduled(struct tracker *t, struct gs_device_slot *slot) {
     meter(t->device, slot, now);
     if (!gs_gputime_gating()) break;
     int64_t remaining = gs_gputime_remaining_ns(now);
-    /* Never more queued than the token has left (so its work runs under it); an idle stream
-     * may always start one launch. */
-    if (remaining > 0 && (t->inflight_ns + t->average_ns <= remaining || t->inflight_ns == 0)) {
-      t->allowance_ns = remaining - t->inflight_ns;
+    /* Never more queued than the token has left (so its work runs under it), give or take the
+     * hand-over to the next holder (so the device does not idle through it; what runs after
+     * the token is charged with the next one); an idle stream may always start one launch. */
+    if (remaining > 0 && (t->inflight_ns + t->average_ns <= remaining + HANDOVER_NS || t->inflight_ns == 0)) {
+      t->allowance_ns = remaining + HANDOVER_NS - t->inflight_ns;
       admitted = 0;
       break;
     }
@@ -518,7 +520,8 @@ static int admit_scheduled(struct tracker *t, struct gs_device_slot *slot) {
     if (remaining > 0) { /* the token holds, this thread's queue is too long for it: let it drain */
       close_batch(t);
       gs_gputime_launched(t->device); /* busy, not idle: the token must not go back early */
-      wait = t->inflight_ns - remaining < WAIT_MAX_NS ? t->inflight_ns - remaining : WAIT_MAX_NS;
+      wait = t->inflight_ns - remaining - HANDOVER_NS < WAIT_MAX_NS ? t->inflight_ns - remaining - HANDOVER_NS
+                                                                    : WAIT_MAX_NS;
       if (wait < WAIT_MIN_NS) wait = WAIT_MIN_NS;
     } else {
       gs_gputime_want(t->device);
@@ -532,7 +535,7 @@ static int admit_scheduled(struct tracker *t, struct gs_device_slot *slot) {
   return admitted;
 }
 
-int64_t gs_limiter_unreported_ns(unsigned device_mask) {
+int64_t gs_limiter_unreported_ns(unsigned device_mask, int64_t max_ns) {
   int64_t now = now_ns(), total = 0;
   for (int device = 0; device < GS_MAX_DEVICES; device++) {
     if (!(device_mask & (1u << device))) continue;
@@ -540,11 +543,13 @@ int64_t gs_limiter_unreported_ns(unsigned device_mask) {
     if (slot == NULL) continue;
     meter(device, slot, now);
     int64_t used = __atomic_load_n(&slot->used_sm_ns, __ATOMIC_ACQUIRE);
-    int64_t reported = __atomic_load_n(&slot->scheduler_reported_ns, __ATOMIC_ACQUIRE);
-    while (reported < used && !__atomic_compare_exchange_n(&slot->scheduler_reported_ns, &reported, used, 0,
-                                                           __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-    }
-    if (reported < used) total += used - reported;
+    int64_t reported = __atomic_load_n(&slot->scheduler_reported_ns, __ATOMIC_ACQUIRE), claim = 0;
+    do {
+      claim = used - reported;
+      if (claim > max_ns - total) claim = max_ns - total;
+    } while (claim > 0 && !__atomic_compare_exchange_n(&slot->scheduler_reported_ns, &reported, reported + claim, 0,
+                                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+    if (claim > 0) total += claim;
   }
   return total;
 }
