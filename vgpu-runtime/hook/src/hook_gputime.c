@@ -39,6 +39,7 @@
 #define BACKOFF_MAX_NS 500000000LL      /* ... doubling up to this */
 #define GREET_TIMEOUT_NS 1000000000LL   /* WELCOME and QUOTA must arrive within this */
 #define IDLE_NS 2000000LL               /* no launch for this long: the token goes back early */
+#define SPILL_NS 10000000LL             /* reported beyond the time held, at most (< a longest token) */
 #define GRANT_TIMEOUT_MIN_NS 3000000000LL /* no GRANT for max(this, 3 windows): unreachable */
 
 static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -151,10 +152,10 @@ static void close_token(struct session *s) {
 static int release(struct session *s, int again) {
   int64_t sequence = s->sequence;
   close_token(s);
-  /* The scheduler charges at most the time the token was held: use beyond that (work still
-   * running from before) stays unreported, for the next token, rather than being lost. */
+  /* The scheduler charges at most the time held plus a longest token: use beyond the time held
+   * and SPILL_NS (work still running from before) stays unreported, for the next token. */
   int64_t held_ns = now_ns() - s->granted_at_ns;
-  int64_t used_ns = gs_limiter_unreported_ns(__atomic_load_n(&device_mask, __ATOMIC_RELAXED), held_ns);
+  int64_t used_ns = gs_limiter_unreported_ns(__atomic_load_n(&device_mask, __ATOMIC_RELAXED), held_ns + SPILL_NS);
   char line[LINE_BYTES];
   snprintf(line, sizeof line, "RELEASE %lld %lld\n", (long long)sequence, (long long)(used_ns / 1000));
   if (send_line(s, line) != 0) return -1;
@@ -320,6 +321,8 @@ static void *client_main(void *unused) {
     }
     backoff = BACKOFF_MIN_NS;
     reported = 0;
+    /* Use from before this session (under the local limit) is not the new scheduler's to charge. */
+    gs_limiter_unreported_ns(__atomic_load_n(&device_mask, __ATOMIC_RELAXED), INT64_MAX);
     __atomic_store_n(&session_fd, fd, __ATOMIC_RELEASE);
     gs_log(GS_LOG_INFO, "GPU time scheduler connected (%s): launches run under its tokens", socket_path);
     __atomic_store_n(&connected, 1, __ATOMIC_RELEASE);

@@ -54,7 +54,7 @@
 #define IDLE_FOREIGN_PERCENT 10  /* others below this: the GPU counts as idle (burst allowed) */
 #define MAX_SAMPLES 256
 #define CLAIM_STALE_NS 100000000 /* a meter claim this old is abandoned */
-#define HANDOVER_NS 2000000      /* work queued past the end of the scheduler's token */
+#define HANDOVER_NS 5000000      /* work queued past the end of the scheduler's token */
 
 struct marker {
   CUevent start; /* NULL: measured from the previous marker's end */
