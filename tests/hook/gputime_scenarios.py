@@ -151,9 +151,10 @@ class GpuTimeNode:
         staging.replace(self.annotations_file)
 
     # --- the run -------------------------------------------------------------------------------
-    def start(self, start_ns: int | None = None) -> None:
-        """Starts the containers' processes (the scheduler must be up) and the observer; the
-        scenario's clock starts at start_ns (default: in START_DELAY_S)."""
+    def start(self, start_ns: int | None = None, *, scheduler: bool = True) -> None:
+        """Starts the containers' processes and the observer; the scenario's clock starts at
+        start_ns (default: in START_DELAY_S). scheduler: the containers are its clients (it
+        must be up); otherwise the hook's local limiter alone holds them."""
         self.start_ns = start_ns or time.monotonic_ns() + int(START_DELAY_S * 1e9)
         end = self.at(self.seconds)
         model = str(self.folder / "gpu.model")
@@ -164,9 +165,9 @@ class GpuTimeNode:
                 "GPUSHARE_STUB_JITTER_PERCENT": "25",
                 "GPUSHARE_CORE_LIMIT": str(tenant.core),
                 "GPUSHARE_CORE_SOFT_LIMIT": str(tenant.soft or tenant.core),
-                "GPUSHARE_SCHEDULER_SOCKET": str(self.socket(index)),
-                "GPUSHARE_LOG_LEVEL": os.environ.get("GS_TEST_HOOK_LOG", "info"),
             }
+            if scheduler:
+                variables["GPUSHARE_SCHEDULER_SOCKET"] = str(self.socket(index))
             env = hook_environment(self.build, self.state_dir(index), **variables)
             begin = self.at(tenant.from_s)
             until = end if tenant.until_s is None else self.at(tenant.until_s)
