@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.bench.bench_hook import BUILD, build, run_json
 from nodemanager.gputime.scheduler import Quota
 
+from tests.bench.bench_hook import BUILD, build, run_json
 from tests.hook.gputime_scenarios import START_DELAY_S, GpuTimeNode, Tenant, Truth
 from tests.nodemanager.gputime_sim import expected_shares
 

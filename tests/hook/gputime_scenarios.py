@@ -26,8 +26,9 @@ START_DELAY_S = 1.0
 
 @dataclass(frozen=True)
 class Tenant:
-    """A container: its pod, namespace, vcuda-core share and local burst limit, and when its
-    process launches (seconds after the scenario's start; `until_s` None: to the end)."""
+    """A container: its pod, namespace, vcuda-core share and local burst limit, when its
+    processes launch (seconds after the scenario's start; `until_s` None: to the end), and how
+    many processes it runs (they share its state directory, socket and account)."""
 
     pod: str
     core: int
@@ -36,6 +37,7 @@ class Tenant:
     from_s: float = 0.0
     until_s: float | None = None
     pattern: str = "one"
+    processes: int = 1
 
 
 @dataclass
@@ -173,11 +175,12 @@ class GpuTimeNode:
             until = end if tenant.until_s is None else self.at(tenant.until_s)
             args = [str(self.build / "hooktool"), "share", tenant.pattern]
             args += [str(begin), str(begin), str(until), "250"]
-            self.workloads.append(
-                subprocess.Popen(
-                    args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            for _ in range(tenant.processes):
+                self.workloads.append(
+                    subprocess.Popen(
+                        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                    )
                 )
-            )
         observe_env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.observer = subprocess.Popen(
             [

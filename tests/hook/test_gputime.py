@@ -7,8 +7,8 @@ the SM time each container received (tests.hook.observe), never what the hook or
 scheduler counted. The four scenarios run side by side, each on its own model GPU, on one
 scripted timeline (window 0.25 s, minimum token 5 ms):
 
-- contention: A (20 %), B (30 %, burst to 60 %), C (30 %, quota-limit 0.9) all busy, then C
-  stops at 2.0 s;
+- contention: A (20 %), B (30 %, burst to 60 %; two processes), C (30 %, quota-limit 0.9) all
+  busy, then C stops at 2.0 s;
 - quota: A (30 %) and B (30 %, burst to 60 %); A's quota-limit annotated to 0.6 at 1.5 s;
 - restart: A (20 %) and B (50 %, burst to 70 %); the scheduler is killed at 1.5 s and started
   again at 2.5 s;
@@ -50,7 +50,7 @@ class Timekeeper:
         states = self.states
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 namespace = self.path.rsplit("/", 1)[-1]
                 body = json.dumps(states.get(namespace, {"state": "ok"})).encode()
                 self.send_response(200)
@@ -86,7 +86,9 @@ class Runs:
         node = self.nodes[scenario]
         return self.truths[scenario].share(tenant, node.at(start_s), node.at(end_s))
 
-    def share_after(self, scenario: str, tenant: int, event: str, start_s: float, end_s: float) -> float:
+    def share_after(
+        self, scenario: str, tenant: int, event: str, start_s: float, end_s: float
+    ) -> float:
         """The share over [event + start_s, event + end_s]."""
         at = self.moments[event]
         return self.truths[scenario].share(tenant, at + int(start_s * 1e9), at + int(end_s * 1e9))
@@ -106,7 +108,11 @@ def runs(hook_build: Path) -> Iterator[Runs]:
         "contention": GpuTimeNode(
             hook_build,
             folder(),
-            [Tenant("a", 20), Tenant("b", 30, soft=60), Tenant("c", 30, until_s=2.0)],
+            [
+                Tenant("a", 20),
+                Tenant("b", 30, soft=60, processes=2),
+                Tenant("c", 30, until_s=2.0),
+            ],
             window_seconds=WINDOW_S,
             min_token_seconds=MIN_TOKEN_S,
             seconds=4.0,
@@ -147,7 +153,11 @@ def runs(hook_build: Path) -> Iterator[Runs]:
     moments: dict[str, int] = {}
     exhausted = {"state": "exhausted", "whenExhausted": "throttle", "throttleToPercent": 25}
     events: list[tuple[float, str, Callable[[], None]]] = [
-        (1.5, "quota-changed", lambda: nodes["quota"].set_annotations("a", {"gpushare.io/quota-limit": "0.6"})),
+        (
+            1.5,
+            "quota-changed",
+            lambda: nodes["quota"].set_annotations("a", {"gpushare.io/quota-limit": "0.6"}),
+        ),
         (1.5, "scheduler-killed", nodes["restart"].kill_scheduler),
         (1.5, "budget-exhausted", lambda: timekeeper.states.__setitem__("team-a", exhausted)),
         (2.5, "scheduler-restarted", nodes["restart"].start_scheduler),
@@ -222,8 +232,19 @@ def test_scheduler_killed_and_restarted_mid_run(runs: Runs) -> None:
 def test_namespace_over_budget_throttled_to_the_floor_and_restored(runs: Runs) -> None:
     assert runs.share("throttle", 0, 0.5, 1.5) == pytest.approx(0.40, abs=POINTS)
     # 25 % of its 40, from a poll (0.2 s) and a window after the budget ran out; B unchanged
-    floor = [runs.share_after("throttle", t, "budget-exhausted", 0.2 + WINDOW_S, 1.7) for t in (0, 1)]
+    floor = [
+        runs.share_after("throttle", t, "budget-exhausted", 0.2 + WINDOW_S, 1.7) for t in (0, 1)
+    ]
     assert floor == pytest.approx([0.10, 0.40], abs=POINTS)
     restored = runs.share_after("throttle", 0, "budget-refilled", 0.2 + WINDOW_S, 1.8)
     assert restored == pytest.approx(0.40, abs=POINTS)
     assert "(throttled: the namespace's budget is exhausted)" in runs.nodes["throttle"].stderr[0]
+
+
+def test_processes_of_one_container_share_its_account(runs: Runs) -> None:
+    # B runs two processes: each holds its own session, together they get B's one share
+    node = runs.nodes["contention"]
+    assert len(node.stderr) == 4
+    for stderr in node.stderr[1:3]:
+        assert "GPU time scheduler connected" in stderr, stderr
+    assert runs.share("contention", 1, 0.5, 2.0) == pytest.approx(0.40, abs=POINTS)

@@ -7,8 +7,8 @@ at a time, for at most the token's length.
 
 Every decision looks at each account's use over the sliding window `[now - window, now]`:
 what its sessions reported using under their tokens (the hook measures it; an account is
-charged its use, not its grants, at most the time held plus a longest token), plus the time elapsed under a token still held. Among the
-accounts with a waiting session:
+charged its use, not its grants, at most the time held plus a longest token), plus the time
+elapsed under a token still held. Among the accounts with a waiting session:
 
 1. accounts below their guarantee go first, the most starved first (the lowest use relative
    to its guarantee);
