@@ -186,6 +186,11 @@ static int handle(struct session *s, const char *line) {
     int64_t sequence = field(line, 1), length_us = field(line, 2);
     if (sequence <= 0 || length_us < 0) return -1;
     int64_t now = now_ns();
+    if (!__atomic_load_n(&connected, __ATOMIC_ACQUIRE)) { /* granting again after a long silence */
+      gs_limiter_unreported_ns(__atomic_load_n(&device_mask, __ATOMIC_RELAXED), INT64_MAX);
+      gs_log(GS_LOG_INFO, "GPU time scheduler granting again: launches run under its tokens");
+      __atomic_store_n(&connected, 1, __ATOMIC_RELEASE);
+    }
     s->sequence = sequence;
     s->acquire_sent = 0;
     s->token_end_ns = now + length_us * 1000;
@@ -276,11 +281,17 @@ static void serve(struct session *s) {
       s->acquire_sent = 1;
       s->acquire_at_ns = now;
     }
-    if (s->acquire_sent && now - s->acquire_at_ns > grant_timeout) {
-      gs_log(GS_LOG_WARN, "GPU time scheduler granted nothing for %lld ms", (long long)(grant_timeout / 1000000));
-      return;
+    int hung = s->acquire_sent && now - s->acquire_at_ns > grant_timeout;
+    if (hung && __atomic_load_n(&connected, __ATOMIC_ACQUIRE)) {
+      /* A scheduler that answers but never grants: the local limit until it grants again (the
+       * request stays queued there; reconnecting would only start another wait). */
+      gs_log(GS_LOG_WARN, "GPU time scheduler granted nothing for %lld ms: local core limit in force until it does",
+             (long long)(grant_timeout / 1000000));
+      __atomic_store_n(&connected, 0, __ATOMIC_RELEASE);
+      gs_limiter_scheduler_lost();
+      bump();
     }
-    int64_t next = s->acquire_sent ? s->acquire_at_ns + grant_timeout : now + 1000000000LL;
+    int64_t next = s->acquire_sent && !hung ? s->acquire_at_ns + grant_timeout : now + 1000000000LL;
     if (s->sequence != 0) next = s->token_end_ns < s->idle_check_ns ? s->token_end_ns : s->idle_check_ns;
     int64_t wait_ns = next - now;
     struct pollfd p[2] = {{s->fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
