@@ -193,6 +193,7 @@ static int handle(struct session *s, const char *line) {
     }
     s->sequence = sequence;
     s->acquire_sent = 0;
+    __atomic_store_n(&want, 0, __ATOMIC_RELEASE); /* the launches waiting are served now */
     s->token_end_ns = now + length_us * 1000;
     s->granted_at_ns = now;
     s->length_us = length_us;
