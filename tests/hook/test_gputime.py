@@ -221,8 +221,8 @@ def test_scheduler_killed_and_restarted_mid_run(runs: Runs) -> None:
     assert runs.share("restart", 0, 0.5, 1.5) == pytest.approx(0.20, abs=POINTS)
     fallback = [runs.share_after("restart", t, "scheduler-killed", 0.2, 0.9) for t in (0, 1)]
     assert fallback == pytest.approx([0.20, 0.50], abs=POINTS)
-    # reconnected within the backoff's bound (0.5 s), then a window
-    restored = runs.share_after("restart", 1, "scheduler-restarted", 0.5 + WINDOW_S, 2.3)
+    # reconnected within the backoff's bound (0.5 s), then two windows
+    restored = runs.share_after("restart", 1, "scheduler-restarted", 0.5 + 2 * WINDOW_S, 2.3)
     assert restored == pytest.approx(0.70, abs=POINTS)
     for stderr in runs.nodes["restart"].stderr:
         assert stderr.count("GPU time scheduler connected") == 2, stderr
