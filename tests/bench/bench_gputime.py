@@ -7,7 +7,7 @@
 - Hand-over: from a client's RELEASE to the next client's GRANT, seen by the clients; baseline
   side by side: a round trip over a unix socket pair between two threads.
 - Shares: each client's time holding the token over every 2 s span, against its target
-  (guarantee plus an equal part of what is left); device busy (time any client held it).
+  (the max-min fair share between guarantee and cap); device busy (time any client held it).
 - Quota change to the running container: `kubectl annotate`-like change of a pod's
   annotations on an in-process API server until the container's client reads the new QUOTA
   line (watch + sync + push), against the window.

@@ -134,7 +134,7 @@ def test_release_of_a_token_not_held_is_ignored() -> None:
     assert not scheduler.release(1, grant.sequence, 0.001, 0.003)
 
 
-def test_use_is_charged_as_reported_never_above_the_time_held() -> None:
+def test_use_is_charged_as_reported_never_above_the_time_held_and_a_longest_token() -> None:
     scheduler = GpuScheduler(CONFIG)
     scheduler.set_account("a", Quota(0.5, 1))
     scheduler.open_session(1, "a")
@@ -143,8 +143,10 @@ def test_use_is_charged_as_reported_never_above_the_time_held() -> None:
         grant = scheduler.decide(0.0 if used < 1 else 0.02)
         assert grant is not None
         scheduler.release(1, grant.sequence, used, grant.start + 0.01)
-    # 4 ms as reported, then 10 ms (the time held) instead of the 5 s claimed
-    assert scheduler.used("a", 0.03) == pytest.approx(0.014 / CONFIG.window_seconds)
+    # 4 ms as reported, then 10 ms (the time held) and a longest token (work queued under the
+    # token that ran after it) instead of the 5 s claimed
+    charged = 0.004 + 0.01 + CONFIG.max_token_seconds
+    assert scheduler.used("a", 0.03) == pytest.approx(charged / CONFIG.window_seconds)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "hook.h"
+#include "hook_gputime.h"
 #include "hook_limiter.h"
 #include "hook_log.h"
 #include "hook_state.h"
@@ -43,6 +44,7 @@ static void atfork_child(void) {
   gs_context_atfork_child();
   gs_state_atfork_child();
   gs_usage_atfork_child();
+  gs_gputime_atfork_child();
 }
 
 static void log_limits(void) {
@@ -94,6 +96,7 @@ static void initialise(void) {
   /* Its GPU time is the container's: the meter reads NVML for registered processes. */
   if (config.any_core_limit || gs_usage_enabled()) gs_state_register();
   gs_limiter_init(&config);
+  gs_gputime_init();
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 

@@ -35,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hook_gputime.h"
 #include "hook_log.h"
 #include "hook_policy.h"
 #include "hook_state.h"
@@ -53,6 +54,7 @@
 #define IDLE_FOREIGN_PERCENT 10  /* others below this: the GPU counts as idle (burst allowed) */
 #define MAX_SAMPLES 256
 #define CLAIM_STALE_NS 100000000 /* a meter claim this old is abandoned */
+#define HANDOVER_NS 5000000      /* work queued past the end of the scheduler's token */
 
 struct marker {
   CUevent start; /* NULL: measured from the previous marker's end */
@@ -71,6 +73,7 @@ struct tracker {
   int64_t average_ns;   /* stream time per launch (estimate) */
   int measured;         /* average_ns has been measured */
   unsigned since_slow;
+  int64_t allowance_ns; /* under the scheduler's token: work this thread may still queue */
   unsigned batch_launches;
   int64_t batch_ns;
   CUevent batch_start;
@@ -498,6 +501,77 @@ static void admit(struct tracker *t, struct gs_device_slot *slot) {
   restore_capture_mode(mode);
 }
 
+/* Under the GPU time scheduler: waits (on the client's futex, no lock held) until this process
+ * holds the token and this thread's work in flight fits in what is left of it. Returns 0 when
+ * admitted, -1 when the scheduler was lost meanwhile (the bucket decides then). */
+static int admit_scheduled(struct tracker *t, struct gs_device_slot *slot) {
+  t->since_slow = 0;
+  CUstreamCaptureMode mode = relax_capture_mode();
+  int admitted = -1;
+  for (;;) {
+    uint32_t seen = gs_gputime_generation();
+    int64_t now = now_ns();
+    harvest(t, slot);
+    meter(t->device, slot, now);
+    if (!gs_gputime_gating()) break;
+    int64_t remaining = gs_gputime_remaining_ns(now);
+    /* Never more queued than the token has left (so its work runs under it), give or take the
+     * hand-over to the next holder (so the device does not idle through it; what runs after
+     * the token is charged with the next one); an idle stream may always start one launch. */
+    if (remaining > 0 && (t->inflight_ns + t->average_ns <= remaining + HANDOVER_NS || t->inflight_ns == 0)) {
+      t->allowance_ns = remaining + HANDOVER_NS - t->inflight_ns;
+      admitted = 0;
+      break;
+    }
+    int64_t wait = WAIT_MAX_NS;
+    if (remaining > 0) { /* the token holds, this thread's queue is too long for it: let it drain */
+      close_batch(t);
+      gs_gputime_launched(t->device); /* busy, not idle: the token must not go back early */
+      wait = t->inflight_ns - remaining - HANDOVER_NS < WAIT_MAX_NS ? t->inflight_ns - remaining - HANDOVER_NS
+                                                                    : WAIT_MAX_NS;
+      if (wait < WAIT_MIN_NS) wait = WAIT_MIN_NS;
+    } else {
+      gs_gputime_want(t->device);
+    }
+    if (gs_gputime_wait(seen, wait) != 0) { /* a signal: let the program see it */
+      admitted = 0;
+      break;
+    }
+  }
+  restore_capture_mode(mode);
+  return admitted;
+}
+
+int64_t gs_limiter_unreported_ns(unsigned device_mask, int64_t max_ns) {
+  int64_t now = now_ns(), total = 0;
+  for (int device = 0; device < GS_MAX_DEVICES; device++) {
+    if (!(device_mask & (1u << device))) continue;
+    struct gs_device_slot *slot = gs_state_device(device);
+    if (slot == NULL) continue;
+    meter(device, slot, now);
+    int64_t used = __atomic_load_n(&slot->used_sm_ns, __ATOMIC_ACQUIRE);
+    int64_t reported = __atomic_load_n(&slot->scheduler_reported_ns, __ATOMIC_ACQUIRE), claim = 0;
+    do {
+      claim = used - reported;
+      if (claim > max_ns - total) claim = max_ns - total;
+    } while (claim > 0 && !__atomic_compare_exchange_n(&slot->scheduler_reported_ns, &reported, reported + claim, 0,
+                                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+    if (claim > 0) total += claim;
+  }
+  return total;
+}
+
+void gs_limiter_scheduler_lost(void) {
+  for (int device = 0; device < GS_MAX_DEVICES; device++) {
+    struct gs_device_slot *slot = gs_state_device(device);
+    if (slot == NULL) continue;
+    int64_t tokens = __atomic_load_n(&slot->tokens_ns, __ATOMIC_ACQUIRE);
+    while (tokens < 0 && !__atomic_compare_exchange_n(&slot->tokens_ns, &tokens, 0, 0, __ATOMIC_ACQ_REL,
+                                                      __ATOMIC_ACQUIRE)) {
+    }
+  }
+}
+
 CUresult gs_limited_launch(CUstream stream, int per_thread, const void *work, CUresult (*call)(void *),
                            void *args) {
   (void)work;
@@ -510,8 +584,16 @@ CUresult gs_limited_launch(CUstream stream, int per_thread, const void *work, CU
   struct gs_device_slot *slot = gs_state_device(t->device);
   if (slot == NULL) return call(args);
 
-  int64_t tokens = __atomic_load_n(&slot->tokens_ns, __ATOMIC_RELAXED);
-  if (t->since_slow >= FAST_LAUNCHES || tokens - t->inflight_ns < 0) admit(t, slot);
+  if (gs_gputime_gating()) {
+    if ((t->since_slow >= FAST_LAUNCHES || !gs_gputime_open() || t->allowance_ns < t->average_ns) &&
+        admit_scheduled(t, slot) != 0)
+      admit(t, slot);
+    t->allowance_ns -= t->average_ns;
+    gs_gputime_launched(t->device);
+  } else {
+    int64_t tokens = __atomic_load_n(&slot->tokens_ns, __ATOMIC_RELAXED);
+    if (t->since_slow >= FAST_LAUNCHES || tokens - t->inflight_ns < 0) admit(t, slot);
+  }
   t->since_slow++;
   if (t->batch_launches == 0 && t->count == 0) {
     /* The stream may be idle: measure this batch from its own start, not from an old marker. */

@@ -22,6 +22,12 @@ void gs_limiter_capture_ended(void);
 /* Reads NVML for the container's SM time on device now (unless read within the last 2 ms or
  * another process is reading it): the usage file's writer calls it, limited or not. */
 void gs_limiter_meter(int device);
+/* For the GPU time scheduler's client: the container's SM time on the devices of device_mask
+ * that no process of the container has reported yet (metered now), at most max_ns of it,
+ * marked reported (the rest is left for the next report). */
+int64_t gs_limiter_unreported_ns(unsigned device_mask, int64_t max_ns);
+/* The scheduler was lost: debt run up under its tokens is forgiven, the local limit resumes. */
+void gs_limiter_scheduler_lost(void);
 
 void gs_limiter_atfork_prepare(void);
 void gs_limiter_atfork_parent(void);

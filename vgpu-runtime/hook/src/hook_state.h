@@ -31,7 +31,8 @@ struct gs_device_slot {
   int64_t provisional_ns;      /* launches seen complete since NVML's last sample, estimated */
   int64_t calibration_permille; /* metered SM time / estimates, learnt (0: not yet) */
   uint64_t in_use;             /* non-zero once a process of the container made a context on it */
-  uint64_t reserved[2];
+  int64_t scheduler_reported_ns; /* of used_sm_ns, what was reported to the GPU time scheduler */
+  uint64_t reserved[1];
 };
 
 struct gs_proc_slot {

@@ -7,8 +7,8 @@ at a time, for at most the token's length.
 
 Every decision looks at each account's use over the sliding window `[now - window, now]`:
 what its sessions reported using under their tokens (the hook measures it; an account is
-charged its use, not its grants), plus the time elapsed under a token still held. Among the
-accounts with a waiting session:
+charged its use, not its grants, at most the time held plus a longest token), plus the time
+elapsed under a token still held. Among the accounts with a waiting session:
 
 1. accounts below their guarantee go first, the most starved first (the lowest use relative
    to its guarantee);
@@ -198,7 +198,10 @@ class GpuScheduler:
 
     def _return(self, grant: Grant, used_seconds: float, now: float) -> None:
         held = max(now - grant.start, 0.0)
-        charged = min(max(used_seconds, 0.0), held)
+        # Work queued under a token may still run after it is returned (a client keeps the GPU
+        # busy through the hand-over); it is reported then, so up to a longest token more than
+        # the time held is charged.
+        charged = min(max(used_seconds, 0.0), held + self.config.max_token_seconds)
         state = self._accounts.get(grant.account)
         if state is not None and held > 0:
             state.records.append((grant.start, grant.start + held, charged))
