@@ -108,7 +108,7 @@ def test_a_waiting_account_beside_free_sms_is_looked_at_again_soon() -> None:
 
 @pytest.mark.parametrize("partition", [0, 101, -5])
 def test_invalid_partitions_are_refused(partition: int) -> None:
-    with pytest.raises(ValueError, match="SM partition of 1..100 percent"):
+    with pytest.raises(ValueError, match=r"SM partition of 1\.\.100 percent"):
         Quota(0.1, 0.2, sm_partition=partition)
 
 

@@ -123,7 +123,7 @@ def test_a_daemon_left_by_an_earlier_node_manager_is_adopted_then_stopped(
 
 def test_a_missing_program_is_one_clear_error(short_dir: Path) -> None:
     daemons = MpsDaemons(short_dir / "mps", binary=str(short_dir / "no-such-mps-control"))
-    with pytest.raises(MpsError, match="no-such-mps-control.* is not installed on this node"):
+    with pytest.raises(MpsError, match=r"no-such-mps-control.* is not installed on this node"):
         daemons.ensure(GPU)
     daemons.sync({GPU})  # logged, not raised: the node manager serves on
 

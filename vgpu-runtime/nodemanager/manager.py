@@ -412,9 +412,7 @@ class NodeManager:
                 self._mark_allocated(request.namespace, request.pod)
             return self._grant(allocation, mps)
 
-    def _start_mps(
-        self, sm_partition: int, by_gpu: dict[str, int], owner: Owner
-    ) -> MpsDirs | None:
+    def _start_mps(self, sm_partition: int, by_gpu: dict[str, int], owner: Owner) -> MpsDirs | None:
         """The MPS directories of the container's GPU, its daemon started; None when the
         container has no SM partition (or spans GPUs, or MPS is not run)."""
         if self._mps is None or not sm_partition or len(by_gpu) != 1:

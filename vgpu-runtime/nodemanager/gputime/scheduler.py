@@ -60,8 +60,7 @@ class Quota:
             )
         if not 1 <= self.sm_partition <= ALL_SMS:
             raise ValueError(
-                f"a quota needs an SM partition of 1..{ALL_SMS} percent (got"
-                f" {self.sm_partition})"
+                f"a quota needs an SM partition of 1..{ALL_SMS} percent (got {self.sm_partition})"
             )
 
 
