@@ -296,3 +296,16 @@ def test_a_pod_with_a_partition_is_refused_when_mps_cannot_run(
     finally:
         daemon.stop()
         kubelet.stop()
+
+
+def test_the_mps_control_flag() -> None:
+    from nodemanager.settings import parse_settings
+
+    from gpushare import cli
+
+    def parse(*argv: str) -> Any:
+        args = cli.build_parser().parse_args(["nodemanager", "--node-name", "n", *argv])
+        return parse_settings(args)
+
+    assert parse().mps_control == "nvidia-cuda-mps-control"
+    assert parse("--mps-control", "/opt/cuda/bin/mps").mps_control == "/opt/cuda/bin/mps"
