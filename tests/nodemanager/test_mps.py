@@ -137,6 +137,15 @@ def test_a_daemon_that_will_not_start_is_an_error_with_its_message(short_dir: Pa
         daemons.ensure(GPU)
 
 
+def test_no_daemon_is_seen_even_when_the_program_exits_0_saying_so(short_dir: Path) -> None:
+    program = short_dir / "quiet-mps-control"
+    program.write_text("#!/bin/sh\necho 'Cannot find MPS control daemon process'\nexit 0\n")
+    program.chmod(0o755)
+    daemons = MpsDaemons(short_dir / "mps", binary=str(program))
+    daemons.dirs(GPU).pipe.mkdir(parents=True)
+    assert not daemons.alive(GPU)
+
+
 class _Pods:
     def __init__(self, pods: Sequence[dict[str, Any]]) -> None:
         self.pods = list(pods)

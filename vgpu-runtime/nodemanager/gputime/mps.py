@@ -121,9 +121,13 @@ class MpsDaemons:
         if not self.dirs(gpu).pipe.is_dir():
             return False
         try:
-            return self._call(gpu, [], "get_server_list\n").returncode == 0
+            result = self._call(gpu, [], "get_server_list\n")
         except MpsError:
             return False
+        # without a daemon the program says so ("Cannot find MPS control daemon process");
+        # the message is checked as well as the exit status
+        said = f"{result.stdout}\n{result.stderr}".lower()
+        return result.returncode == 0 and "cannot find mps control daemon" not in said
 
     def ensure(self, gpu: str) -> MpsDirs:
         """The GPU's daemon running (started when it is not); its directories."""
