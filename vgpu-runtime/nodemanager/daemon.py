@@ -11,6 +11,7 @@ from types import FrameType
 from gpushare import logs
 from nodemanager.gputime.budgetstates import BudgetStates, HttpFetch
 from nodemanager.gputime.metrics import GpuTimeCollector
+from nodemanager.gputime.mps import MpsDaemons, partitioned_gpus
 from nodemanager.gputime.scheduler import SchedulerConfig
 from nodemanager.gputime.server import SOCKET_NAME, GpuTimeServer
 from nodemanager.gputime.service import GpuTimeService
@@ -47,6 +48,7 @@ class Daemon:
         pod_source: PodSource | None = kubernetes
         publisher: NodePublisher | None = kubernetes
         self.gpu_time: GpuTimeService | None = None
+        self.mps = MpsDaemons(settings.state_dir / "mps", binary=settings.mps_control)
         self.pod_watch = (
             None
             if kubernetes is None
@@ -68,7 +70,8 @@ class Daemon:
             annotator=kubernetes,
             release_grace_seconds=settings.release_grace_seconds,
             scheduler_socket=SOCKET_NAME if settings.gpu_time else None,
-            on_allocations_changed=self._gpu_time_changed,
+            on_allocations_changed=self._allocations_changed,
+            mps=self.mps,
         )
         if settings.gpu_time:
             budgets = None
@@ -96,6 +99,10 @@ class Daemon:
         self._thread: threading.Thread | None = None
         self.metrics_port = 0
 
+    def _allocations_changed(self) -> None:
+        self.mps.wake()
+        self._gpu_time_changed()
+
     def _gpu_time_changed(self) -> None:
         if self.gpu_time is not None:
             self.gpu_time.wake()
@@ -117,6 +124,7 @@ class Daemon:
             self.pod_watch.start()
         self.manager.check_health()
         self.manager.reconcile()
+        self.mps.start(lambda: partitioned_gpus(self.manager.allocations()))
         if self.gpu_time is not None:
             self.gpu_time.start()
         self.runner.start()
@@ -154,6 +162,7 @@ class Daemon:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.runner.stop()
+        self.mps.stop()
         if self.gpu_time is not None:
             self.gpu_time.stop()
         if self.pod_watch is not None:

@@ -34,6 +34,7 @@ from nodemanager.devices import (
     parse_device_id,
     shown_id,
 )
+from nodemanager.gputime.mps import MpsDaemons, MpsDirs, MpsError
 from nodemanager.inventory import Gpu, Inventory
 from nodemanager.kube import (
     KubernetesError,
@@ -69,6 +70,9 @@ class Paths:
     container_usage_dir: str = USAGE_DIR
     """Where the pod's usage folder appears in its GPU containers (an emptyDir the webhook
     adds); the hook writes `<allocation id>.json` there for the accounting sidecar."""
+    container_mps_dir: str = "/var/run/gpushare-mps"
+    """Where a container with an SM partition finds its GPU's MPS pipe (`pipe`) and log
+    (`log`) directories."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ class NodeManager:
         clock: Callable[[], float] = time.time,
         scheduler_socket: str | None = None,
         on_allocations_changed: Callable[[], None] = lambda: None,
+        mps: MpsDaemons | None = None,
     ) -> None:
         self.node_name = node_name
         self.inventory = inventory
@@ -146,6 +151,8 @@ class NodeManager:
         self._scheduler_socket = scheduler_socket
         """Name of the GPU time scheduler's socket in a state directory; None: no scheduler."""
         self._on_allocations_changed = on_allocations_changed
+        self._mps = mps
+        """The MPS control daemons of containers with an SM partition; None: not run."""
         self.gpus: tuple[Gpu, ...] = tuple(inventory.gpus())
         self._gpu_by_uuid = {gpu.uuid: gpu for gpu in self.gpus}
         self._lock = threading.Lock()
@@ -365,6 +372,8 @@ class NodeManager:
                     f"assigned {self._describe_split(wanted)}"
                 )
             owner = Owner(request.namespace, request.pod, request.container, request.uid)
+            sm_partition = (found.sm_partition or 0) if kind is Kind.CORE else 0
+            mps = self._start_mps(sm_partition, by_gpu, owner)
             allocation_id = uuid.uuid4().hex[:16]
             state_dir = ""
             if kind is Kind.CORE:
@@ -385,7 +394,7 @@ class NodeManager:
                 state_dir=state_dir,
                 core_limit=core_limit if kind is Kind.CORE else 0,
                 core_soft_limit=found.soft_limit if kind is Kind.CORE else 0,
-                sm_partition=(found.sm_partition or 0) if kind is Kind.CORE else 0,
+                sm_partition=sm_partition,
             )
             for old in self._ledger.add(allocation):
                 log.info("allocation %s released: kubelet reused its devices", old.id)
@@ -401,7 +410,21 @@ class NodeManager:
             )
             if found.last:
                 self._mark_allocated(request.namespace, request.pod)
-            return self._grant(allocation)
+            return self._grant(allocation, mps)
+
+    def _start_mps(self, sm_partition: int, by_gpu: dict[str, int], owner: Owner) -> MpsDirs | None:
+        """The MPS directories of the container's GPU, its daemon started; None when the
+        container has no SM partition (or spans GPUs, or MPS is not run)."""
+        if self._mps is None or not sm_partition or len(by_gpu) != 1:
+            return None
+        gpu = next(iter(by_gpu))
+        try:
+            return self._mps.ensure(gpu)
+        except MpsError as err:
+            raise NodeError(
+                f"{owner.describe()} asks gpushare.io/sm-partition={sm_partition}, which needs an"
+                f" MPS control daemon on GPU {self._describe_gpus([gpu])}: {err}"
+            ) from err
 
     def _check_shape(self, kind: Kind, size: int, by_gpu: dict[str, int]) -> None:
         if kind is not Kind.CORE:
@@ -427,7 +450,7 @@ class NodeManager:
             f"GPU {self._gpu_by_uuid[uuid].index} ({count})" for uuid, count in by_gpu.items()
         )
 
-    def _grant(self, allocation: Allocation) -> Grant:
+    def _grant(self, allocation: Allocation, mps: MpsDirs | None = None) -> Grant:
         ordered = sorted(allocation.units_by_gpu, key=lambda uuid: self._gpu_by_uuid[uuid].index)
         envs: dict[str, str] = {}
         mounts: list[MountSpec] = []
@@ -441,6 +464,13 @@ class NodeManager:
             if allocation.sm_partition:
                 # honoured by the CUDA driver only in a client of an MPS server
                 envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(allocation.sm_partition)
+            if mps is not None:
+                pipe = f"{self.paths.container_mps_dir}/pipe"
+                logs = f"{self.paths.container_mps_dir}/log"
+                envs["CUDA_MPS_PIPE_DIRECTORY"] = pipe
+                envs["CUDA_MPS_LOG_DIRECTORY"] = logs
+                mounts.append(MountSpec(pipe, str(mps.pipe), read_only=False))
+                mounts.append(MountSpec(logs, str(mps.log), read_only=True))
             mounts.append(
                 MountSpec(self.paths.container_state_dir, allocation.state_dir, read_only=False)
             )

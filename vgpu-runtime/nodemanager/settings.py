@@ -69,6 +69,8 @@ class Settings:
     """Bearer token file for the timekeeper (read at every poll: projected tokens rotate)."""
     budget_poll_seconds: float = 10.0
     """How often the namespace states are pulled from the timekeeper."""
+    mps_control: str = "nvidia-cuda-mps-control"
+    """The MPS control program run per GPU for containers with an SM partition."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +118,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--timekeeper-token-file", help="bearer token file for the timekeeper (default: none)")
     add("--budget-poll-interval", help="seconds between pulls of budget states (default: 10)")
+    add(
+        "--mps-control",
+        help="the MPS control program for containers with an SM partition"
+        " (default: nvidia-cuda-mps-control, found on PATH)",
+    )
 
 
 def parse_settings(args: argparse.Namespace) -> Settings:
@@ -215,4 +222,5 @@ def parse_settings(args: argparse.Namespace) -> Settings:
         if args.timekeeper_token_file
         else None,
         budget_poll_seconds=budget_poll,
+        mps_control=args.mps_control or defaults.mps_control,
     )

@@ -2,8 +2,11 @@
 
 One `GpuScheduler` per physical GPU. Its accounts are the containers sharing that GPU (one per
 core allocation); each account may have several sessions (one per process that loaded the
-hook). GPU time is handed out as exclusive tokens: at most one session of a GPU holds a token
-at a time, for at most the token's length.
+hook). GPU time is handed out as tokens, each held for at most its length. An account has an
+SM partition (percent of the GPU's SMs, `Quota.sm_partition`; 100, the default, is the whole
+GPU): tokens are held by several accounts at once only while their partitions add up to at
+most 100 %, so an account without a partition holds the GPU alone. An account holds at most
+one token at a time.
 
 Every decision looks at each account's use over the sliding window `[now - window, now]`:
 what its sessions reported using under their tokens (the hook measures it; an account is
@@ -20,6 +23,10 @@ tier), but at least the minimum token and at most the maximum token. A session t
 nothing to do returns its token early; one that dies releases it at once. The scheduler is
 work-conserving: whenever the token is free and any waiting account is below its cap, it is
 granted.
+
+The order above is the only order: the next account in it gets the next token as soon as its
+partition fits beside the tokens held, and no account overtakes it meanwhile (a large
+partition is never starved by a stream of small ones).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 EPSILON = 1e-9
+ALL_SMS = 100
+"""The SM partition of an account that may use every SM (and so holds the GPU alone)."""
 
 
 @dataclass(frozen=True)
@@ -40,12 +49,18 @@ class Quota:
     """Time the account never exceeds, even on an idle GPU (>= guarantee)."""
     throttled: bool = False
     """The share was lowered to its namespace's throttle floor (budget exhausted)."""
+    sm_partition: int = ALL_SMS
+    """Percent of the GPU's SMs the account may use (MPS); 100: the whole GPU, held alone."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.guarantee <= self.cap <= 1:
             raise ValueError(
                 f"a quota needs 0 <= guarantee <= cap <= 1 (got guarantee {self.guarantee},"
                 f" cap {self.cap})"
+            )
+        if not 1 <= self.sm_partition <= ALL_SMS:
+            raise ValueError(
+                f"a quota needs an SM partition of 1..{ALL_SMS} percent (got {self.sm_partition})"
             )
 
 
@@ -78,6 +93,8 @@ class Grant:
     sequence: int
     start: float
     length_seconds: float
+    sm_partition: int = ALL_SMS
+    """The SM partition the account held the token with (percent)."""
 
     @property
     def end(self) -> float:
@@ -118,7 +135,10 @@ class GpuScheduler:
         self.config = config
         self._accounts: dict[str, _Account] = {}
         self._session_account: dict[int, str] = {}
-        self._holder: Grant | None = None
+        self._holders: dict[str, Grant] = {}
+        """The tokens held, by account (at most one each), oldest first."""
+        self._partitions_held = 0
+        """The sum of the SM partitions of the accounts holding a token (at most 100)."""
         self._sequence = 0
 
     # --- accounts and sessions ---------------------------------------------------------------
@@ -162,7 +182,7 @@ class GpuScheduler:
         state.sessions.discard(session)
         if session in state.waiting:
             state.waiting.remove(session)
-        holder = self._holder
+        holder = self._holders.get(account)
         if holder is not None and holder.session == session:
             # Nothing says how much of the token it used: charge the time it held it.
             self._return(holder, now - holder.start, now)
@@ -170,7 +190,17 @@ class GpuScheduler:
     # --- tokens --------------------------------------------------------------------------------
     @property
     def holder(self) -> Grant | None:
-        return self._holder
+        """The oldest token held, None when none is."""
+        return next(iter(self._holders.values()), None)
+
+    def holders(self) -> list[Grant]:
+        """Every token held (several only while their accounts' SM partitions fit together)."""
+        return list(self._holders.values())
+
+    @property
+    def partitions_held(self) -> int:
+        """The sum of the SM partitions of the accounts holding a token (percent, <= 100)."""
+        return self._partitions_held
 
     def request(self, session: int) -> None:
         """The session wants a token (answered by a later `decide`). Asked while it holds
@@ -182,19 +212,21 @@ class GpuScheduler:
     def release(self, session: int, sequence: int, used_seconds: float, now: float) -> bool:
         """The session returns its token, having used the GPU `used_seconds` under it; False
         when it holds no such token (released already, revoked, or never granted)."""
-        holder = self._holder
+        holder = self._holders.get(self._session_account.get(session, ""))
         if holder is None or holder.session != session or holder.sequence != sequence:
             return False
         self._return(holder, used_seconds, now)
         return True
 
     def revoke_expired(self, now: float) -> Grant | None:
-        """Take back a token kept past its end and grace; the holder is charged in full."""
-        holder = self._holder
-        if holder is None or now < holder.end + self.config.grace_seconds:
-            return None
-        self._return(holder, now - holder.start, now)
-        return holder
+        """Take back a token kept past its end and grace (one per call; the oldest first); the
+        holder is charged in full."""
+        grace = self.config.grace_seconds
+        for holder in self._holders.values():
+            if now >= holder.end + grace:
+                self._return(holder, now - holder.start, now)
+                return holder
+        return None
 
     def _return(self, grant: Grant, used_seconds: float, now: float) -> None:
         held = max(now - grant.start, 0.0)
@@ -206,26 +238,29 @@ class GpuScheduler:
         if state is not None and held > 0:
             state.records.append((grant.start, grant.start + held, charged))
             state.total += charged
-        self._holder = None
+        del self._holders[grant.account]
+        self._partitions_held -= grant.sm_partition
 
     def used(self, account: str, now: float) -> float:
         """The account's share of the last window (0..1), a token still held counted in full."""
         state = self._accounts[account]
         window = self.config.window_seconds
         used = state.used(now, window)
-        holder = self._holder
-        if holder is not None and holder.account == account:
+        holder = self._holders.get(account)
+        if holder is not None:
             used += max(now - holder.start, 0.0)
         return used / window
 
     def decide(self, now: float) -> Grant | None:
-        """Grant the token when it is free and an account below its cap waits."""
-        if self._holder is not None:
+        """Grant a token to the first account in order (below its cap, waiting, holding none)
+        when its SM partition fits beside the tokens held; None otherwise. Call again while
+        it grants: several accounts may hold tokens at once."""
+        if self._partitions_held >= ALL_SMS:
             return None
         window = self.config.window_seconds
         best: tuple[int, float, str, float] | None = None
         for name, state in self._accounts.items():
-            if not state.waiting:
+            if not state.waiting or name in self._holders:
                 continue
             share = state.used(now, window) / window
             quota = state.quota
@@ -241,22 +276,29 @@ class GpuScheduler:
             return None
         tier, _, name, share = best
         state = self._accounts[name]
+        partition = state.quota.sm_partition
+        if self._partitions_held + partition > ALL_SMS:
+            return None  # it goes next, once enough SMs are free; nobody overtakes it
         config = self.config
         target = state.quota.guarantee if tier == 0 else state.quota.cap
         headroom = (target - share) * window
         length = min(max(headroom, config.min_token_seconds), config.max_token_seconds)
         self._sequence += 1
-        grant = Grant(state.waiting.popleft(), name, self._sequence, now, length)
-        self._holder = grant
+        grant = Grant(state.waiting.popleft(), name, self._sequence, now, length, partition)
+        self._holders[name] = grant
+        self._partitions_held += partition
         return grant
 
     def next_event(self, now: float) -> float | None:
         """When `decide` or `revoke_expired` may have something to do without any message
-        arriving: the held token's revocation time, or, when waiting accounts are all at
-        their caps, when the window will have slid by a minimum token."""
-        holder = self._holder
-        if holder is not None:
-            return holder.end + self.config.grace_seconds
-        if any(state.waiting for state in self._accounts.values()):
-            return now + self.config.min_token_seconds
-        return None
+        arriving: the earliest revocation time of a token held, or, when SMs are free and the
+        waiting accounts are all at their caps, when the window will have slid by a minimum
+        token."""
+        grace = self.config.grace_seconds
+        when = min((holder.end + grace for holder in self._holders.values()), default=None)
+        if self._partitions_held < ALL_SMS and any(
+            state.waiting and name not in self._holders for name, state in self._accounts.items()
+        ):
+            soon = now + self.config.min_token_seconds
+            when = soon if when is None else min(when, soon)
+        return when

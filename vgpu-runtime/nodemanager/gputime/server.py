@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodemanager.gputime import protocol
-from nodemanager.gputime.scheduler import GpuScheduler, Quota, SchedulerConfig
+from nodemanager.gputime.scheduler import ALL_SMS, GpuScheduler, Quota, SchedulerConfig
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +280,7 @@ class GpuTimeServer:
     def _schedule(self) -> None:
         now = self._clock()
         for scheduler in self._schedulers.values():
-            revoked = scheduler.revoke_expired(now)
-            if revoked is not None:
+            while (revoked := scheduler.revoke_expired(now)) is not None:
                 connection = self._by_session(revoked.session)
                 if connection is not None:
                     log.info(
@@ -291,12 +290,13 @@ class GpuTimeServer:
                         now - revoked.end,
                     )
                     self._send(connection, protocol.revoke(revoked.sequence))
-            if scheduler.holder is not None:
-                continue
-            started = time.perf_counter()
-            grant = scheduler.decide(now)
-            self.decision_seconds.append(time.perf_counter() - started)
-            if grant is not None:
+            # several tokens at once only while the holders' SM partitions fit together
+            while scheduler.partitions_held < ALL_SMS:
+                started = time.perf_counter()
+                grant = scheduler.decide(now)
+                self.decision_seconds.append(time.perf_counter() - started)
+                if grant is None:
+                    break
                 connection = self._by_session(grant.session)
                 if connection is not None:
                     self._send(connection, protocol.grant(grant.sequence, grant.length_seconds))

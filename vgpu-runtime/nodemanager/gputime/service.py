@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ from gpushare.resources import CORE_UNITS_PER_GPU
 from nodemanager.devices import Kind
 from nodemanager.gputime.budgetstates import BudgetStates
 from nodemanager.gputime.quotas import container_quota
-from nodemanager.gputime.scheduler import Quota
+from nodemanager.gputime.scheduler import ALL_SMS, Quota
 from nodemanager.gputime.server import GpuTimeServer, ServerError
 from nodemanager.ledger import Allocation
 
@@ -121,12 +122,14 @@ class GpuTimeService:
         throttle = None
         if owner is not None and self.budgets is not None:
             throttle = self.budgets.floor(owner.namespace)
-        return container_quota(
+        quota = container_quota(
             core_limit=item.core_limit,
             soft_limit=item.core_soft_limit,
             annotations=annotations,
             throttle_percent=throttle,
         )
+        # the SMs it may use beside others holding a token (MPS); none: the GPU alone
+        return replace(quota, sm_partition=min(max(item.sm_partition, 0), ALL_SMS) or ALL_SMS)
 
     def start(self) -> GpuTimeService:
         self.server.start()
