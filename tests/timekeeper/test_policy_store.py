@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from timekeeper.policy_store import StoredPolicySource
 GOOD_2 = "namespaces:\n  team-a: {gpuHours: 2.0}\n"
 GOOD_01 = "namespaces:\n  team-a: {gpuHours: 0.1}\n"
 BAD = "namespaces:\n  team-a: {gpuHours: lots}\n"
+CHECK_SECONDS = 0.2
 
 
 @pytest.fixture
@@ -34,6 +36,14 @@ class WallClock:
 
     def __call__(self) -> datetime:
         self.now += timedelta(seconds=1)
+        return self.now
+
+
+class MonotonicClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
         return self.now
 
 
@@ -69,6 +79,30 @@ def test_a_good_edit_then_a_bad_one_leaves_every_worker_on_the_good_one(
     rejected = [r for r in caplog.records if "rejected" in r.getMessage()]
     assert (len(stored), len(rejected)) == (1, 1)
     assert rejected[0].levelno == logging.ERROR
+
+
+def test_every_worker_follows_a_stored_version_within_one_check_interval(
+    tmp_path: Path, engine: sa.Engine
+) -> None:
+    """The bound the real-server test relies on: a worker that checked just before another
+    stored a new version keeps its policy until its own interval has passed (a request reads
+    no database row before that), and its first request after that answers from the new one."""
+    path = tmp_path / "budgets.yaml"
+    path.write_text(GOOD_2)
+    ticks, wall = MonotonicClock(), WallClock()
+    first, second = (
+        StoredPolicySource(path, engine, check_interval_seconds=2.0, clock=ticks, wall_clock=wall)
+        for _ in range(2)
+    )
+    ticks.now += 1.5
+    path.write_text(GOOD_01)
+    assert first.check_now()  # the first worker stores version 2
+    path.write_text(BAD)
+    ticks.now += 0.25  # 1.75 s after the second worker's last check
+    assert budget(second) == 2.0
+    ticks.now += 0.25
+    assert budget(second) == 0.1
+    assert (first.version, second.version) == (2, 2)
 
 
 def test_a_restart_with_a_broken_file_serves_the_last_good_policy(
@@ -130,7 +164,7 @@ def test_workers_of_a_real_server_agree(
         "--budgets",
         str(path),
         "--budgets-check-seconds",
-        "0.2",
+        str(CHECK_SECONDS),
     )
 
     def answers() -> set[float]:
@@ -148,8 +182,24 @@ def test_workers_of_a_real_server_agree(
         timeout=10,
         what="a worker to store the edit",
     )
+    stored_by = time.monotonic()  # version 2 was stored before that answer
     path.write_text(BAD)
-    wait_until(lambda: answers() == {0.1}, timeout=10, what="every worker on version 2")
+    # Until one check interval after the store, a worker whose last check came before it may
+    # still answer from version 1: it reads no database row before its interval has passed,
+    # and the requests of a round need not reach every worker (whichever worker accepts a
+    # connection first takes it). From then on, every worker's next request checks, and a
+    # check that starts after the store loads version 2.
+    every_worker_checked_by = stored_by + CHECK_SECONDS
+
+    def settled() -> bool:
+        started = time.monotonic()
+        seen = answers()
+        if started <= every_worker_checked_by:
+            return False
+        assert seen == {0.1}, "a worker answered from version 1 a check interval after the store"
+        return True
+
+    wait_until(settled, timeout=10, what="a check interval after the store")
     for _ in range(3):
         assert answers() == {0.1}
     scrapes = {
