@@ -206,7 +206,9 @@ def platform(
         yaml.safe_dump(
             {
                 "timekeeper": {
-                    "auth": {"oidcIssuer": issuer},
+                    # The chart's default learns the issuer; only where the API server is
+                    # differs here (a kubelet would give the pod kubernetes.default.svc).
+                    "auth": {"apiServer": control_plane.url},
                     "budgetsConfigMap": "gpushare-budgets",
                     "readRequiresToken": reads_need_a_token,
                 },
@@ -273,7 +275,10 @@ def platform(
         server.rewrite_mount_paths()
         server.rewrite("--host=0.0.0.0", "--host=127.0.0.1")
         server.rewrite("--port=8080", "--port=0")
-        assert f"--oidc-issuer={issuer}" in server.argv()
+        assert f"--oidc-discovery-url={control_plane.url}/.well-known/openid-configuration" in (
+            server.argv()
+        )
+        assert not any(arg.startswith("--oidc-issuer") for arg in server.argv()), issuer
         timekeeper = server.start(tmp_path / "timekeeper.log")
         cleanup.callback(timekeeper.terminate)
         found: list[str] = []

@@ -82,7 +82,8 @@ def test_reports_need_some_authentication() -> None:
         parse_settings({}, label=flag)
     assert error.value.problems == [
         "--tokens: reports must be authenticated: give a tokens file, or a JWKS (--jwks-file, "
-        "--jwks-url, --oidc-issuer), or --allow-unauthenticated-reports for a demo (got none)"
+        "--jwks-url, --oidc-issuer, --oidc-discovery-url), or --allow-unauthenticated-reports for "
+        "a demo (got none)"
     ]
 
 
