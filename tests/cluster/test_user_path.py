@@ -1,7 +1,7 @@
 """A user's whole path on the real API server, from `helm install` to `gpushare usage`.
 
 The admin installs the chart as the README and docs/deployment.md say (their own CA from
-`gpushare certs generate`, the cluster's ServiceAccount issuer, budgets from a file in a
+`gpushare certs generate`, the chart's default ServiceAccount auth, budgets from a file in a
 ConfigMap they manage). The chart's timekeeper and webhook pods are made by the controller
 manager; the test plays the kubelet for one of each (tests/cluster/kubelet.py): bound to a
 made Node, volumes materialised from the API server (Secret, ConfigMap, TokenRequest),
@@ -440,6 +440,7 @@ def test_a_users_gpu_pod_is_admitted_run_and_charged_with_nothing_lost(
     assert sorted(old for old, _ in container.rewrites) == sorted(
         [
             "/var/lib/gpushare/spool",
+            "/var/run/gpushare-usage",
             "/var/run/secrets/gpushare.io/serviceaccount",
             platform.timekeeper_service,
         ]
