@@ -10,7 +10,7 @@
 # There is no Kubernetes here: the webhook is called with curl, the node manager serves its
 # device plugin sockets under .run/ and the sidecar reports for a made-up pod.
 # Ports move with GPUSHARE_RUN_*_PORT, the state folder with GPUSHARE_RUN_DIR. Ctrl-C stops
-# everything, the sidecar first (its last interval delivered), the timekeeper last; state stays.
+# everything, the sidecar first (its last interval delivered), then the rest; state stays.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,15 +41,24 @@ wait_ready() {
 }
 
 # Each part runs in its own session, so Ctrl-C reaches only this script (a terminal sends it
-# to the whole foreground process group), which stops the parts in the reverse order of their
-# start: the sidecar first, while the timekeeper can still take its last interval, and the
-# timekeeper last.
+# to the whole foreground process group), which stops the sidecar first, while the timekeeper
+# can still take its last interval, and then the other parts at once.
 pids=()
+sidecar_pid=
 stop_all() {
     trap - INT TERM HUP EXIT
-    local i
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    local i last=$((${#pids[@]} - 1))
+    # The sidecar (started last) alone first; then the rest together, which keeps Ctrl-C
+    # under 2 s (each part takes a fraction of a second to stop).
+    if ((last >= 0)) && [[ ${pids[last]} == "$sidecar_pid" ]]; then
+        kill -TERM "$sidecar_pid" 2>/dev/null || true
+        wait "$sidecar_pid" 2>/dev/null || true
+        last=$((last - 1))
+    fi
+    for ((i = last; i >= 0; i--)); do
         kill -TERM "${pids[i]}" 2>/dev/null || true
+    done
+    for ((i = last; i >= 0; i--)); do
         wait "${pids[i]}" 2>/dev/null || true
     done
     say "stopped; state and logs are in $RUN/"
@@ -111,6 +120,7 @@ start sidecar env GPUSHARE_TIMEKEEPER_URL="$TIMEKEEPER_URL" GPUSHARE_TOKEN="$dem
     GPUSHARE_VCUDA_CORE=50 GPUSHARE_VCUDA_MEMORY=16 GPUSHARE_REPORT_INTERVAL_SECONDS=5 \
     GPUSHARE_SPOOL_DIR="$RUN/spool" GPUSHARE_SHUTDOWN_DEADLINE_SECONDS=1 \
     GPUSHARE_USAGE_DIR="$RUN/usage" GPUSHARE_LOG_FORMAT=text "$BIN/gpushare" sidecar
+sidecar_pid=${pids[-1]}
 say "demo sidecar reporting for pod team-a/demo-train (50 % of a GPU) every 5 s"
 
 cat <<MSG

@@ -76,6 +76,7 @@ def build_authenticator(settings: Settings) -> Authenticator:
             jwks_file=settings.jwks_file,
             jwks_url=settings.jwks_url,
             issuer=settings.oidc_issuer,
+            discovery_url=settings.oidc_discovery_url,
             ca_file=settings.oidc_ca_file,
             bearer_file=settings.oidc_token_file,
         )

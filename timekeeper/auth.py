@@ -85,14 +85,18 @@ class KeySource:
         jwks_file: Path | None = None,
         jwks_url: str | None = None,
         issuer: str | None = None,
+        discovery_url: str | None = None,
         ca_file: Path | None = None,
         bearer_file: Path | None = None,
     ) -> None:
-        if not (jwks_file or jwks_url or issuer):
-            raise ValueError("a JWKS file, a JWKS URL or an issuer is needed")
+        if not (jwks_file or jwks_url or issuer or discovery_url):
+            raise ValueError("a JWKS file, a JWKS URL, an issuer or a discovery URL is needed")
         self._jwks_file = jwks_file
         self._jwks_url = jwks_url
         self._issuer = issuer
+        self._discovery_url = discovery_url
+        self.issuer = issuer
+        """The issuer: the one given, else the discovery document's (once fetched)."""
         self._ssl = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
         self._bearer_file = bearer_file
         self._lock = threading.Lock()
@@ -135,8 +139,13 @@ class KeySource:
     def _refresh(self) -> None:
         self._fetched_at = time.monotonic()
         try:
-            url = self._jwks_url or self._discover()
+            issuer, url = self._issuer, self._jwks_url
+            if self._discovery_url is not None or url is None:
+                issuer, uri = self._discover()
+                url = url or uri
+            assert url is not None
             self._keys = _parse_jwks(self._fetch(url, accept=JWKS_ACCEPT), source=url)
+            self.issuer = issuer
             self._fetch_error = None
         except (OSError, ValueError, ConfigError, http.client.HTTPException) as err:
             # Keep the keys we had; a token whose key we cannot find gets 503 (retry) while
@@ -144,13 +153,21 @@ class KeySource:
             self._fetch_error = str(err)
             logger.error("cannot fetch the ServiceAccount signing keys: %s", err)
 
-    def _discover(self) -> str:
-        assert self._issuer is not None
-        url = self._issuer.rstrip("/") + "/.well-known/openid-configuration"
+    def _discover(self) -> tuple[str | None, str | None]:
+        """The issuer and `jwks_uri` of the discovery document (of the issuer, or at the
+        discovery URL: kube-apiserver serves its own whatever the issuer is)."""
+        url = self._discovery_url
+        if url is None:
+            assert self._issuer is not None
+            url = self._issuer.rstrip("/") + "/.well-known/openid-configuration"
         document = self._fetch(url, accept=DISCOVERY_ACCEPT)
         if not isinstance(document, dict):
             raise ValueError(f"{url}: the discovery document is not a JSON object")
         issuer, uri = document.get("issuer"), document.get("jwks_uri")
+        if self._issuer is None:
+            if not isinstance(issuer, str) or not issuer:
+                raise ValueError(f"{url}: the document names no issuer (got {issuer!r})")
+            return issuer, None if self._jwks_url else _jwks_uri(url, uri)
         if isinstance(issuer, str) and issuer.rstrip("/") != self._issuer.rstrip("/"):
             # OpenID Connect Discovery: the document must name the issuer it was fetched for;
             # the tokens would fail the issuer check anyway, and this says why.
@@ -158,9 +175,7 @@ class KeySource:
                 f"{url}: the document is for the issuer {issuer!r}, not {self._issuer!r} "
                 "(set the issuer to the API server's --service-account-issuer)"
             )
-        if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
-            raise ValueError(f"{url}: the issuer publishes no jwks_uri (got {uri!r})")
-        return uri
+        return self._issuer, None if self._jwks_url else _jwks_uri(url, uri)
 
     def _fetch(self, url: str, *, accept: str) -> Any:
         request = urllib.request.Request(url, headers={"Accept": accept})
@@ -201,6 +216,12 @@ class KeySource:
             return json.loads(body)
         except ValueError as err:
             raise ValueError(f"GET {url}: not a JSON document ({err})") from err
+
+
+def _jwks_uri(url: str, uri: Any) -> str:
+    if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
+        raise ValueError(f"{url}: the issuer publishes no jwks_uri (got {uri!r})")
+    return uri
 
 
 def _read_json_file(path: Path) -> Any:
@@ -257,6 +278,8 @@ class TokenVerifier:
                 f"{', '.join(ALGORITHMS)}"
             )
         key = self._keys.key_for(header.get("kid"))
+        # Given, or else learned from the discovery document with the keys.
+        issuer = self._issuer if self._issuer is not None else self._keys.issuer
         if key.algorithm_name != algorithm:
             # An RSA key only verifies RS*/PS* signatures, an EC key only its curve's ES*:
             # a token naming another algorithm cannot be one the key signed.
@@ -270,7 +293,7 @@ class TokenVerifier:
                 key.key,
                 algorithms=[algorithm],
                 audience=TIMEKEEPER_AUDIENCE,
-                issuer=self._issuer,
+                issuer=issuer,
                 # The validity window is checked below against this verifier's clock.
                 options={
                     "require": ["exp", "aud"],
@@ -282,7 +305,7 @@ class TokenVerifier:
         except jwt.InvalidAudienceError as err:
             raise Unauthenticated(f"token is not for the audience {TIMEKEEPER_AUDIENCE}") from err
         except jwt.InvalidIssuerError as err:
-            raise Unauthenticated(f"token not issued by {self._issuer}") from err
+            raise Unauthenticated(f"token not issued by {issuer}") from err
         except jwt.PyJWTError as err:
             raise Unauthenticated(f"token rejected: {err}") from err
         self._check_window(claims)

@@ -31,9 +31,12 @@ _HELP = {
     "jwks_file": "cluster auth: the ServiceAccount signing keys (JWKS file)",
     "jwks_url": "cluster auth: URL of the ServiceAccount signing keys (JWKS)",
     "oidc_issuer": "cluster auth: the ServiceAccount issuer, keys found by OIDC discovery",
+    "oidc_discovery_url": "cluster auth: URL of the OIDC discovery document (default: the "
+    "issuer's); without --oidc-issuer the issuer is the document's",
     "oidc_ca_file": "CA bundle for fetching the JWKS / discovery document",
     "oidc_token_file": "bearer token for fetching the JWKS / discovery document",
-    "token_issuer": "required `iss` of ServiceAccount tokens (default: the OIDC issuer)",
+    "token_issuer": "required `iss` of ServiceAccount tokens (default: the OIDC issuer, "
+    "given or discovered)",
     "allow_unauthenticated_reports": "demo only: accept reports without a token",
     "read_requires_token": "read endpoints require a valid token too",
     "clock_skew_seconds": "how far in the future a report's end may lie (default 60)",

@@ -48,12 +48,16 @@ class Settings:
     """Cluster auth: where to fetch that JWKS (e.g. `https://kubernetes.default.svc/openid/v1/jwks`)."""
     oidc_issuer: str | None = None
     """Cluster auth: the service-account issuer; its JWKS is found by OIDC discovery."""
+    oidc_discovery_url: str | None = None
+    """Cluster auth: where the discovery document is (default `<oidc_issuer>/.well-known/...`;
+    kube-apiserver serves its own at `https://kubernetes.default.svc/.well-known/openid-configuration`
+    whatever its issuer). Without `oidc_issuer`, the issuer is the one this document names."""
     oidc_ca_file: Path | None = None
     """CA bundle to trust when fetching the JWKS or discovery document over HTTPS."""
     oidc_token_file: Path | None = None
     """Bearer token presented when fetching the JWKS or discovery document."""
     token_issuer: str | None = None
-    """Required `iss` of ServiceAccount tokens (defaults to the OIDC issuer, if given)."""
+    """Required `iss` of ServiceAccount tokens (default: the OIDC issuer, given or discovered)."""
     allow_unauthenticated_reports: bool = False
     """Demo only: accept reports without a token and trust the body's namespace."""
     read_requires_token: bool = False
@@ -76,7 +80,7 @@ class Settings:
 
     @property
     def jwt_enabled(self) -> bool:
-        return bool(self.jwks_file or self.jwks_url or self.oidc_issuer)
+        return bool(self.jwks_file or self.jwks_url or self.oidc_issuer or self.oidc_discovery_url)
 
 
 def _text(value: object) -> str:
@@ -192,6 +196,7 @@ _PARSERS: Final[dict[str, Callable[[object], Any]]] = {
     "jwks_file": _readable_file,
     "jwks_url": _url,
     "oidc_issuer": _url,
+    "oidc_discovery_url": _url,
     "oidc_ca_file": _readable_file,
     "oidc_token_file": _readable_file,
     "token_issuer": _optional_text,
@@ -217,6 +222,7 @@ ENV_NAMES: Final[dict[str, str]] = {
     "jwks_file": "GPUSHARE_JWKS_FILE",
     "jwks_url": "GPUSHARE_JWKS_URL",
     "oidc_issuer": "GPUSHARE_OIDC_ISSUER",
+    "oidc_discovery_url": "GPUSHARE_OIDC_DISCOVERY_URL",
     "oidc_ca_file": "GPUSHARE_OIDC_CA_FILE",
     "oidc_token_file": "GPUSHARE_OIDC_TOKEN_FILE",
     "token_issuer": "GPUSHARE_TOKEN_ISSUER",
@@ -276,13 +282,19 @@ def parse_settings(
     if not (settings.tokens_path or settings.jwt_enabled or settings.allow_unauthenticated_reports):
         problems.append(
             f"{label('tokens_path')}: reports must be authenticated: give a tokens file, or a "
-            f"JWKS ({label('jwks_file')}, {label('jwks_url')}, {label('oidc_issuer')}), or "
+            f"JWKS ({label('jwks_file')}, {label('jwks_url')}, {label('oidc_issuer')}, "
+            f"{label('oidc_discovery_url')}), or "
             f"{label('allow_unauthenticated_reports')} for a demo (got none)"
         )
     if settings.jwks_file and settings.jwks_url:
         problems.append(
             f"{label('jwks_url')}: give either a JWKS file or a JWKS URL, not both "
             f"(got {settings.jwks_url!r} and {str(settings.jwks_file)!r})"
+        )
+    if settings.jwks_file and settings.oidc_discovery_url:
+        problems.append(
+            f"{label('oidc_discovery_url')}: a JWKS file is not fetched: give the issuer with "
+            f"{label('token_issuer')} instead (got {settings.oidc_discovery_url!r})"
         )
     if problems:
         raise ConfigError(problems)

@@ -1,22 +1,27 @@
 """The timekeeper's ServiceAccount-token authentication against the real API server.
 
-The timekeeper is set up the way the chart sets it up (`--oidc-issuer`, the cluster's CA,
-its own ServiceAccount's token, the chart's RBAC rendered by helm), finds the signing keys by
-OIDC discovery on the real kube-apiserver, and judges real tokens from TokenRequest
-(`kubectl create token`, pod-bound to Pods bound to a Node; nothing runs them).
+The timekeeper is set up the way the chart's default sets it up (`--jwks-url` and
+`--oidc-discovery-url` on the API server itself, no issuer given, the cluster's CA, its own
+ServiceAccount's token, the chart's RBAC rendered by helm): it fetches the signing keys from
+the real kube-apiserver, learns the issuer from its discovery document, and judges real tokens
+from TokenRequest (`kubectl create token`, pod-bound to Pods bound to a Node; nothing runs
+them). OIDC discovery of a given issuer is tested too.
 """
 
 from __future__ import annotations
 
 import base64
+import http.server
 import json
+import re
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jwt
 import kubernetes.client
@@ -26,6 +31,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 from flask.testing import FlaskClient
+from jwt.algorithms import RSAAlgorithm
 
 from gpushare.annotations import TIMEKEEPER_AUDIENCE
 from tests.cluster.controlplane import ControlPlane
@@ -34,7 +40,7 @@ from timekeeper import database
 from timekeeper.api import build_authenticator, create_app
 from timekeeper.auth import Authenticator, KeySource, TokenVerifier
 from timekeeper.buckets import from_hours_and_rest
-from timekeeper.errors import Unavailable
+from timekeeper.errors import Unauthenticated, Unavailable
 from timekeeper.models import usage_buckets
 from timekeeper.settings import Settings
 
@@ -69,10 +75,12 @@ class Cluster:
         return self.control_plane.kubectl(*args).stdout.strip()
 
     def settings(self, database_url: str) -> Settings:
-        """What the chart's `auth.mode: serviceaccount` passes to the timekeeper."""
+        """What the chart's default (`auth.mode: serviceaccount`, `oidcIssuer` unset) passes
+        to the timekeeper, with the API server's URL for `https://kubernetes.default.svc`."""
         return Settings(
             database_url=database_url,
-            oidc_issuer=self.control_plane.service_account_issuer,
+            jwks_url=f"{self.control_plane.url}/openid/v1/jwks",
+            oidc_discovery_url=f"{self.control_plane.url}/.well-known/openid-configuration",
             oidc_ca_file=self.control_plane.ca_file,
             oidc_token_file=self.reader_token_file,
         )
@@ -321,14 +329,15 @@ def test_an_expired_real_token_is_refused(cluster: Cluster, make_app: MakeApp) -
     token = cluster.token(a, "train-0")
     expires = claims(token)["exp"]
     settings = cluster.settings("sqlite://")
+    issuer = cluster.control_plane.service_account_issuer
 
     def authenticator(at: float) -> Authenticator:
         keys = KeySource(
-            issuer=settings.oidc_issuer,
+            issuer=issuer,
             ca_file=settings.oidc_ca_file,
             bearer_file=settings.oidc_token_file,
         )
-        verifier = TokenVerifier(keys, issuer=settings.oidc_issuer, clock=lambda: at)
+        verifier = TokenVerifier(keys, issuer=issuer, clock=lambda: at)
         return Authenticator(verifier=verifier)
 
     body = report(a, "train-0", cluster.uids[f"{a}/train-0"])
@@ -407,7 +416,8 @@ def test_the_server_started_the_way_the_chart_starts_it_charges_a_pod(
         [
             "--database-url",
             database_url,
-            f"--oidc-issuer={settings.oidc_issuer}",
+            f"--jwks-url={settings.jwks_url}",
+            f"--oidc-discovery-url={settings.oidc_discovery_url}",
             f"--oidc-ca-file={settings.oidc_ca_file}",
             f"--oidc-token-file={settings.oidc_token_file}",
             "--workers=1",
@@ -429,3 +439,63 @@ def test_the_server_started_the_way_the_chart_starts_it_charges_a_pod(
         assert token not in server.log()
     finally:
         server.stop()
+
+
+class _JwksHandler(http.server.BaseHTTPRequestHandler):
+    document: ClassVar[dict[str, Any]] = {}
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/jwk-set+json")
+        self.end_headers()
+        self.wfile.write(json.dumps(self.document).encode())
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_chart_default_learns_the_issuer_and_refuses_tokens_of_another(
+    cluster: Cluster,
+) -> None:
+    a = cluster.team_a
+    real = cluster.token(a, "train-0")
+    issuer = cluster.control_plane.service_account_issuer
+    assert claims(real)["iss"] == issuer
+    chart_way = build_authenticator(cluster.settings("sqlite://"))
+    assert chart_way.identify(f"Bearer {real}").pod == "train-0"
+
+    # The API server signs only with its own issuer, so a token naming another is signed here
+    # with a key of the test's, served as the JWKS; the issuer is still learned from the real
+    # API server's discovery document, as the chart's default does.
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    handler = type("Handler", (_JwksHandler,), {})
+    handler.document = {
+        "keys": [
+            {**json.loads(RSAAlgorithm.to_jwk(key.public_key())), "kid": "test", "alg": "RS256"}
+        ]
+    }
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings = cluster.settings("sqlite://")
+        verifier = TokenVerifier(
+            KeySource(
+                jwks_url=f"http://127.0.0.1:{server.server_address[1]}/jwks",
+                discovery_url=settings.oidc_discovery_url,
+                ca_file=settings.oidc_ca_file,
+                bearer_file=settings.oidc_token_file,
+            )
+        )
+        authenticator = Authenticator(verifier=verifier)
+
+        def signed(**changes: str) -> str:
+            payload = {**claims(real), **changes}
+            return jwt.encode(payload, key, algorithm="RS256", headers={"kid": "test"})
+
+        assert authenticator.identify(f"Bearer {signed()}").pod == "train-0"
+        with pytest.raises(Unauthenticated, match=f"^token not issued by {re.escape(issuer)}$"):
+            authenticator.identify(f"Bearer {signed(iss='https://oidc.other.example/id/1')}")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,7 +1,7 @@
 """A user's whole path on the real API server, from `helm install` to `gpushare usage`.
 
 The admin installs the chart as the README and docs/deployment.md say (their own CA from
-`gpushare certs generate`, the cluster's ServiceAccount issuer, budgets from a file in a
+`gpushare certs generate`, the chart's default ServiceAccount auth, budgets from a file in a
 ConfigMap they manage). The chart's timekeeper and webhook pods are made by the controller
 manager; the test plays the kubelet for one of each (tests/cluster/kubelet.py): bound to a
 made Node, volumes materialised from the API server (Secret, ConfigMap, TokenRequest),
@@ -208,7 +208,9 @@ def platform(
         yaml.safe_dump(
             {
                 "timekeeper": {
-                    "auth": {"oidcIssuer": issuer},
+                    # The chart's default learns the issuer; only where the API server is
+                    # differs here (a kubelet would give the pod kubernetes.default.svc).
+                    "auth": {"apiServer": control_plane.url},
                     "budgetsConfigMap": "gpushare-budgets",
                     "readRequiresToken": reads_need_a_token,
                 },
@@ -275,7 +277,10 @@ def platform(
         server.rewrite_mount_paths()
         server.rewrite("--host=0.0.0.0", "--host=127.0.0.1")
         server.rewrite("--port=8080", "--port=0")
-        assert f"--oidc-issuer={issuer}" in server.argv()
+        assert f"--oidc-discovery-url={control_plane.url}/.well-known/openid-configuration" in (
+            server.argv()
+        )
+        assert not any(arg.startswith("--oidc-issuer") for arg in server.argv()), issuer
         timekeeper = server.start(tmp_path / "timekeeper.log")
         cleanup.callback(timekeeper.terminate)
         found: list[str] = []
@@ -437,6 +442,7 @@ def test_a_users_gpu_pod_is_admitted_run_and_charged_with_nothing_lost(
     assert sorted(old for old, _ in container.rewrites) == sorted(
         [
             "/var/lib/gpushare/spool",
+            "/var/run/gpushare-usage",
             "/var/run/secrets/gpushare.io/serviceaccount",
             USAGE_DIR,  # the pod's shared usage folder, read-only in the sidecar
             platform.timekeeper_service,

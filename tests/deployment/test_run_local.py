@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from tests.polling import wait_until
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
+STOP_SECONDS = 2.0
+"""Ctrl-C stops every part within this."""
 
 
 def _free_port() -> int:
@@ -70,14 +73,17 @@ def test_it_comes_up_and_ctrl_c_stops_every_part_the_sidecar_first(tmp_path: Pat
 
         wait_until(up, timeout=120, what="make run's parts ready, the demo sidecar reporting")
         assert all(_listening(port) for port in ports.values())
+        asked = time.monotonic()
         os.killpg(script.pid, signal.SIGINT)
         assert script.wait(60) == 0, output.read_text()  # the normal way out
+        stopping = time.monotonic() - asked
     finally:
         if script.poll() is None:
             os.killpg(script.pid, signal.SIGKILL)
             script.wait(10)
     text = output.read_text()
     assert "a part exited" not in text
+    assert stopping < STOP_SECONDS, f"Ctrl-C took {stopping:.1f} s to stop everything"
     assert "caBundle" not in text, "the certificate step prints only its one line"
     assert f"gpushare: stopped; state and logs are in {tmp_path / 'run'}/" in text
     logs = tmp_path / "run" / "logs"

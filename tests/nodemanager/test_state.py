@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,34 @@ def test_nothing_is_released_when_kubelet_cannot_be_asked(make_node: NodeFactory
     fresh = restarted(node.manager, node.root, node.apiserver.url, grace=0)
     assert not fresh.reconcile()
     assert len(fresh.allocations()) == 2
+
+
+def test_an_absent_kubelet_is_reported_once_not_every_period(
+    make_node: NodeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node without kubelet (a demo with simulated GPUs) must not warn every reconcile."""
+    node = make_node()
+    node.kubelet.stop()
+    fresh = restarted(node.manager, node.root, node.apiserver.url, grace=0)
+    caplog.set_level(logging.DEBUG, logger="nodemanager")
+
+    def warnings() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.WARNING and "cannot reconcile" in r.getMessage()
+        ]
+
+    for _ in range(3):
+        assert not fresh.reconcile()
+    assert len(warnings()) == 1
+    assert "PodResources" in warnings()[0]
+    node.kubelet.start()  # kubelet back: said once at info, and a later outage warns again
+    assert fresh.reconcile()
+    assert any("reconciling allocations again" in r.getMessage() for r in caplog.records)
+    node.kubelet.stop()
+    assert not fresh.reconcile()
+    assert len(warnings()) == 2
 
 
 def test_inventory_is_published_once_and_again_on_health_changes(make_node: NodeFactory) -> None:

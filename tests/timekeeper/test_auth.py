@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import re
 import threading
 import time
 import urllib.error
@@ -321,6 +322,35 @@ def test_oidc_discovery_finds_the_keys(
     identity = verifier.verify(sa_token(issuer=url))
     assert (identity.namespace, identity.pod, identity.pod_uid) == ("team-a", "train-0", UID)
     assert handler.requests == ["/.well-known/openid-configuration", "/openid/v1/jwks"]
+
+
+def test_the_issuer_is_learned_from_a_discovery_document_served_elsewhere(
+    issuer: tuple[str, type[_IssuerHandler]],
+) -> None:
+    # A managed cluster: the API server serves the document and keys itself, but the issuer
+    # it names is a public URL the timekeeper never fetches.
+    url, handler = issuer
+    public = "https://oidc.cloud.example/id/ABC"
+    handler.documents["/.well-known/openid-configuration"] = {
+        "issuer": public,
+        "jwks_uri": f"{public}/keys",
+    }
+    keys = KeySource(
+        jwks_url=f"{url}/openid/v1/jwks",
+        discovery_url=f"{url}/.well-known/openid-configuration",
+    )
+    verifier = TokenVerifier(keys)
+    assert verifier.verify(sa_token(issuer=public)).pod == "train-0"
+    assert keys.issuer == public
+    with pytest.raises(Unauthenticated, match=f"^token not issued by {re.escape(public)}$"):
+        verifier.verify(sa_token(issuer=url))
+    assert handler.requests == ["/.well-known/openid-configuration", "/openid/v1/jwks"]
+    # Given an issuer the document does not name, no keys are taken and both are named.
+    mismatched = TokenVerifier(
+        KeySource(issuer=url, discovery_url=f"{url}/.well-known/openid-configuration")
+    )
+    with pytest.raises(Unavailable, match=f"the document is for the issuer '{re.escape(public)}'"):
+        mismatched.verify(sa_token(issuer=url))
 
 
 @pytest.mark.parametrize(

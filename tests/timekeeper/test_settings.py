@@ -82,7 +82,20 @@ def test_reports_need_some_authentication() -> None:
         parse_settings({}, label=flag)
     assert error.value.problems == [
         "--tokens: reports must be authenticated: give a tokens file, or a JWKS (--jwks-file, "
-        "--jwks-url, --oidc-issuer), or --allow-unauthenticated-reports for a demo (got none)"
+        "--jwks-url, --oidc-issuer, --oidc-discovery-url), or --allow-unauthenticated-reports for "
+        "a demo (got none)"
+    ]
+
+
+def test_a_discovery_url_beside_a_jwks_file_is_refused(tmp_path: Path) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    url = "https://kubernetes.default.svc/.well-known/openid-configuration"
+    with pytest.raises(ConfigError) as error:
+        parse_settings({"jwks_file": str(jwks), "oidc_discovery_url": url}, label=flag)
+    assert error.value.problems == [
+        "--oidc-discovery-url: a JWKS file is not fetched: give the issuer with --token-issuer "
+        f"instead (got {url!r})"
     ]
 
 

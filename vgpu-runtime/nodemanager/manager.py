@@ -148,6 +148,8 @@ class NodeManager:
         self._marker: threading.Thread | None = None
         self._grace = release_grace_seconds
         self._clock = clock
+        self._reconcile_error: str | None = None
+        """The last reconcile's failure, so that a kubelet that stays away is reported once."""
         self._scheduler_socket = scheduler_socket
         """Name of the GPU time scheduler's socket in a state directory; None: no scheduler."""
         self._on_allocations_changed = on_allocations_changed
@@ -513,8 +515,17 @@ class NodeManager:
         try:
             reported = self._pod_resources.list_devices()
         except KubernetesError as err:
-            log.warning("cannot reconcile allocations: %s", err)
+            # Said once per outage (and again if the failure changes), not every period: a node
+            # without kubelet, such as a demo with simulated GPUs, would repeat it forever.
+            if str(err) != self._reconcile_error:
+                log.warning("cannot reconcile allocations (said once until it changes): %s", err)
+            else:
+                log.debug("cannot reconcile allocations: %s", err)
+            self._reconcile_error = str(err)
             return False
+        if self._reconcile_error is not None:
+            log.info("reconciling allocations again: kubelet's PodResources answers")
+            self._reconcile_error = None
         holders: dict[tuple[Kind, str], ContainerKey] = {}
         for entry in reported:
             for kind in Kind:
