@@ -442,7 +442,6 @@ def test_a_users_gpu_pod_is_admitted_run_and_charged_with_nothing_lost(
     assert sorted(old for old, _ in container.rewrites) == sorted(
         [
             "/var/lib/gpushare/spool",
-            "/var/run/gpushare-usage",
             "/var/run/secrets/gpushare.io/serviceaccount",
             USAGE_DIR,  # the pod's shared usage folder, read-only in the sidecar
             platform.timekeeper_service,
