@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from timekeeper.budgets import DEFAULT_POLICY, BudgetPolicy, BudgetsError, Problem, parse_budgets
+from timekeeper.watched_file import WatchedFile
 
 logger = logging.getLogger(__name__)
 
 
-class PolicySource:
+class PolicySource(WatchedFile[BudgetPolicy]):
     """Holds the current `BudgetPolicy`; `current()` is cheap and thread-safe."""
+
+    error = BudgetsError
+    kind = "budgets"
+    kept = "the last good policy stays"
+    logger = logger
 
     def __init__(
         self,
@@ -37,54 +42,23 @@ class PolicySource:
 
         Without a path the built-in `DEFAULT_POLICY` is in force and nothing is reloaded.
         """
-        if check_interval_seconds < 0:
-            raise ValueError(f"check_interval_seconds must be >= 0 (got {check_interval_seconds})")
-        self.path = path
-        self.check_interval_seconds = check_interval_seconds
-        self._clock = clock
+        super().__init__(path, check_interval_seconds=check_interval_seconds, clock=clock)
         self._wall_clock = wall_clock
-        self._lock = threading.Lock()
-        self.reloads = 0
-        """Successful reloads after the first load."""
-        self.reload_failures = 0
-        """Distinct new contents (or read errors) rejected since start."""
         self.last_error: tuple[str, ...] | None = None
-        """The problems of the latest rejected content; None once a good file loads again."""
         self.last_error_at: datetime | None = None
-        self._failed_digest: str | None = None
         if path is None:
             self._policy = DEFAULT_POLICY
-            self._digest: str | None = None
             self._loaded_at: datetime | None = None
-            self._checked_at = clock()
             return
         content = read_content(path)
         self._policy = parse_content(content)
         self._digest = content_digest(content)
         self._loaded_at = wall_clock()
-        self._checked_at = clock()
 
     def current(self) -> BudgetPolicy:
         """The policy in force; checks the file first when the interval has passed."""
-        # One thread checks; the others carry on with the policy they have.
-        if (
-            self.path is not None
-            and self._clock() - self._checked_at >= self.check_interval_seconds
-            and self._lock.acquire(blocking=False)
-        ):
-            try:
-                if self._clock() - self._checked_at >= self.check_interval_seconds:
-                    self._check(self.path)
-            finally:
-                self._lock.release()
+        self._checked()
         return self._policy
-
-    def check_now(self) -> bool:
-        """Check the file at once, whatever the interval; True when a new policy loaded."""
-        if self.path is None:
-            return False
-        with self._lock:
-            return self._check(self.path)
 
     @property
     def loaded_at(self) -> datetime | None:
@@ -101,53 +75,26 @@ class PolicySource:
         """A policy is in force (always true once constructed; for /readyz)."""
         return True
 
-    def _check(self, path: Path) -> bool:
-        self._checked_at = self._clock()
-        try:
-            content = read_content(path)
-        except BudgetsError as err:
-            self._reject(err, digest=f"unreadable:{err.problems}")
-            return False
-        digest = content_digest(content)
-        if digest == self._digest:
-            self._clear_error()
-            return False
-        if digest == self._failed_digest:
-            return False
-        try:
-            policy = parse_content(content)
-        except BudgetsError as err:
-            self._reject(err, digest=digest)
-            return False
-        self._policy = policy
-        self._digest = digest
-        self._loaded_at = self._wall_clock()
-        self._clear_error()
-        self.reloads += 1
-        logger.info(
-            "budgets reloaded from %s: %d namespaces listed (sha256 %s)",
-            path,
-            len(policy.namespaces),
-            digest[:12],
-        )
-        return True
+    def _read(self, path: Path) -> bytes:
+        return read_content(path)
 
-    def _reject(self, err: BudgetsError, *, digest: str) -> None:
-        if digest == self._failed_digest:
-            return
-        self._failed_digest = digest
-        self.reload_failures += 1
-        self.last_error = err.problems
-        self.last_error_at = self._wall_clock()
-        logger.error(
-            "budgets file %s rejected, the last good policy stays in force: %s",
-            self.path,
-            "; ".join(err.problems),
-        )
+    def _parse(self, content: bytes, path: Path) -> BudgetPolicy:
+        return parse_content(content)
+
+    def _accept(self, value: BudgetPolicy, digest: str) -> None:
+        self._policy = value
+        self._loaded_at = self._wall_clock()
+
+    def _describe(self, value: BudgetPolicy) -> str:
+        return f"{len(value.namespaces)} namespaces listed"
+
+    def _reject(self, problems: Sequence[str], *, digest: str) -> None:
+        if digest != self._failed_digest:
+            self.last_error_at = self._wall_clock()
+        super()._reject(problems, digest=digest)
 
     def _clear_error(self) -> None:
-        self._failed_digest = None
-        self.last_error = None
+        super()._clear_error()
         self.last_error_at = None
 
 

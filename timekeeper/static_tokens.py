@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ import yaml
 
 from timekeeper.errors import ConfigError
 from timekeeper.reports import is_namespace_name
+from timekeeper.watched_file import WatchedFile
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +89,18 @@ def parse_tokens(document: Any, *, source: str = "tokens file") -> dict[str, str
     return table
 
 
-class TokenTable:
+class TokenTable(WatchedFile[dict[str, str]]):
     """The static tokens in force; `namespace_of()` is cheap and thread-safe.
 
     Built from a fixed table (`TokenTable.fixed`) or from a file (`TokenTable.from_file`),
     which is checked for changes at most every `check_interval_seconds` when a token is
     looked up.
     """
+
+    error = ConfigError
+    kind = "tokens"
+    kept = "the last good tokens stay"
+    logger = logger
 
     def __init__(
         self,
@@ -106,22 +111,14 @@ class TokenTable:
         check_interval_seconds: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if check_interval_seconds < 0:
-            raise ValueError(f"check_interval_seconds must be >= 0 (got {check_interval_seconds})")
-        self.path = path
-        self.check_interval_seconds = check_interval_seconds
-        self._clock = clock
-        self._lock = threading.Lock()
+        super().__init__(
+            path,
+            content_digest=content_digest,
+            check_interval_seconds=check_interval_seconds,
+            clock=clock,
+        )
         self._table = table
-        self._digest = content_digest
-        self._failed_digest: str | None = None
-        self._checked_at = clock()
-        self.reloads = 0
-        """Successful reloads after the first load."""
-        self.reload_failures = 0
-        """Distinct new contents (or read errors) rejected since start."""
         self.last_error: list[str] | None = None
-        """The problems of the latest rejected content; None once a good file loads again."""
 
     @classmethod
     def fixed(cls, table: dict[str, str]) -> TokenTable:
@@ -148,74 +145,23 @@ class TokenTable:
 
     def namespace_of(self, token: str) -> str | None:
         """The namespace of a static token, or None when it is not one."""
-        if (
-            self.path is not None
-            and self._clock() - self._checked_at >= self.check_interval_seconds
-            and self._lock.acquire(blocking=False)  # one thread checks, the others go on
-        ):
-            try:
-                if self._clock() - self._checked_at >= self.check_interval_seconds:
-                    self._check(self.path)
-            finally:
-                self._lock.release()
+        self._checked()
         return self._table.get(token_digest(token))
-
-    def check_now(self) -> bool:
-        """Check the file at once, whatever the interval; True when a new set loaded."""
-        if self.path is None:
-            return False
-        with self._lock:
-            return self._check(self.path)
 
     def __len__(self) -> int:
         return len(self._table)
 
-    def _check(self, path: Path) -> bool:
-        self._checked_at = self._clock()
-        try:
-            content = _read(path)
-        except ConfigError as err:
-            self._reject(err, digest=f"unreadable:{err.problems}")
-            return False
-        digest = _content_digest(content)
-        if digest == self._digest:
-            self._clear_error()
-            return False
-        if digest == self._failed_digest:
-            return False
-        try:
-            table = _parse_content(content, source=str(path))
-        except ConfigError as err:
-            self._reject(err, digest=digest)
-            return False
-        self._table = table
-        self._digest = digest
-        self._clear_error()
-        self.reloads += 1
-        logger.info(
-            "tokens reloaded from %s: %d tokens for %d namespaces (sha256 %s)",
-            path,
-            len(table),
-            len(set(table.values())),
-            digest[:12],
-        )
-        return True
+    def _read(self, path: Path) -> bytes:
+        return _read(path)
 
-    def _reject(self, err: ConfigError, *, digest: str) -> None:
-        if digest == self._failed_digest:
-            return
-        self._failed_digest = digest
-        self.reload_failures += 1
-        self.last_error = err.problems
-        logger.error(
-            "tokens file %s rejected, the last good tokens stay in force: %s",
-            self.path,
-            "; ".join(err.problems),
-        )
+    def _parse(self, content: bytes, path: Path) -> dict[str, str]:
+        return _parse_content(content, source=str(path))
 
-    def _clear_error(self) -> None:
-        self._failed_digest = None
-        self.last_error = None
+    def _accept(self, value: dict[str, str], digest: str) -> None:
+        self._table = value
+
+    def _describe(self, value: dict[str, str]) -> str:
+        return f"{len(value)} tokens for {len(set(value.values()))} namespaces"
 
 
 def _read(path: Path) -> bytes:
