@@ -4,6 +4,7 @@ client held the token, a dying client, a restart, quota changes pushed to client
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import tempfile
@@ -48,7 +49,9 @@ def _raw(path: Path, lines: bytes) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(5)
         sock.connect(str(path))
-        sock.sendall(lines)
+        # The server may answer and hang up before reading: its answer is still there.
+        with contextlib.suppress(BrokenPipeError):
+            sock.sendall(lines)
         answer = b""
         while chunk := sock.recv(4096):
             answer += chunk

@@ -28,11 +28,21 @@
 #include "gpushare_stub.h"
 #include "nvml_types.h"
 
+/* The failed call's text as a JSON string: a call may hold a string literal ("stub"). */
+static void print_failure(const char *call, int rc) {
+  printf("{\"error\": \"");
+  for (const char *p = call; *p; p++) {
+    if (*p == '"' || *p == '\\') putchar('\\');
+    putchar(*p);
+  }
+  printf(" failed: %d\"}\n", rc);
+}
+
 #define CHECK(call)                                                            \
   do {                                                                         \
     CUresult rc_ = (call);                                                     \
     if (rc_ != CUDA_SUCCESS) {                                                 \
-      printf("{\"error\": \"%s failed: %d\"}\n", #call, (int)rc_);             \
+      print_failure(#call, (int)rc_);                                          \
       exit(3);                                                                 \
     }                                                                          \
   } while (0)
