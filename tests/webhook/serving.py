@@ -243,3 +243,24 @@ def serve_timekeeper(
 
 
 _LISTENING = re.compile(r"timekeeper listening on (http://127\.0\.0\.1:\d+)")
+
+
+@contextmanager
+def serve_uncached_fail_open_webhook(
+    directory: Path, timekeeper_url: str, timekeeper_token: str
+) -> Iterator[Served]:
+    """A fail-open webhook with fresh certificates that asks the timekeeper on every
+    admission (no cache, as after a cold start), giving up on it after 1 s."""
+    cert_dir = directory / "certs"
+    generate_certs(cert_dir)
+    token_file = directory / "webhook-token"
+    token_file.write_text(timekeeper_token)
+    env = {
+        "GPUSHARE_WEBHOOK_BUDGET_CACHE_TTL_SECONDS": "0.001",
+        "GPUSHARE_WEBHOOK_TIMEKEEPER_TIMEOUT_SECONDS": "1",
+        "GPUSHARE_WEBHOOK_TIMEKEEPER_TOKEN_FILE": str(token_file),
+    }
+    with serve_webhook(
+        cert_dir, timekeeper_url, "--failure-policy", "fail-open", env=env
+    ) as served:
+        yield served

@@ -22,9 +22,8 @@ from tests.webhook.builders import container, gpu, pod, review
 from tests.webhook.serving import (
     Served,
     Timekeeper,
-    generate_certs,
     serve_timekeeper,
-    serve_webhook,
+    serve_uncached_fail_open_webhook,
 )
 
 pytestmark = pytest.mark.slow
@@ -67,19 +66,7 @@ def timekeeper(tmp_path: Path) -> Iterator[Timekeeper]:
 
 @pytest.fixture
 def webhook(tmp_path: Path, timekeeper: Timekeeper) -> Iterator[Served]:
-    cert_dir = tmp_path / "certs"
-    generate_certs(cert_dir)
-    token_file = tmp_path / "webhook-token"
-    token_file.write_text(WEBHOOK_TOKEN)
-    env = {
-        # No cache: every admission asks the timekeeper, as after a cold start.
-        "GPUSHARE_WEBHOOK_BUDGET_CACHE_TTL_SECONDS": "0.001",
-        "GPUSHARE_WEBHOOK_TIMEKEEPER_TIMEOUT_SECONDS": "1",
-        "GPUSHARE_WEBHOOK_TIMEKEEPER_TOKEN_FILE": str(token_file),
-    }
-    with serve_webhook(
-        cert_dir, timekeeper.url, "--failure-policy", "fail-open", env=env
-    ) as served:
+    with serve_uncached_fail_open_webhook(tmp_path, timekeeper.url, WEBHOOK_TOKEN) as served:
         yield served
 
 
